@@ -1,0 +1,118 @@
+"""The one module that owns every Arrow schema that crosses a stage boundary."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Ingest -> shards (docs mode). `meta` holds the extra input fields as a JSON object string, so every
+# input format maps onto one schema without unifying arbitrary column types across files.
+STAGED_DOCS = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("lang_hint", pa.string()),
+        ("n_chars", pa.int32()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+        ("meta", pa.string()),
+    ]
+)
+
+# Ingest -> shards (pairs mode, task qe).
+STAGED_PAIRS = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("src", pa.string()),
+        ("mt", pa.string()),
+        ("src_lang_hint", pa.string()),
+        ("mt_lang_hint", pa.string()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+        ("meta", pa.string()),
+    ]
+)
+
+# OUT/documents/date=D/: staged columns plus language ID.
+DOCUMENTS = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("lang", pa.string()),
+        ("lang_score", pa.float32()),
+        ("n_chars", pa.int32()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+        ("lang_hint", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+# OUT/pairs/date=D/: the accepted pairs (pairs mode), joinable with qe on pair_id.
+PAIRS = STAGED_PAIRS
+
+# OUT/rejects/date=D/: every input row that is not an output row, with a reason code.
+REJECTS = pa.schema(
+    [
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+REJECT_RAW_CHARS = 500  # excerpt length kept in `raw`
+
+ENTITIES = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("model", pa.string()),
+    ]
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("model", pa.string()),
+            ("pooling", pa.string()),
+        ]
+    )
+
+
+QE = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("score", pa.float32()),
+        ("method", pa.string()),
+        ("model", pa.string()),
+        ("src_lang", pa.string()),
+        ("mt_lang", pa.string()),
+        ("lang_mismatch", pa.bool_()),
+        ("length_ratio", pa.float32()),
+        ("truncated", pa.bool_()),
+        ("truncation", pa.string()),  # how the pair was cut, e.g. "src:120->60" ; "" when it fit
+    ]
+)
+
+
+def make_reject(source: str, source_row: int | None, reason: str, detail: str, raw: object = "") -> dict:
+    """One reject row; `raw` is truncated so a huge bad line cannot bloat the rejects dataset."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    raw = str(raw)
+    if len(raw) > REJECT_RAW_CHARS:
+        raw = raw[:REJECT_RAW_CHARS] + "…"
+    # lone surrogates cannot be written to Arrow/Parquet as UTF-8
+    raw = raw.encode("utf-8", errors="replace").decode("utf-8")
+    return {"source": source, "source_row": source_row, "reason": reason, "detail": detail, "raw": raw}
+
+
+def rejects_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=REJECTS)

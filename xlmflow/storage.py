@@ -1,0 +1,116 @@
+"""Local and s3:// paths behind one small API (fsspec), with atomic whole-object writes.
+
+S3 has no rename but each PUT is atomic; locally we write a temp file and os.replace it. Either way a
+reader sees an object whole or not at all, which the commit protocol (manifest written last) relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+
+from xlmflow.errors import ConfigError, FatalError
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def fs_for(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the path inside it. s3fs takes endpoint/credentials from the AWS env/config."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"cannot open {uri!r}: {exc}") from exc
+    return fs, path
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_for(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = fs_for(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object atomically (temp + rename locally, a single PUT on S3)."""
+    fs, path = fs_for(uri)
+    try:
+        if is_remote(uri):
+            fs.pipe_file(path, data)
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except PermissionError as exc:
+        raise FatalError(f"no write access to {uri}: {exc}; choose another --out or fix its permissions") from exc
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def list_files(uri: str) -> list[str]:
+    """Files under a prefix (recursive), as full URIs, sorted; [] when the prefix does not exist."""
+    fs, path = fs_for(uri)
+    if not fs.exists(path):
+        return []
+    proto = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
+    fs.invalidate_cache()
+    return sorted(proto + p for p in fs.find(path))
+
+
+def remove(uris: list[str]) -> None:
+    for u in uris:
+        fs, path = fs_for(u)
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def write_table_ipc(uri: str, table) -> None:  # noqa: ANN001 - pyarrow is imported lazily
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+def read_table_ipc(uri: str):  # noqa: ANN201
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.BufferReader(read_bytes(uri))).read_all()
+
+
+def write_table_parquet(uri: str, table) -> int:  # noqa: ANN001
+    """Write one Parquet file atomically; returns its size in bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    write_bytes(uri, data)
+    return len(data)
