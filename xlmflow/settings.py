@@ -62,6 +62,14 @@ class RunSettings(BaseModel):
             raise ValueError(f"unknown task(s) {bad}; available tasks: {', '.join(KNOWN_TASKS)}")
         return tuple(v)  # type: ignore[arg-type]
 
+    @field_validator("out")
+    @classmethod
+    def _abs_out(cls, v: str) -> str:
+        # one canonical spelling of local paths, so listed files compare equal to the ones we wrote
+        import os
+
+        return v.rstrip("/") if "://" in v else os.path.abspath(v)
+
     @field_validator("inputs", mode="before")
     @classmethod
     def _inputs_tuple(cls, v: object) -> object:

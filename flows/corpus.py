@@ -1,0 +1,122 @@
+"""The partition flow: ingest -> shard -> process on Ray actors -> commit Parquet + manifest -> report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    date = flow_run.parameters.get("date") or dt.datetime.now(dt.UTC).date().isoformat()
+    return f"corpus-{date}"
+
+
+@flow(name="corpus", flow_run_name=_run_name, log_prints=True)
+def corpus_flow(
+    inputs: list[str],
+    out: str,
+    date: str | None = None,
+    tasks: str = "lid",
+    force: bool = False,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    ner_model: str | None = None,
+    embed_model: str | None = None,
+    qe_model: str | None = None,
+    qe_method: str = "regression",
+    missing_input: str = "fail",
+    options: dict[str, Any] | None = None,
+) -> dict:
+    """Process one date partition of a corpus; a committed partition is skipped unless force."""
+    from tasks import collect, steps
+    from tasks.shard import staging_root
+    from xlmflow.settings import make_settings
+
+    logger = get_run_logger()
+    settings = make_settings(
+        inputs=inputs, out=out, tasks=tasks, force=force, ray_address=ray_address, actors=actors,
+        ner_model=ner_model, embed_model=embed_model, qe_model=qe_model, qe_method=qe_method,
+        **({"date": date} if date else {}), **(options or {}),
+    )
+    day = settings.date.isoformat()
+    _tag_run(day, settings.tasks)
+    result = {"date": day, "out": settings.out, "manifest": None}
+    existing = collect.read_manifest(settings.out, day)
+    if existing and not settings.force:
+        removed = collect.cleanup_partition(settings.out, day, existing)  # leftovers of a crash after commit
+        logger.info("partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
+                    day, existing.get("run_id"), f" (removed {removed} stray files)" if removed else "")
+        return {**result, "status": "skipped", "manifest": existing}
+    if missing_input == "skip" and not _any_input(settings.inputs):
+        logger.info("partition %s: no input at %s", day, list(settings.inputs))
+        return {**result, "status": "no_input"}
+    t0 = time.perf_counter()
+    run = {"run_id": uuid.uuid4().hex, "code_version": _code_version(),
+           "started_at": dt.datetime.now(dt.UTC).isoformat(), "flow_run_id": _flow_run_id()}
+    staging = staging_root(settings.out, day, settings.config_hash())
+    ing = steps.ingest_inputs(settings)
+    shards = steps.shard_records(ing.table, staging, settings)
+    done, failed, infos = steps.process_shards(shards, staging, settings)
+    run["actors"] = infos
+    run["models"] = infos[0]["models"] if infos else {}
+    secs = time.perf_counter() - t0
+    chars = sum(s["chars"] for s in shards)
+    run["throughput"] = {"seconds": round(secs, 2), "docs_per_s": round(ing.table.num_rows / secs, 1),
+                         "chars_per_s": round(chars / secs, 1)}
+    manifest = steps.commit_partition(settings, shards, done, failed, ing, staging, run)
+    from tasks.report import dataset_stats
+
+    manifest.update(dataset_stats(manifest, settings.out))
+    steps.publish_report({**manifest, "status": "committed"}, settings.out)
+    return {**result, "status": "committed", "manifest": manifest}
+
+
+def _any_input(inputs: tuple[str, ...]) -> bool:
+    from xlmflow import storage
+
+    for i in inputs:
+        fs, path = storage.fs_for(i)
+        if any(c in path for c in "*?[") and fs.glob(path):
+            return True
+        if fs.exists(path) and (fs.isfile(path) or fs.find(path)):
+            return True
+    return False
+
+
+def _tag_run(day: str, tasks: tuple[str, ...]) -> None:
+    """Tag the flow run with its date and tasks, so the UI can filter partitions."""
+    try:
+        from prefect import get_client
+        from prefect.runtime import flow_run
+
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run.id)
+            client.update_flow_run(flow_run.id, tags=sorted({*run.tags, f"date:{day}", *(f"task:{t}" for t in tasks)}))
+    except Exception:  # noqa: BLE001 - tags are cosmetic
+        pass
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+def _code_version() -> str:
+    import subprocess
+    from pathlib import Path
+
+    import xlmflow
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except Exception:  # noqa: BLE001
+        sha = ""
+    return f"{xlmflow.__version__}+{sha}" if sha else xlmflow.__version__

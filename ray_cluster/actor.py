@@ -1,0 +1,141 @@
+"""The long-lived shard worker: processors (models, detectors) load once in __init__, shards stream in."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import time
+
+from xlmflow import storage
+from xlmflow.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+DONE_MARKER = "_SUCCESS.json"
+
+
+def results_uri(staging: str, shard_id: str) -> str:
+    return storage.join(staging, "results", shard_id)
+
+
+class ShardWorker:
+    """Ray actor body (wrapped with ray.remote by the pool). Also usable in-process for tests."""
+
+    def __init__(self, settings_json: str, num_cpus: float = 1.0) -> None:
+        from ray_cluster.processors.base import build_processors
+
+        self.settings = RunSettings.model_validate_json(settings_json)
+        self.device = _pick_device(num_cpus)
+        t0 = time.perf_counter()
+        self.processors = build_processors(self.settings)
+        for p in self.processors:
+            p.setup(self.device)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def info(self) -> dict:
+        """Where this actor runs and what it sees (used by the placement tests and the manifest)."""
+        import ray
+
+        try:
+            gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        except Exception:  # noqa: BLE001 - outside a Ray worker
+            gpu_ids = []
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu_ids": gpu_ids,
+            "device": self.device,
+            "setup_seconds": round(self.setup_seconds, 3),
+            "models": {p.name: p.model_info() for p in self.processors},
+        }
+
+    def process_shard(self, shard: dict, staging: str) -> dict:
+        """Process one shard and write its results; idempotent (a finished shard is not redone)."""
+        import pyarrow as pa
+
+        from xlmflow import schemas
+
+        out_dir = results_uri(staging, shard["shard_id"])
+        marker = storage.join(out_dir, DONE_MARKER)
+        if storage.exists(marker):
+            return storage.read_json(marker)
+        _maybe_crash_for_test(shard["shard_id"])
+        t0 = time.perf_counter()
+        table = storage.read_table_ipc(shard["uri"])
+        rejects: list[dict] = []
+        datasets: dict[str, list] = collections.defaultdict(list)
+        per_proc = {}
+        for p in self.processors:
+            res = p.process(table)
+            table, rejects = res.table, rejects + res.rejects
+            for name, parts in res.datasets.items():
+                datasets[name].extend(parts)
+            per_proc[p.name] = res.stats
+        main_name = "pairs" if self.settings.mode == "pairs" else "documents"
+        main = _conform(table, schemas.PAIRS if main_name == "pairs" else schemas.DOCUMENTS)
+        counts = {main_name: main.num_rows, "rejects": len(rejects)}
+        # data objects first, the marker last: a shard is done only when all its files are whole
+        storage.write_table_ipc(storage.join(out_dir, f"{main_name}.arrow"), main)
+        storage.write_table_ipc(storage.join(out_dir, "rejects.arrow"), schemas.rejects_table(rejects))
+        for name, parts in datasets.items():
+            t = pa.concat_tables(parts)
+            counts[name] = t.num_rows
+            storage.write_table_ipc(storage.join(out_dir, f"{name}.arrow"), t)
+        stats = {
+            "shard_id": shard["shard_id"],
+            "rows_in": shard["rows"],
+            "chars": shard["chars"],
+            "counts": counts,
+            "rejects_by_reason": dict(collections.Counter(r["reason"] for r in rejects)),
+            "by_lang": _lang_counts(main),
+            "processors": per_proc,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "actor": {"pid": os.getpid(), "device": self.device,
+                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        }
+        storage.write_json(marker, stats)
+        return stats
+
+
+def _conform(table, schema):  # noqa: ANN001, ANN202
+    """Project/cast to the output schema; columns a skipped processor did not add become nulls."""
+    import pyarrow as pa
+
+    cols = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _lang_counts(table) -> dict:  # noqa: ANN001
+    if "lang" not in table.column_names:
+        return {}
+    return dict(collections.Counter(x or "und" for x in table["lang"].to_pylist()))
+
+
+def _pick_device(num_cpus: float) -> str:
+    """CUDA when this actor was given a GPU that torch can see, else CPU with threads matched to its CPUs."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    torch.set_num_threads(max(1, int(num_cpus)))
+    return "cpu"
+
+
+def _maybe_crash_for_test(shard_id: str) -> None:
+    """Fault injection for the actor-death tests: XLMFLOW_TEST_CRASH=<marker-file>:<shard-prefix>.
+
+    The first actor to reach that shard creates the marker and dies hard (as on OOM-kill or node loss).
+    """
+    spec = os.environ.get("XLMFLOW_TEST_CRASH")
+    if not spec:
+        return
+    marker, prefix = spec.rsplit(":", 1)
+    if shard_id.startswith(prefix) and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)

@@ -1,0 +1,58 @@
+"""Connect to Ray (an existing cluster or a local one) and decide the actor layout."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from xlmflow.errors import ConfigError, FatalError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    actors: int
+    num_cpus: float
+    num_gpus: float
+
+
+def connect(address: str | None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray; reuse an already-initialised one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface
+            ray.init(include_dashboard=False, log_to_driver=True)
+    except ConnectionError as exc:
+        raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from exc
+
+
+def plan_layout(actors: int | None, gpu_fraction: float = 1.0) -> Layout:
+    """One actor per GPU (or 1/gpu_fraction per GPU) when the cluster has GPUs, else CPU actors.
+
+    CPUs are always declared: an actor holding an implicit CPU for its whole life starves other work
+    on small machines (NOTES.md).
+    """
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = int(res.get("CPU", 1)), res.get("GPU", 0)
+    if gpus >= 1:
+        max_actors = int(gpus / gpu_fraction)
+        n = actors or max_actors
+        if n > max_actors:
+            raise ConfigError(f"--actors {n} needs {n * gpu_fraction:g} GPUs; the cluster has {gpus:g}")
+        # GPU actors need a few CPUs for tokenization; never more than the node can give each
+        return Layout(n, float(max(1, min(4, cpus // n))) if cpus >= n else cpus / n, gpu_fraction)
+    n = actors or max(1, cpus // 4)
+    if n > cpus:
+        raise ConfigError(f"--actors {n} needs {n} CPUs; the cluster has {cpus}; lower --actors")
+    return Layout(n, float(max(1, cpus // n)), 0.0)

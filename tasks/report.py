@@ -1,0 +1,146 @@
+"""Run reporting: progress while shards finish, and a summary (table + markdown) when a partition commits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from xlmflow import storage
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """A terminal progress bar plus a Prefect progress artifact, both updated as shards finish."""
+
+    def __init__(self, total_shards: int, total_rows: int, date: str) -> None:
+        from tqdm import tqdm
+
+        self.total = max(1, total_shards)
+        self.done = 0
+        self.bar = tqdm(total=total_rows, unit="doc", desc=f"partition {date}", file=sys.stderr,
+                        mininterval=1.0, disable=None)
+        self.artifact_id = None
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self.artifact_id = create_progress_artifact(
+                progress=0.0, key=_key(f"corpus-{date}-progress"), description=f"shards committed for {date}")
+        except Exception as exc:  # noqa: BLE001 - progress must never fail a run
+            log.debug("no progress artifact: %s", exc)
+
+    def shard_done(self, stats: dict) -> None:
+        self.done += 1
+        self.bar.update(stats["rows_in"])
+        if self.artifact_id is not None:
+            try:
+                from prefect.artifacts import update_progress_artifact
+
+                update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("progress update failed: %s", exc)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _key(s: str) -> str:
+    # artifact keys: lowercase letters, digits and dashes only
+    return "".join(c if c.isalnum() else "-" for c in s.lower())
+
+
+def summary_rows(manifest: dict) -> list[dict]:
+    """The summary as rows of (section, key, value): languages, reject reasons, datasets, throughput."""
+    c = manifest["counts"]
+    rows = [{"section": "counts", "key": k, "value": c[k]} for k in ("input_rows", "documents", "rejects")]
+    rows += [{"section": "language", "key": k, "value": v}
+             for k, v in sorted(c.get("by_lang", {}).items(), key=lambda kv: -kv[1])]
+    rows += [{"section": "reject_reason", "key": k, "value": v} for k, v in c.get("rejects_by_reason", {}).items()]
+    rows += [{"section": "entity_label", "key": k, "value": v} for k, v in manifest.get("entity_labels", {}).items()]
+    rows += [{"section": "qe_score", "key": k, "value": v} for k, v in manifest.get("qe_quantiles", {}).items()]
+    rows += [{"section": "throughput", "key": k, "value": v} for k, v in manifest.get("throughput", {}).items()]
+    return rows
+
+
+def dataset_stats(manifest: dict, out: str) -> dict:
+    """Entities per label and QE score quantiles, read back from the committed Parquet (columns only)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    extra: dict = {}
+    files = manifest["files"]
+    if files.get("entities"):
+        labels: dict[str, int] = {}
+        for f in files["entities"]:
+            t = _read_cols(storage.join(out, f["path"]), ["label"], pq)
+            for v in pc.value_counts(t["label"]).to_pylist():
+                labels[v["values"]] = labels.get(v["values"], 0) + v["counts"]
+        extra["entity_labels"] = dict(sorted(labels.items()))
+    if files.get("qe"):
+        import pyarrow as pa
+
+        scores = pa.concat_arrays([_read_cols(storage.join(out, f["path"]), ["score"], pq)["score"].combine_chunks()
+                                   for f in files["qe"]])
+        if len(scores):
+            qs = pc.quantile(scores, q=[0.05, 0.25, 0.5, 0.75, 0.95]).to_pylist()
+            extra["qe_quantiles"] = {f"p{int(q * 100):02d}": round(v, 4) for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), qs, strict=True)}
+    return extra
+
+
+def _read_cols(uri: str, cols: list[str], pq):  # noqa: ANN001, ANN202
+    fs, path = storage.fs_for(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=cols)
+
+
+def markdown_report(manifest: dict, out: str) -> str:
+    c = manifest["counts"]
+    lines = [
+        f"# Partition {manifest['date']} — {manifest.get('status', 'committed')}",
+        "",
+        f"- input rows: **{c['input_rows']}**, output rows: **{c['documents']}**, rejects: **{c['rejects']}**",
+        f"- tasks: `{','.join(manifest['settings']['tasks'])}`; run `{manifest['run_id']}`; "
+        f"config `{manifest['config_hash']}`",
+        f"- manifest: `{storage.join(out, '_manifests', 'date=' + manifest['date'] + '.json')}`",
+        "",
+        "## Outputs",
+        "",
+        "| dataset | files | rows |",
+        "|---|---|---|",
+    ]
+    for name, files in manifest["files"].items():
+        where = storage.join(out, name, f"date={manifest['date']}") + "/"
+        lines.append(f"| {name} (`{where}`) | {len(files)} | {sum(f['rows'] for f in files)} |")
+    if manifest.get("throughput"):
+        lines += ["", "## Throughput", ""] + [f"- {k}: {v}" for k, v in manifest["throughput"].items()]
+    if manifest["shards"]["failed"]:
+        lines += ["", f"**{len(manifest['shards']['failed'])} shard(s) failed**: their rows are rejects "
+                  "with reason `shard_failed`; rerun with `--force`."]
+    return "\n".join(lines)
+
+
+def publish_report(manifest: dict, out: str) -> None:
+    """Table + markdown artifacts on the Prefect run (best effort: reporting never fails a commit)."""
+    try:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = _key(f"corpus-{manifest['date']}")
+        create_table_artifact(table=summary_rows(manifest), key=f"{key}-summary",
+                              description=f"counts for partition {manifest['date']}")
+        create_markdown_artifact(markdown=markdown_report(manifest, out), key=f"{key}-report",
+                                 description=f"report for partition {manifest['date']}")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not publish the run report artifacts: %s", exc)
+
+
+def print_summary(manifest: dict, stream=sys.stdout) -> None:  # noqa: ANN001
+    c = manifest["counts"]
+    print(f"partition {manifest['date']}: {manifest.get('status', 'committed')} — input rows {c['input_rows']}, "
+          f"output rows {c['documents']}, rejects {c['rejects']}", file=stream)
+    if c.get("rejects_by_reason"):
+        print("  rejects: " + ", ".join(f"{k}={v}" for k, v in c["rejects_by_reason"].items()), file=stream)
+    if c.get("by_lang"):
+        top = sorted(c["by_lang"].items(), key=lambda kv: -kv[1])[:10]
+        print(f"  languages ({len(c['by_lang'])}): " + ", ".join(f"{k}={v}" for k, v in top), file=stream)
+    for k, v in manifest.get("throughput", {}).items():
+        print(f"  {k}: {v}", file=stream)

@@ -1,0 +1,156 @@
+"""`xlmflow` command line: run a partition, make tiny models and pairs, deploy, backfill."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+
+from xlmflow.errors import ConfigError, FatalError, XlmflowError
+
+
+def _date(s: str) -> str:
+    try:
+        return dt.date.fromisoformat(s).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from exc
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (HF id, local dir, s3:// prefix, or 'tiny' for the offline smoke-test model)")
+    g.add_argument("--ner-model")
+    g.add_argument("--ner-aggregation", choices=["simple", "first", "average", "max"])
+    g.add_argument("--embed-model")
+    g.add_argument("--embed-pooling", choices=["mean", "lawdr"])
+    g.add_argument("--qe-model")
+    g.add_argument("--qe-method", choices=["regression", "cosine"], default="regression")
+    g.add_argument("--qe-order", choices=["src-mt", "mt-src"], help="input order of the cross-encoder")
+    g.add_argument("--qe-target-lang", help="expected language of translations, e.g. deu_Latn")
+    g.add_argument("--stride", type=int, help="token overlap between windows of long documents")
+    g.add_argument("--max-batch-tokens", type=int, help="padded tokens per model batch")
+    g.add_argument("--gpu-fraction", type=float, help="GPUs per actor (e.g. 0.5 packs two actors per GPU)")
+    g.add_argument("--model-cache", help="local cache for models copied from s3://")
+
+
+def option_dict(a: argparse.Namespace) -> dict:
+    """RunSettings fields given on the command line (beyond the flow's named parameters)."""
+    keys = ["ner_aggregation", "embed_pooling", "qe_order", "qe_target_lang", "stride", "max_batch_tokens",
+            "gpu_fraction", "model_cache", "shard_chars", "max_text_chars"]
+    opts = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+    if getattr(a, "target_file_mb", None):
+        opts["target_file_bytes"] = int(a.target_file_mb * 1024 * 1024)
+    return opts
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from flows.corpus import corpus_flow
+    from tasks.report import print_summary
+
+    res = corpus_flow(
+        inputs=a.inputs, out=a.out, date=a.date, tasks=a.tasks, force=a.force, ray_address=a.ray_address,
+        actors=a.actors, ner_model=a.ner_model, embed_model=a.embed_model, qe_model=a.qe_model,
+        qe_method=a.qe_method, options=option_dict(a),
+    )
+    if res["status"] == "skipped":
+        print(f"partition {res['date']} is already committed in {res['out']} (run {res['manifest']['run_id']}); "
+              "nothing to do. Use --force to recompute it.")
+        return 0
+    print_summary({**res["manifest"], "status": res["status"]})
+    print(f"outputs under {res['out']}; manifest {res['out']}/_manifests/date={res['date']}.json")
+    return 0
+
+
+def cmd_models_tiny(a: argparse.Namespace) -> int:
+    from ray_cluster.models import make_tiny
+
+    path = make_tiny(a.task, a.out, seed=a.seed)
+    print(f"wrote a tiny random-weight XLM-R {a.task} checkpoint (smoke tests only: its outputs are noise) to {path}")
+    return 0
+
+
+def cmd_pairs_make(a: argparse.Namespace) -> int:
+    from tasks.pairs import make_pairs
+
+    n = make_pairs(a.parallel, a.src_lang, a.out, a.tgt_langs.split(",") if a.tgt_langs else None)
+    print(f"wrote {n} pairs to {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xlmflow", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="process one date partition of a corpus")
+    r.add_argument("inputs", nargs="+", help="files, directories or globs, local or s3://")
+    r.add_argument("--out", required=True, help="output root: a directory or s3://bucket/prefix")
+    r.add_argument("--date", type=_date, help="partition date YYYY-MM-DD (default: today, UTC)")
+    r.add_argument("--tasks", default="lid", help="comma list of lid,ner,embed or qe (default: lid)")
+    r.add_argument("--ray-address", help="existing Ray cluster (default: start a local Ray)")
+    r.add_argument("--actors", type=int, help="actors in the pool (default: one per GPU, else CPUs/4)")
+    r.add_argument("--force", action="store_true", help="recompute a committed partition and replace it")
+    r.add_argument("--shard-chars", type=int, help="characters per shard (default 2,000,000)")
+    r.add_argument("--target-file-mb", type=float, help="target Parquet file size in MB (default 128)")
+    r.add_argument("--max-text-chars", type=int, help="longer texts are rejected as too_long")
+    add_model_options(r)
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("models", help="model utilities").add_subparsers(dest="models_cmd", required=True)
+    t = m.add_parser("tiny", help="write a tiny random XLM-R checkpoint with the real tokenizer (offline)")
+    t.add_argument("--task", choices=["ner", "embed", "qe"], required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_models_tiny)
+
+    pa = sub.add_parser("pairs", help="pair utilities").add_subparsers(dest="pairs_cmd", required=True)
+    mk = pa.add_parser("make", help="form src/mt pairs from a parallel corpus sharing ids across languages")
+    mk.add_argument("parallel")
+    mk.add_argument("--src-lang", required=True)
+    mk.add_argument("--tgt-langs", help="comma list (default: every other language)")
+    mk.add_argument("--out", required=True)
+    mk.set_defaults(func=cmd_pairs_make)
+
+    try:
+        from flows.backfill import add_backfill_arguments, backfill_main
+        from flows.deploy import add_deploy_arguments, deploy_main
+    except ImportError:
+        pass
+    else:
+        b = sub.add_parser("backfill", help="run one partition per date over a date range")
+        add_backfill_arguments(b)
+        b.set_defaults(func=backfill_main)
+        d = sub.add_parser("deploy", help="create the daily and backfill deployments on a Prefect server")
+        add_deploy_arguments(d)
+        d.set_defaults(func=deploy_main)
+    return p
+
+
+def _quiet_defaults() -> None:
+    # offline-friendly defaults; an explicit environment always wins
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"xlmflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (FatalError, XlmflowError) as exc:
+        print(f"xlmflow: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("xlmflow: interrupted; rerun the same command to resume from finished shards", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
