@@ -40,9 +40,18 @@ def corpus_flow(
 
     logger = get_run_logger()
     settings = make_settings(
-        inputs=inputs, out=out, tasks=tasks, force=force, ray_address=ray_address, actors=actors,
-        ner_model=ner_model, embed_model=embed_model, qe_model=qe_model, qe_method=qe_method,
-        **({"date": date} if date else {}), **(options or {}),
+        inputs=inputs,
+        out=out,
+        tasks=tasks,
+        force=force,
+        ray_address=ray_address,
+        actors=actors,
+        ner_model=ner_model,
+        embed_model=embed_model,
+        qe_model=qe_model,
+        qe_method=qe_method,
+        **({"date": date} if date else {}),
+        **(options or {}),
     )
     day = settings.date.isoformat()
     _tag_run(day, settings.tasks)
@@ -50,15 +59,23 @@ def corpus_flow(
     existing = collect.read_manifest(settings.out, day)
     if existing and not settings.force:
         removed = collect.cleanup_partition(settings.out, day, existing)  # leftovers of a crash after commit
-        logger.info("partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
-                    day, existing.get("run_id"), f" (removed {removed} stray files)" if removed else "")
+        logger.info(
+            "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
+            day,
+            existing.get("run_id"),
+            f" (removed {removed} stray files)" if removed else "",
+        )
         return {**result, "status": "skipped", "manifest": existing}
     if missing_input == "skip" and not _any_input(settings.inputs):
         logger.info("partition %s: no input at %s", day, list(settings.inputs))
         return {**result, "status": "no_input"}
     t0 = time.perf_counter()
-    run = {"run_id": uuid.uuid4().hex, "code_version": _code_version(),
-           "started_at": dt.datetime.now(dt.UTC).isoformat(), "flow_run_id": _flow_run_id()}
+    run = {
+        "run_id": uuid.uuid4().hex,
+        "code_version": _code_version(),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(),
+        "flow_run_id": _flow_run_id(),
+    }
     staging = staging_root(settings.out, day, settings.config_hash())
     ing = steps.ingest_inputs(settings)
     shards = steps.shard_records(ing.table, staging, settings)
@@ -67,8 +84,11 @@ def corpus_flow(
     run["models"] = infos[0]["models"] if infos else {}
     secs = time.perf_counter() - t0
     chars = sum(s["chars"] for s in shards)
-    run["throughput"] = {"seconds": round(secs, 2), "docs_per_s": round(ing.table.num_rows / secs, 1),
-                         "chars_per_s": round(chars / secs, 1)}
+    run["throughput"] = {
+        "seconds": round(secs, 2),
+        "docs_per_s": round(ing.table.num_rows / secs, 1),
+        "chars_per_s": round(chars / secs, 1),
+    }
     manifest = steps.commit_partition(settings, shards, done, failed, ing, staging, run)
     from tasks.report import dataset_stats
 
@@ -97,7 +117,9 @@ def _tag_run(day: str, tasks: tuple[str, ...]) -> None:
 
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run.id)
-            client.update_flow_run(flow_run.id, tags=sorted({*run.tags, f"date:{day}", *(f"task:{t}" for t in tasks)}))
+            client.update_flow_run(
+                flow_run.id, tags=sorted({*run.tags, f"date:{day}", *(f"task:{t}" for t in tasks)})
+            )
     except Exception:  # noqa: BLE001 - tags are cosmetic
         pass
 
@@ -115,8 +137,13 @@ def _code_version() -> str:
     import xlmflow
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except Exception:  # noqa: BLE001
         sha = ""
     return f"{xlmflow.__version__}+{sha}" if sha else xlmflow.__version__

@@ -93,8 +93,11 @@ class ShardWorker:
             "by_lang": _lang_counts(main),
             "processors": per_proc,
             "seconds": round(time.perf_counter() - t0, 4),
-            "actor": {"pid": os.getpid(), "device": self.device,
-                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+            "actor": {
+                "pid": os.getpid(),
+                "device": self.device,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            },
         }
         storage.write_json(marker, stats)
         return stats
@@ -104,8 +107,10 @@ def _conform(table, schema):  # noqa: ANN001, ANN202
     """Project/cast to the output schema; columns a skipped processor did not add become nulls."""
     import pyarrow as pa
 
-    cols = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-            for f in schema]
+    cols = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
     return pa.Table.from_arrays(cols, schema=schema)
 
 

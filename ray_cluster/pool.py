@@ -67,8 +67,9 @@ class ShardPool:
             except Exception:  # noqa: BLE001 - already gone
                 pass
 
-    def run(self, shards: list[dict], staging: str, on_done: Callable[[dict], None] | None = None
-            ) -> tuple[dict[str, dict], dict[str, str]]:
+    def run(
+        self, shards: list[dict], staging: str, on_done: Callable[[dict], None] | None = None
+    ) -> tuple[dict[str, dict], dict[str, str]]:
         """Process shards; returns (stats by shard id, error by shard id for shards that failed for good)."""
         import ray
 
@@ -92,7 +93,9 @@ class ShardPool:
             if not inflight:
                 for s in pending:
                     failed[s["shard_id"]] = "no live actors left"
-                raise FatalError(f"all shard actors died; {len(pending)} shards not processed; see the Ray logs")
+                raise FatalError(
+                    f"all shard actors died; {len(pending)} shards not processed; see the Ray logs"
+                )
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             i, shard = inflight.pop(ref)
             load[i] -= 1
@@ -147,5 +150,3 @@ def shutdown_pools() -> None:
     for p in list(_POOLS.values()):
         p.shutdown()
     _POOLS.clear()
-
-

@@ -46,7 +46,12 @@ class _PartWriter:
     """Buffers tables of one dataset and writes Parquet files of about `target_bytes` each."""
 
     def __init__(self, out: str, dataset: str, date: str, run_id: str, target_bytes: int) -> None:
-        self.out, self.dir, self.run, self.target = out, partition_dir(out, dataset, date), run_id[:8], target_bytes
+        self.out, self.dir, self.run, self.target = (
+            out,
+            partition_dir(out, dataset, date),
+            run_id[:8],
+            target_bytes,
+        )
         self.buf: list = []
         self.size = 0
         self.files: list[dict] = []
@@ -67,19 +72,31 @@ class _PartWriter:
         table = pa.concat_tables(self.buf) if self.buf else force_empty
         uri = storage.join(self.dir, f"part-{self.run}-{len(self.files):05d}.parquet")
         nbytes = storage.write_table_parquet(uri, table)
-        self.files.append({"path": uri[len(self.out.rstrip("/")) + 1:], "rows": table.num_rows, "bytes": nbytes})
+        self.files.append(
+            {"path": uri[len(self.out.rstrip("/")) + 1 :], "rows": table.num_rows, "bytes": nbytes}
+        )
         self.buf, self.size = [], 0
 
 
-def collect_partition(settings, shards: list[dict], done: dict[str, dict], failed: dict[str, str],  # noqa: ANN001
-                      ingest_counts: dict, ingest_rejects, staging: str, run: dict) -> dict:
+def collect_partition(
+    settings,
+    shards: list[dict],
+    done: dict[str, dict],
+    failed: dict[str, str],  # noqa: ANN001
+    ingest_counts: dict,
+    ingest_rejects,
+    staging: str,
+    run: dict,
+) -> dict:
     """Write the Parquet datasets and the manifest; returns the manifest."""
 
     from ray_cluster.actor import results_uri
 
     date = settings.date.isoformat()
     names = datasets_for(settings.tasks, settings.mode)
-    writers = {n: _PartWriter(settings.out, n, date, run["run_id"], settings.target_file_bytes) for n in names}
+    writers = {
+        n: _PartWriter(settings.out, n, date, run["run_id"], settings.target_file_bytes) for n in names
+    }
     counts: collections.Counter[str] = collections.Counter()
     by_reason: collections.Counter[str] = collections.Counter(r["reason"] for r in ingest_rejects)
     by_lang: collections.Counter[str] = collections.Counter()
@@ -102,8 +119,13 @@ def collect_partition(settings, shards: list[dict], done: dict[str, dict], faile
                 t = storage.read_table_ipc(uri)
                 counts[n] += t.num_rows
                 writers[n].add(t)
-    empty = {"documents": schemas.DOCUMENTS, "pairs": schemas.PAIRS, "qe": schemas.QE,
-             "entities": schemas.ENTITIES, "rejects": schemas.REJECTS}
+    empty = {
+        "documents": schemas.DOCUMENTS,
+        "pairs": schemas.PAIRS,
+        "qe": schemas.QE,
+        "entities": schemas.ENTITIES,
+        "rejects": schemas.REJECTS,
+    }
     for n, w in writers.items():
         # every dataset of the run gets at least one file, so readers find its schema on empty days
         w.flush(force_empty=empty[n].empty_table() if not w.files and n in empty else None)
@@ -119,8 +141,10 @@ def collect_partition(settings, shards: list[dict], done: dict[str, dict], faile
     }
     if manifest_counts["input_rows"] != counts[main] + n_rejects or counts["rejects"] != n_rejects:
         # never commit a partition that loses or invents rows
-        raise FatalError(f"row accounting does not reconcile: {manifest_counts}, rejects written "
-                         f"{counts['rejects']}; the partition was not committed (this is a bug, please report)")
+        raise FatalError(
+            f"row accounting does not reconcile: {manifest_counts}, rejects written "
+            f"{counts['rejects']}; the partition was not committed (this is a bug, please report)"
+        )
     finished = dt.datetime.now(dt.UTC)
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -142,10 +166,16 @@ def collect_partition(settings, shards: list[dict], done: dict[str, dict], faile
 def _shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     t = storage.read_table_ipc(shard["uri"])
     text_col = "text" if "text" in t.column_names else "src"
-    return [schemas.make_reject(r["source"], r["source_row"], "shard_failed",
-                                f"shard {shard['shard_id']} failed after retries: {error}; rerun with --force",
-                                r[text_col])
-            for r in t.select(["source", "source_row", text_col]).to_pylist()]
+    return [
+        schemas.make_reject(
+            r["source"],
+            r["source_row"],
+            "shard_failed",
+            f"shard {shard['shard_id']} failed after retries: {error}; rerun with --force",
+            r[text_col],
+        )
+        for r in t.select(["source", "source_row", text_col]).to_pylist()
+    ]
 
 
 def cleanup_partition(out: str, date: str, manifest: dict, staging: str | None = None) -> int:

@@ -18,14 +18,21 @@ class Progress:
 
         self.total = max(1, total_shards)
         self.done = 0
-        self.bar = tqdm(total=total_rows, unit="doc", desc=f"partition {date}", file=sys.stderr,
-                        mininterval=1.0, disable=None)
+        self.bar = tqdm(
+            total=total_rows,
+            unit="doc",
+            desc=f"partition {date}",
+            file=sys.stderr,
+            mininterval=1.0,
+            disable=None,
+        )
         self.artifact_id = None
         try:
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(
-                progress=0.0, key=_key(f"corpus-{date}-progress"), description=f"shards committed for {date}")
+                progress=0.0, key=_key(f"corpus-{date}-progress"), description=f"shards committed for {date}"
+            )
         except Exception as exc:  # noqa: BLE001 - progress must never fail a run
             log.debug("no progress artifact: %s", exc)
 
@@ -53,12 +60,23 @@ def summary_rows(manifest: dict) -> list[dict]:
     """The summary as rows of (section, key, value): languages, reject reasons, datasets, throughput."""
     c = manifest["counts"]
     rows = [{"section": "counts", "key": k, "value": c[k]} for k in ("input_rows", "documents", "rejects")]
-    rows += [{"section": "language", "key": k, "value": v}
-             for k, v in sorted(c.get("by_lang", {}).items(), key=lambda kv: -kv[1])]
-    rows += [{"section": "reject_reason", "key": k, "value": v} for k, v in c.get("rejects_by_reason", {}).items()]
-    rows += [{"section": "entity_label", "key": k, "value": v} for k, v in manifest.get("entity_labels", {}).items()]
-    rows += [{"section": "qe_score", "key": k, "value": v} for k, v in manifest.get("qe_quantiles", {}).items()]
-    rows += [{"section": "throughput", "key": k, "value": v} for k, v in manifest.get("throughput", {}).items()]
+    rows += [
+        {"section": "language", "key": k, "value": v}
+        for k, v in sorted(c.get("by_lang", {}).items(), key=lambda kv: -kv[1])
+    ]
+    rows += [
+        {"section": "reject_reason", "key": k, "value": v} for k, v in c.get("rejects_by_reason", {}).items()
+    ]
+    rows += [
+        {"section": "entity_label", "key": k, "value": v}
+        for k, v in manifest.get("entity_labels", {}).items()
+    ]
+    rows += [
+        {"section": "qe_score", "key": k, "value": v} for k, v in manifest.get("qe_quantiles", {}).items()
+    ]
+    rows += [
+        {"section": "throughput", "key": k, "value": v} for k, v in manifest.get("throughput", {}).items()
+    ]
     return rows
 
 
@@ -79,11 +97,18 @@ def dataset_stats(manifest: dict, out: str) -> dict:
     if files.get("qe"):
         import pyarrow as pa
 
-        scores = pa.concat_arrays([_read_cols(storage.join(out, f["path"]), ["score"], pq)["score"].combine_chunks()
-                                   for f in files["qe"]])
+        scores = pa.concat_arrays(
+            [
+                _read_cols(storage.join(out, f["path"]), ["score"], pq)["score"].combine_chunks()
+                for f in files["qe"]
+            ]
+        )
         if len(scores):
             qs = pc.quantile(scores, q=[0.05, 0.25, 0.5, 0.75, 0.95]).to_pylist()
-            extra["qe_quantiles"] = {f"p{int(q * 100):02d}": round(v, 4) for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), qs, strict=True)}
+            extra["qe_quantiles"] = {
+                f"p{int(q * 100):02d}": round(v, 4)
+                for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), qs, strict=True)
+            }
     return extra
 
 
@@ -114,8 +139,11 @@ def markdown_report(manifest: dict, out: str) -> str:
     if manifest.get("throughput"):
         lines += ["", "## Throughput", ""] + [f"- {k}: {v}" for k, v in manifest["throughput"].items()]
     if manifest["shards"]["failed"]:
-        lines += ["", f"**{len(manifest['shards']['failed'])} shard(s) failed**: their rows are rejects "
-                  "with reason `shard_failed`; rerun with `--force`."]
+        lines += [
+            "",
+            f"**{len(manifest['shards']['failed'])} shard(s) failed**: their rows are rejects "
+            "with reason `shard_failed`; rerun with `--force`.",
+        ]
     return "\n".join(lines)
 
 
@@ -125,18 +153,27 @@ def publish_report(manifest: dict, out: str) -> None:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
         key = _key(f"corpus-{manifest['date']}")
-        create_table_artifact(table=summary_rows(manifest), key=f"{key}-summary",
-                              description=f"counts for partition {manifest['date']}")
-        create_markdown_artifact(markdown=markdown_report(manifest, out), key=f"{key}-report",
-                                 description=f"report for partition {manifest['date']}")
+        create_table_artifact(
+            table=summary_rows(manifest),
+            key=f"{key}-summary",
+            description=f"counts for partition {manifest['date']}",
+        )
+        create_markdown_artifact(
+            markdown=markdown_report(manifest, out),
+            key=f"{key}-report",
+            description=f"report for partition {manifest['date']}",
+        )
     except Exception as exc:  # noqa: BLE001
         log.warning("could not publish the run report artifacts: %s", exc)
 
 
 def print_summary(manifest: dict, stream=sys.stdout) -> None:  # noqa: ANN001
     c = manifest["counts"]
-    print(f"partition {manifest['date']}: {manifest.get('status', 'committed')} — input rows {c['input_rows']}, "
-          f"output rows {c['documents']}, rejects {c['rejects']}", file=stream)
+    print(
+        f"partition {manifest['date']}: {manifest.get('status', 'committed')} — input rows {c['input_rows']}, "
+        f"output rows {c['documents']}, rejects {c['rejects']}",
+        file=stream,
+    )
     if c.get("rejects_by_reason"):
         print("  rejects: " + ", ".join(f"{k}={v}" for k, v in c["rejects_by_reason"].items()), file=stream)
     if c.get("by_lang"):

@@ -61,7 +61,9 @@ def process_shards(shards: list[dict], staging: str, settings) -> tuple[dict, di
         if todo:
             pool = get_pool(settings)
             infos = pool.actor_infos
-            logger.info("pool: %d actors %s", len(infos), [(i["device"], i["cuda_visible_devices"]) for i in infos])
+            logger.info(
+                "pool: %d actors %s", len(infos), [(i["device"], i["cuda_visible_devices"]) for i in infos]
+            )
             new, failed = pool.run(todo, staging, on_done=progress.shard_done)
             done.update(new)
     finally:
@@ -73,7 +75,9 @@ def process_shards(shards: list[dict], staging: str, settings) -> tuple[dict, di
 def commit_partition(settings, shards, done, failed, ingest_res, staging, run) -> dict:  # noqa: ANN001
     """Write Parquet datasets and the manifest (last); delete superseded files and staging."""
     counts = {**ingest_res.counts(), "input_files": ingest_res.input_files}
-    manifest = collect.collect_partition(settings, shards, done, failed, counts, ingest_res.rejects, staging, run)
+    manifest = collect.collect_partition(
+        settings, shards, done, failed, counts, ingest_res.rejects, staging, run
+    )
     get_run_logger().info("commit: %s", manifest["counts"])
     return manifest
 

@@ -19,7 +19,9 @@ def _date(s: str) -> str:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models (HF id, local dir, s3:// prefix, or 'tiny' for the offline smoke-test model)")
+    g = p.add_argument_group(
+        "models (HF id, local dir, s3:// prefix, or 'tiny' for the offline smoke-test model)"
+    )
     g.add_argument("--ner-model")
     g.add_argument("--ner-aggregation", choices=["simple", "first", "average", "max"])
     g.add_argument("--embed-model")
@@ -36,8 +38,18 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def option_dict(a: argparse.Namespace) -> dict:
     """RunSettings fields given on the command line (beyond the flow's named parameters)."""
-    keys = ["ner_aggregation", "embed_pooling", "qe_order", "qe_target_lang", "stride", "max_batch_tokens",
-            "gpu_fraction", "model_cache", "shard_chars", "max_text_chars"]
+    keys = [
+        "ner_aggregation",
+        "embed_pooling",
+        "qe_order",
+        "qe_target_lang",
+        "stride",
+        "max_batch_tokens",
+        "gpu_fraction",
+        "model_cache",
+        "shard_chars",
+        "max_text_chars",
+    ]
     opts = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
     if getattr(a, "target_file_mb", None):
         opts["target_file_bytes"] = int(a.target_file_mb * 1024 * 1024)
@@ -49,13 +61,24 @@ def cmd_run(a: argparse.Namespace) -> int:
     from tasks.report import print_summary
 
     res = corpus_flow(
-        inputs=a.inputs, out=a.out, date=a.date, tasks=a.tasks, force=a.force, ray_address=a.ray_address,
-        actors=a.actors, ner_model=a.ner_model, embed_model=a.embed_model, qe_model=a.qe_model,
-        qe_method=a.qe_method, options=option_dict(a),
+        inputs=a.inputs,
+        out=a.out,
+        date=a.date,
+        tasks=a.tasks,
+        force=a.force,
+        ray_address=a.ray_address,
+        actors=a.actors,
+        ner_model=a.ner_model,
+        embed_model=a.embed_model,
+        qe_model=a.qe_model,
+        qe_method=a.qe_method,
+        options=option_dict(a),
     )
     if res["status"] == "skipped":
-        print(f"partition {res['date']} is already committed in {res['out']} (run {res['manifest']['run_id']}); "
-              "nothing to do. Use --force to recompute it.")
+        print(
+            f"partition {res['date']} is already committed in {res['out']} (run {res['manifest']['run_id']}); "
+            "nothing to do. Use --force to recompute it."
+        )
         return 0
     print_summary({**res["manifest"], "status": res["status"]})
     print(f"outputs under {res['out']}; manifest {res['out']}/_manifests/date={res['date']}.json")
@@ -66,7 +89,9 @@ def cmd_models_tiny(a: argparse.Namespace) -> int:
     from ray_cluster.models import make_tiny
 
     path = make_tiny(a.task, a.out, seed=a.seed)
-    print(f"wrote a tiny random-weight XLM-R {a.task} checkpoint (smoke tests only: its outputs are noise) to {path}")
+    print(
+        f"wrote a tiny random-weight XLM-R {a.task} checkpoint (smoke tests only: its outputs are noise) to {path}"
+    )
     return 0
 
 
@@ -137,8 +162,9 @@ def _quiet_defaults() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except ConfigError as exc:

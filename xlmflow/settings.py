@@ -24,17 +24,23 @@ class RunSettings(BaseModel):
 
     inputs: tuple[str, ...] = Field(description="Input files, directories or globs (local or s3://).")
     out: str = Field(description="Output root, a local directory or s3://bucket/prefix.")
-    date: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.UTC).date(), description="Partition date.")
+    date: dt.date = Field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).date(), description="Partition date."
+    )
     tasks: tuple[str, ...] = Field(default=("lid",), description="Processors to run, in order.")
     ray_address: str | None = Field(default=None, description="Ray cluster address; None starts a local Ray.")
-    actors: int | None = Field(default=None, gt=0, description="Actors in the pool (default: one per GPU, else per 2 CPUs).")
+    actors: int | None = Field(
+        default=None, gt=0, description="Actors in the pool (default: one per GPU, else per 2 CPUs)."
+    )
     force: bool = Field(default=False, description="Recompute a committed partition and replace it.")
 
     # ingest
     max_text_chars: int = Field(default=1_000_000, gt=0, description="Longer texts are rejected as too_long.")
     # sharding / output sizes
     shard_chars: int = Field(default=2_000_000, gt=0, description="Character budget of one Arrow shard.")
-    target_file_bytes: int = Field(default=128 * 1024 * 1024, gt=0, description="Target size of one Parquet file.")
+    target_file_bytes: int = Field(
+        default=128 * 1024 * 1024, gt=0, description="Target size of one Parquet file."
+    )
     max_inflight_per_actor: int = Field(default=2, gt=0, description="Shards queued on one actor at a time.")
     shard_retries: int = Field(default=2, ge=0, description="Retries of a shard whose actor died.")
 
@@ -46,10 +52,14 @@ class RunSettings(BaseModel):
     qe_model: str | None = None
     qe_method: Literal["regression", "cosine"] = "regression"
     qe_order: Literal["src-mt", "mt-src"] = "src-mt"
-    qe_target_lang: str | None = Field(default=None, description="Expected language of translations (e.g. deu_Latn).")
+    qe_target_lang: str | None = Field(
+        default=None, description="Expected language of translations (e.g. deu_Latn)."
+    )
     stride: int = Field(default=128, ge=0, description="Overlap in tokens between windows of long documents.")
     max_batch_tokens: int = Field(default=8192, gt=0, description="Token budget of one model batch.")
-    gpu_fraction: float = Field(default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs actors on a GPU).")
+    gpu_fraction: float = Field(
+        default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs actors on a GPU)."
+    )
     model_cache: str | None = Field(default=None, description="Local cache for models copied from s3://.")
 
     @field_validator("tasks", mode="before")
@@ -85,8 +95,19 @@ class RunSettings(BaseModel):
     def config_hash(self) -> str:
         """Hash of what decides the output rows (not where or how fast), keying staging and the manifest."""
         keep = self.model_dump(
-            mode="json", exclude={"out", "date", "ray_address", "actors", "force", "max_inflight_per_actor",
-                                  "shard_retries", "target_file_bytes", "model_cache", "gpu_fraction"}
+            mode="json",
+            exclude={
+                "out",
+                "date",
+                "ray_address",
+                "actors",
+                "force",
+                "max_inflight_per_actor",
+                "shard_retries",
+                "target_file_bytes",
+                "model_cache",
+                "gpu_fraction",
+            },
         )
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -59,7 +59,9 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except PermissionError as exc:
-        raise FatalError(f"no write access to {uri}: {exc}; choose another --out or fix its permissions") from exc
+        raise FatalError(
+            f"no write access to {uri}: {exc}; choose another --out or fix its permissions"
+        ) from exc
 
 
 def read_json(uri: str) -> Any:

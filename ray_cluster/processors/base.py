@@ -71,8 +71,12 @@ class Processor:
         for off in range(0, table.num_rows, self.batch_rows):
             self._run(table.slice(off, self.batch_rows), kept, datasets, rejects)
         out = pa.concat_tables(kept) if kept else table.slice(0, 0)
-        stats = {"rows_in": table.num_rows, "rows_out": out.num_rows, "rejects": len(rejects),
-                 "seconds": time.perf_counter() - t0}
+        stats = {
+            "rows_in": table.num_rows,
+            "rows_out": out.num_rows,
+            "rejects": len(rejects),
+            "seconds": time.perf_counter() - t0,
+        }
         return ShardOutput(out, datasets, rejects, stats)
 
     def _run(self, batch: pa.Table, kept: list, datasets: dict, rejects: list) -> None:
@@ -89,9 +93,18 @@ class Processor:
             from xlmflow.schemas import make_reject
 
             row = batch.to_pylist()[0]
-            log.warning("%s failed on %s row %s: %r", self.name, row.get("source"), row.get("source_row"), exc)
-            rejects.append(make_reject(row.get("source", ""), row.get("source_row"), "processing_error",
-                                       f"{self.name}: {type(exc).__name__}: {exc}", row.get("text") or row.get("src", "")))
+            log.warning(
+                "%s failed on %s row %s: %r", self.name, row.get("source"), row.get("source_row"), exc
+            )
+            rejects.append(
+                make_reject(
+                    row.get("source", ""),
+                    row.get("source_row"),
+                    "processing_error",
+                    f"{self.name}: {type(exc).__name__}: {exc}",
+                    row.get("text") or row.get("src", ""),
+                )
+            )
             return
         for name, col in res.columns.items():
             if name in batch.column_names:
