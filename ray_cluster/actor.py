@@ -133,14 +133,18 @@ def _pick_device(num_cpus: float) -> str:
 
 
 def _maybe_crash_for_test(shard_id: str) -> None:
-    """Fault injection for the actor-death tests: XLMFLOW_TEST_CRASH=<marker-file>:<shard-prefix>.
+    """Fault injection for the actor-death tests, off unless XLMFLOW_TEST_CRASH_FILE names a control file.
 
-    The first actor to reach that shard creates the marker and dies hard (as on OOM-kill or node loss).
+    The control file holds {"shard_prefix": ..., "marker": path}: the first actor to reach a matching
+    shard creates the marker and dies hard (as on an OOM kill or a lost node).
     """
-    spec = os.environ.get("XLMFLOW_TEST_CRASH")
-    if not spec:
+    ctl = os.environ.get("XLMFLOW_TEST_CRASH_FILE")
+    if not ctl or not os.path.exists(ctl):
         return
-    marker, prefix = spec.rsplit(":", 1)
-    if shard_id.startswith(prefix) and not os.path.exists(marker):
-        open(marker, "w").close()
+    import json
+
+    with open(ctl) as f:
+        spec = json.load(f)
+    if shard_id.startswith(spec["shard_prefix"]) and not os.path.exists(spec["marker"]):
+        open(spec["marker"], "w").close()
         os._exit(1)

@@ -63,3 +63,30 @@ def s3_bucket(moto_server):
 
     s3fs.S3FileSystem.clear_instance_cache()
     return f"s3://{name}"
+
+
+# Fault-injection control file read by ray_cluster.actor (see _maybe_crash_for_test); set before any
+# Ray starts so the worker processes inherit it. Harmless while the file does not exist.
+CRASH_CONTROL = os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"xlmflow-crash-{os.getpid()}.json"
+)
+os.environ["XLMFLOW_TEST_CRASH_FILE"] = CRASH_CONTROL
+
+
+@pytest.fixture
+def ray_local():
+    """A real local Ray (2 CPUs, no dashboard), started once and shared until a test needs another."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for flow tests (a real local server, SQLite, started once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
