@@ -1,0 +1,100 @@
+"""The scheduled daily run: one partition per day, its date taken from the run's *scheduled* time.
+
+The date never comes from the wall clock: a run that starts late, or is retried the next morning,
+still processes the day its schedule slot stands for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from prefect import flow, get_run_logger
+
+from xlmflow.errors import ConfigError
+
+
+def partition_date(scheduled: dt.datetime, lag_days: int = 1, timezone: str = "UTC") -> dt.date:
+    """The partition a run scheduled at `scheduled` processes: its calendar day in `timezone`, minus the lag.
+
+    A naive `scheduled` is taken as UTC (Prefect's times are always aware; this guards hand-made ones).
+    """
+    if lag_days < 0:
+        raise ConfigError(f"lag_days must be >= 0, got {lag_days}")
+    if scheduled.tzinfo is None:
+        scheduled = scheduled.replace(tzinfo=dt.UTC)
+    try:
+        tz = ZoneInfo(timezone)
+    except Exception as exc:  # ZoneInfoNotFoundError or a malformed key
+        raise ConfigError(
+            f"unknown time zone {timezone!r}; use an IANA name such as 'Europe/Berlin'"
+        ) from exc
+    return scheduled.astimezone(tz).date() - dt.timedelta(days=lag_days)
+
+
+def render_input(template: str, date: str) -> str:
+    """Fill `{date}` in an input template such as 's3://raw/corpus/date={date}/'."""
+    if "{date}" not in template:
+        raise ConfigError(f"input template {template!r} must contain '{{date}}'")
+    return template.replace("{date}", date)
+
+
+def _scheduled_date(lag_days: int, timezone: str) -> str:
+    from prefect.runtime import flow_run
+
+    return partition_date(flow_run.scheduled_start_time, lag_days, timezone).isoformat()
+
+
+def _daily_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    date = p.get("date") or _scheduled_date(p.get("lag_days", 1), p.get("timezone", "UTC"))
+    return f"daily-{date}"
+
+
+@flow(name="daily", flow_run_name=_daily_run_name)
+def daily_flow(
+    input_template: str,
+    out: str,
+    lag_days: int = 1,
+    timezone: str = "UTC",
+    date: str | None = None,
+    tasks: str = "lid",
+    force: bool = False,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    ner_model: str | None = None,
+    embed_model: str | None = None,
+    qe_model: str | None = None,
+    qe_method: str = "regression",
+    missing_input: str = "fail",
+) -> dict:
+    """Process the partition of the scheduled day (or `date`, for a manual re-run) as a `corpus` subflow."""
+    from flows.backfill import partition_lock
+    from flows.corpus import corpus_flow
+
+    day = date or _scheduled_date(lag_days, timezone)
+    get_run_logger().info("daily run for partition %s (lag %d day(s), tz %s)", day, lag_days, timezone)
+    # the same lock as a backfill of this date: the two never compute one partition at once
+    with partition_lock(out, day):
+        return corpus_flow(
+            inputs=[render_input(input_template, day)],
+            out=out,
+            date=day,
+            tasks=tasks,
+            force=force,
+            ray_address=ray_address,
+            actors=actors,
+            ner_model=ner_model,
+            embed_model=embed_model,
+            qe_model=qe_model,
+            qe_method=qe_method,
+            missing_input=missing_input,
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    daily_flow(input_template=sys.argv[1], out=sys.argv[2])
