@@ -1,0 +1,371 @@
+"""Ingest: formats, reject reasons, ids, dedup, accounting, s3://. Inputs are generated per test."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import time
+import unicodedata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from tasks.ingest import expand_inputs, ingest
+from xlmflow import schemas
+from xlmflow.errors import FatalError
+from xlmflow.settings import make_settings
+
+
+def run(inputs, tmp_path: Path, **kw):
+    paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
+    return ingest(make_settings(inputs=paths, out=str(tmp_path / "out"), **kw))
+
+
+def jl(*rows) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+def by_reason(res) -> dict:
+    out: dict = {}
+    for r in res.rejects:
+        out.setdefault(r["reason"], []).append(r)
+    return out
+
+
+def assert_accounting(res) -> None:
+    assert res.input_rows == res.table.num_rows + len(res.rejects)
+    c = res.counts()
+    assert c["input_rows"] == c["accepted"] + c["rejects"] == res.input_rows
+    assert sum(c["rejects_by_reason"].values()) == c["rejects"]
+
+
+def content_id(text: str) -> str:
+    norm = " ".join(unicodedata.normalize("NFC", text).split())
+    return "sha1:" + hashlib.sha1(norm.encode()).hexdigest()[:16]
+
+
+def test_jsonl_fields_ids_meta_and_rows(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_bytes(
+        jl({"id": "x1", "lang": "deu_Latn", "text": "Hallo Welt", "url": "http://e", "n": 3})
+        + b"\n   \n"  # blank lines are skipped and are not rows, but they are lines
+        + jl({"id": 7, "text": "Zahl-ID"}, {"text": "ohne ID", "lang": None}, {"id": "", "text": "leere ID"})
+    )
+    res = run(f, tmp_path)
+    assert res.table.schema == schemas.STAGED_DOCS
+    assert res.input_files == [str(f)]
+    rows = res.table.to_pylist()
+    assert [r["doc_id"] for r in rows] == ["x1", "7", content_id("ohne ID"), content_id("leere ID")]
+    assert [r["source_row"] for r in rows] == [1, 4, 5, 6]
+    assert {r["source"] for r in rows} == {str(f)}
+    assert rows[0]["lang_hint"] == "deu_Latn" and rows[2]["lang_hint"] is None
+    assert json.loads(rows[0]["meta"]) == {"url": "http://e", "n": 3}
+    assert rows[1]["meta"] == "{}"
+    assert [r["n_chars"] for r in rows] == [len(r["text"]) for r in rows]
+    assert res.counts() == {"input_rows": 4, "accepted": 4, "rejects": 0, "rejects_by_reason": {}}
+
+
+def test_every_bad_row_kind_is_a_reject_and_accounting_holds(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(
+        jl(
+            {"id": "ok1", "text": "good one"},
+            b'{"text": "broken',  # invalid_json
+            b"[1, 2]",  # not_object
+            b'"just a string"',  # not_object
+            {"id": "m1"},  # missing_text
+            {"text": None},  # missing_text (null)
+            {"text": 42},  # non_string_text
+            {"text": ""},  # empty_text
+            {"text": " \t\u3000"},  # empty_text (whitespace only)
+            b'{"text": "caf\xe9 latin-1"}',  # invalid_utf8
+            b'{"text": "lone \\ud800 surrogate"}',  # unencodable_text
+            b'{"id": "\\udc00", "text": "surrogate in id"}',  # unencodable_text
+            {"text": "x" * 51},  # too_long (max_text_chars=50)
+            {"id": "ok1", "text": "other text, same id"},  # duplicate_id
+            {"id": "ok2", "text": "  good   one "},  # duplicate (same normalized text)
+            b'{"text": "kept; meta has a surrogate", "note": "\\udc00"}',  # accepted
+        )
+    )
+    # a gzip file cut mid-stream: rows before the break are kept, one reject for the tail
+    big = jl(
+        *(
+            {"id": f"g{i}", "text": f"gz {i} " + hashlib.sha1(str(i).encode()).hexdigest()[:20]}
+            for i in range(3000)
+        )
+    )
+    gz = gzip.compress(big)
+    (d / "b.jsonl.gz").write_bytes(gz[: len(gz) // 2])
+    (d / "c.parquet").write_bytes(b"this is not parquet")  # unreadable_file
+    res = run(d, tmp_path, max_text_chars=50)
+
+    assert_accounting(res)
+    got = by_reason(res)
+    want = {"invalid_json": 1, "not_object": 2, "missing_text": 2, "non_string_text": 1, "empty_text": 2,
+            "invalid_utf8": 1, "unencodable_text": 2, "too_long": 1, "duplicate_id": 1, "duplicate": 1,
+            "truncated_input": 1, "unreadable_file": 1}  # fmt: skip
+    assert {k: len(v) for k, v in got.items()} == want
+    a = str(d / "a.jsonl")
+    assert [r["source_row"] for r in got["not_object"]] == [3, 4]
+    assert got["invalid_utf8"][0]["source"] == a and got["invalid_utf8"][0]["source_row"] == 10
+    assert "ok1" in got["duplicate_id"][0]["detail"] and "row 1" in got["duplicate_id"][0]["detail"]
+    assert got["unreadable_file"][0]["source"] == str(d / "c.parquet")
+    assert got["unreadable_file"][0]["source_row"] is None
+    # lines around the bad ones survive; gz rows before the break are a clean prefix
+    ids = res.table.column("doc_id").to_pylist()
+    a_rows = [r for r in res.table.to_pylist() if r["source"] == a]
+    assert [r["source_row"] for r in a_rows] == [1, 16]
+    gz_ids = [i for i in ids if i.startswith("g")]
+    assert 0 < len(gz_ids) < 3000 and gz_ids == [f"g{i}" for i in range(len(gz_ids))]
+    tail = got["truncated_input"][0]
+    assert tail["source_row"] == len(gz_ids) + 1 and tail["source"].endswith("b.jsonl.gz")
+    # both tables are writable as Parquet (no surrogates leak into Arrow strings)
+    pq.write_table(res.table, tmp_path / "t.parquet")
+    pq.write_table(schemas.rejects_table(res.rejects), tmp_path / "r.parquet")
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == len(res.rejects)
+
+
+def test_dedup_is_global_first_row_wins_and_ids_are_stable(tmp_path):
+    (tmp_path / "1.jsonl").write_bytes(jl({"text": "Cafe\u0301  au lait"}, {"text": "second"}))
+    (tmp_path / "2.jsonl").write_bytes(jl({"text": " Caf\u00e9 au\nlait"}, {"id": "z", "text": "second"}))
+    res = run(str(tmp_path / "*.jsonl"), tmp_path)
+    assert_accounting(res)
+    assert res.table.column("text").to_pylist() == ["Cafe\u0301  au lait", "second"]  # text kept as given
+    assert res.table.column("doc_id").to_pylist() == [content_id("Café au lait"), content_id("second")]
+    assert [(r["source"][-7:], r["source_row"], r["reason"]) for r in res.rejects] == [
+        ("2.jsonl", 1, "duplicate"),
+        ("2.jsonl", 2, "duplicate"),
+    ]
+    again = run(str(tmp_path / "*.jsonl"), tmp_path)
+    assert again.table.equals(res.table) and again.rejects == res.rejects
+
+
+def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
+    f = tmp_path / "win.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"text": "eins"}\r\n\r\n{"text": "zwei"}\r\n{"text": "drei"}')
+    c = tmp_path / "win.csv"
+    c.write_bytes(
+        '\ufeffid,text,lang\r\n1,"zeile eins\r\nzeile zwei",deu_Latn\r\n\r\n2,"sagt ""hi""",\r\n'.encode()
+    )
+    res = run([f, c], tmp_path)
+    assert_accounting(res)
+    assert not res.rejects
+    rows = res.table.to_pylist()
+    assert [(r["text"], r["source_row"]) for r in rows[:2]] == [
+        ("zeile eins\r\nzeile zwei", 1),
+        ('sagt "hi"', 2),
+    ]
+    assert [r["doc_id"] for r in rows[:2]] == ["1", "2"]
+    assert [r["lang_hint"] for r in rows[:2]] == ["deu_Latn", None]  # empty CSV cell = absent
+    assert [(r["text"], r["source_row"]) for r in rows[2:]] == [("eins", 1), ("zwei", 3), ("drei", 4)]
+
+
+def test_csv_tsv_and_gzipped_csv(tmp_path):
+    (tmp_path / "a.csv").write_text("text,id,source_url\nhello,a1,u1\n,a2,u2\nbye,a3,u3,EXTRA\n")
+    (tmp_path / "b.tsv").write_text("text\tlang\ntab text, with comma\tfra_Latn\n")
+    (tmp_path / "c.csv.gz").write_bytes(gzip.compress(b"id,body\n9,no text column\n"))
+    res = run(tmp_path, tmp_path)
+    assert_accounting(res)
+    rows = res.table.to_pylist()
+    assert [(r["doc_id"], r["text"], r["source_row"]) for r in rows] == [
+        ("a1", "hello", 1),
+        ("a3", "bye", 3),
+        (content_id("tab text, with comma"), "tab text, with comma", 1),
+    ]
+    assert json.loads(rows[0]["meta"]) == {"source_url": "u1"}
+    assert json.loads(rows[1]["meta"]) == {"source_url": "u3", "_extra": ["EXTRA"]}
+    assert rows[2]["lang_hint"] == "fra_Latn"
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("empty_text", 2), ("missing_text", 1)]
+
+
+def test_csv_invalid_utf8_row_is_rejected_alone(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"text\ngood\nbad \xff\xfe byte\nalso good\n")
+    res = run(f, tmp_path)
+    assert res.table.column("text").to_pylist() == ["good", "also good"]
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("invalid_utf8", 2)]
+
+
+def test_parquet_rows_types_and_meta(tmp_path):
+    import datetime as dt
+
+    t = pa.table(
+        {
+            "id": pa.array([10, 11, 12], pa.int64()),
+            "text": ["eins", None, "drei"],
+            "lang": ["deu_Latn", "deu_Latn", None],
+            "ts": [dt.datetime(2024, 1, 2, 3, 4, 5)] * 3,
+            "score": [0.5, 1.5, 2.5],
+        }
+    )
+    pq.write_table(t, tmp_path / "a.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "b.parquet")
+    res = run(tmp_path, tmp_path)
+    assert_accounting(res)
+    rows = res.table.to_pylist()
+    assert [(r["doc_id"], r["source_row"], r["lang_hint"]) for r in rows] == [
+        ("10", 0, "deu_Latn"),
+        ("12", 2, None),
+    ]
+    meta = json.loads(rows[0]["meta"])
+    assert meta["score"] == 0.5 and meta["ts"].startswith("2024-01-02")
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [
+        ("missing_text", 1),
+        ("non_string_text", 0),
+        ("non_string_text", 1),
+    ]
+    # a reject's raw excerpt says what the row was
+    assert '"id": 11' in res.rejects[0]["raw"] or '"id":11' in res.rejects[0]["raw"]
+
+
+def test_directory_of_txt_files_one_document_each(tmp_path):
+    d = tmp_path / "docs"
+    (d / "sub").mkdir(parents=True)
+    (d / "b.txt").write_text("Zweites Dokument.\nMit zwei Zeilen.\n")
+    (d / "sub" / "a.txt").write_bytes("\ufeffErstes Dokument.".encode())
+    (d / "c.txt").write_bytes(b"kaputt \xff")
+    (d / ".hidden.txt").write_text("not data")
+    (d / "_SUCCESS").write_text("")
+    (d / "notes.md").write_text("not an input format")
+    res = run(d, tmp_path)
+    assert_accounting(res)
+    assert res.input_files == [str(d / "b.txt"), str(d / "c.txt"), str(d / "sub" / "a.txt")]
+    rows = res.table.to_pylist()
+    assert [(r["text"], r["source_row"]) for r in rows] == [
+        ("Zweites Dokument.\nMit zwei Zeilen.\n", 0),
+        ("Erstes Dokument.", 0),
+    ]
+    assert [(r["reason"], r["source"]) for r in res.rejects] == [("invalid_utf8", str(d / "c.txt"))]
+
+
+def test_compressed_and_alias_jsonl_formats(tmp_path):
+    rows = [
+        {"id": f"r{i}", "text": f"row {i} {hashlib.sha1(str(i).encode()).hexdigest()}"} for i in range(6000)
+    ]
+    z = zstandard.ZstdCompressor()
+    (tmp_path / "a.jsonl.zst").write_bytes(
+        z.compress(jl(*rows[:10])) + z.compress(jl(*rows[10:20]))
+    )  # 2 frames
+    (tmp_path / "b.ndjson").write_bytes(jl(*rows[20:25]))
+    (tmp_path / "c.json").write_bytes(jl(*rows[25:30]))
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(jl(*rows[30:35])) + gzip.compress(jl(*rows[35:40])))
+    res = run(tmp_path, tmp_path)
+    assert not res.rejects
+    assert res.table.column("doc_id").to_pylist() == [r["id"] for r in rows[:40]]
+
+    cut = z.compress(jl(*rows))
+    trunc = tmp_path / "t" / "cut.jsonl.zst"
+    trunc.parent.mkdir()
+    trunc.write_bytes(cut[: int(len(cut) * 0.8)])
+    res = run(trunc, tmp_path)
+    assert_accounting(res)
+    kept = res.table.column("doc_id").to_pylist()
+    assert 0 < len(kept) < 6000 and kept == [r["id"] for r in rows[: len(kept)]]
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("truncated_input", len(kept) + 1)]
+
+
+def test_expand_inputs_errors_and_globs(tmp_path):
+    with pytest.raises(FatalError, match="matched no files; check the path/glob"):
+        expand_inputs([str(tmp_path / "nope.jsonl")])
+    with pytest.raises(FatalError, match="matched no files"):
+        expand_inputs([str(tmp_path / "*.jsonl")])
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "readme.md").write_text("x")
+    with pytest.raises(FatalError, match="matched no files"):
+        expand_inputs([str(tmp_path / "e")])
+    with pytest.raises(FatalError, match="not a supported file type"):
+        expand_inputs([str(tmp_path / "e" / "readme.md")])
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    for name in ("d/2.jsonl", "d/10.csv", "d/x/1.parquet", "top.jsonl"):
+        (tmp_path / name).write_text("")
+    got = expand_inputs([str(tmp_path / "top.jsonl"), str(tmp_path / "d"), str(tmp_path / "*.jsonl")])
+    assert got == sorted(str(tmp_path / n) for n in ("d/2.jsonl", "d/10.csv", "d/x/1.parquet", "top.jsonl"))
+    # a FatalError from ingest too, before anything is read
+    with pytest.raises(FatalError, match="nope"):
+        run(tmp_path / "nope", tmp_path)
+
+
+def test_pairs_mode_reasons_ids_and_hints(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(
+        jl(
+            {
+                "id": "p1",
+                "src": "Hello",
+                "mt": "Hallo",
+                "src_lang": "eng_Latn",
+                "mt_lang": "deu_Latn",
+                "k": 1,
+            },
+            {"src": "Good day", "mt": "Guten Tag"},
+            {"mt": "x"},  # missing_src
+            {"src": "x"},  # missing_mt
+            {"src": 1, "mt": "x"},  # non_string_src
+            {"src": "x", "mt": ["y"]},  # non_string_mt
+            {"src": " ", "mt": "x"},  # empty_src
+            {"src": "x", "mt": ""},  # empty_mt
+            {"src": "x" * 30, "mt": "y"},  # too_long (max_text_chars=20)
+            {"src": "Good  day", "mt": "Guten Tag "},  # duplicate (same normalized src+mt)
+            {"id": "p1", "src": "Hello", "mt": "Servus"},  # duplicate_id
+            b"{nope",  # invalid_json
+            {"text": "a doc, not a pair"},  # missing_src
+        )
+    )
+    res = run(f, tmp_path, tasks="qe", max_text_chars=20)
+    assert res.table.schema == schemas.STAGED_PAIRS
+    assert_accounting(res)
+    rows = res.table.to_pylist()
+    assert rows[0] == {"pair_id": "p1", "src": "Hello", "mt": "Hallo", "src_lang_hint": "eng_Latn",
+                       "mt_lang_hint": "deu_Latn", "source": str(f), "source_row": 1, "meta": '{"k":1}'}  # fmt: skip
+    assert rows[1]["pair_id"] == "sha1:" + hashlib.sha1(b"Good day\tGuten Tag").hexdigest()[:16]
+    assert [r["reason"] for r in res.rejects] == [
+        "missing_src", "missing_mt", "non_string_src", "non_string_mt", "empty_src", "empty_mt",
+        "too_long", "duplicate", "duplicate_id", "invalid_json", "missing_src",
+    ]  # fmt: skip
+
+
+def test_s3_jsonl_and_parquet_inputs(s3_bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.pipe_file(f"{s3_bucket}/in/a.jsonl", jl({"id": "s1", "text": "aus S3"}, b"{bad"))
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": ["parquet in S3"], "lang": ["deu_Latn"]}), buf)
+    fs.pipe_file(f"{s3_bucket}/in/sub/b.parquet", buf.getvalue().to_pybytes())
+    fs.pipe_file(f"{s3_bucket}/in/_SUCCESS", b"")
+
+    res = run(f"{s3_bucket}/in", tmp_path)
+    assert res.input_files == [f"{s3_bucket}/in/a.jsonl", f"{s3_bucket}/in/sub/b.parquet"]
+    assert_accounting(res)
+    rows = res.table.to_pylist()
+    assert [(r["doc_id"], r["source"], r["source_row"]) for r in rows] == [
+        ("s1", f"{s3_bucket}/in/a.jsonl", 1),
+        (content_id("parquet in S3"), f"{s3_bucket}/in/sub/b.parquet", 0),
+    ]
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("invalid_json", 2)]
+    assert expand_inputs([f"{s3_bucket}/in/*.jsonl"]) == [f"{s3_bucket}/in/a.jsonl"]
+    with pytest.raises(FatalError, match="matched no files"):
+        expand_inputs([f"{s3_bucket}/missing/x.jsonl"])
+
+
+def test_100k_row_jsonl_ingests_in_seconds(tmp_path):
+    f = tmp_path / "big.jsonl"
+    f.write_bytes(
+        "".join(
+            json.dumps(
+                {"id": f"d{i}", "lang": "eng_Latn", "text": f"Document number {i} says hello to the world."}
+            )
+            + "\n"
+            for i in range(100_000)
+        ).encode()
+    )
+    t0 = time.perf_counter()
+    res = run(f, tmp_path)
+    took = time.perf_counter() - t0
+    assert res.table.num_rows == 100_000 and not res.rejects
+    assert took < 20, f"ingest of 100k rows took {took:.1f}s"  # ~1-3 s here; generous for a shared box
