@@ -16,6 +16,7 @@ Compression (.gz, .zst) is decoded incrementally here rather than through gzip/z
 those either drop the last decoded block or (zstd stream_reader) end silently on a truncated file.
 A stream that ends mid-frame yields the rows before the break and then ONE `truncated_input` record.
 TSV is parsed with the CSV dialect (double-quote quoting) and a tab delimiter.
+`.json` files are read as JSON lines too: a pretty-printed JSON document gives invalid_json rows.
 """
 
 from __future__ import annotations
@@ -84,20 +85,25 @@ def _decompress(f: io.IOBase, comp: str | None) -> Iterator[bytes]:
 
         new = lambda: zstandard.ZstdDecompressor().decompressobj()  # noqa: E731
         errors = (zstandard.ZstdError,)
-    d, fed = new(), False
+    d, fed, produced = new(), False, False
     while chunk := f.read(CHUNK):
         while chunk:
             try:
                 out = d.decompress(chunk)
             except errors as exc:
+                if not produced:  # not this format at all: the caller rejects the whole file
+                    raise ValueError(f"not {comp} data: {exc}") from exc
                 raise _Truncated(f"corrupt {comp} data: {exc}") from exc
             fed = True
             if out:
+                produced = True
                 yield out
             chunk = b""
             if d.eof:  # next member/frame starts in unused_data
                 chunk, d, fed = d.unused_data, new(), False
     if fed and not d.eof:
+        if not produced:
+            raise ValueError(f"{comp} stream ends before any data (truncated or not {comp})")
         raise _Truncated(f"{comp} stream ends before its end-of-stream marker (truncated file?)")
 
 

@@ -102,20 +102,24 @@ def test_every_bad_row_kind_is_a_reject_and_accounting_holds(tmp_path):
     gz = gzip.compress(big)
     (d / "b.jsonl.gz").write_bytes(gz[: len(gz) // 2])
     (d / "c.parquet").write_bytes(b"this is not parquet")  # unreadable_file
+    (d / "d.jsonl.zst").write_bytes(jl({"text": "plain JSON lines, not zstd"}))  # unreadable_file
+    (d / "e.jsonl").write_bytes(b"")  # an empty file is no rows, not an error
     res = run(d, tmp_path, max_text_chars=50)
 
     assert_accounting(res)
     got = by_reason(res)
     want = {"invalid_json": 1, "not_object": 2, "missing_text": 2, "non_string_text": 1, "empty_text": 2,
             "invalid_utf8": 1, "unencodable_text": 2, "too_long": 1, "duplicate_id": 1, "duplicate": 1,
-            "truncated_input": 1, "unreadable_file": 1}  # fmt: skip
+            "truncated_input": 1, "unreadable_file": 2}  # fmt: skip
     assert {k: len(v) for k, v in got.items()} == want
     a = str(d / "a.jsonl")
     assert [r["source_row"] for r in got["not_object"]] == [3, 4]
     assert got["invalid_utf8"][0]["source"] == a and got["invalid_utf8"][0]["source_row"] == 10
     assert "ok1" in got["duplicate_id"][0]["detail"] and "row 1" in got["duplicate_id"][0]["detail"]
-    assert got["unreadable_file"][0]["source"] == str(d / "c.parquet")
-    assert got["unreadable_file"][0]["source_row"] is None
+    assert [(r["source"], r["source_row"]) for r in got["unreadable_file"]] == [
+        (str(d / "c.parquet"), None),
+        (str(d / "d.jsonl.zst"), None),
+    ]
     # lines around the bad ones survive; gz rows before the break are a clean prefix
     ids = res.table.column("doc_id").to_pylist()
     a_rows = [r for r in res.table.to_pylist() if r["source"] == a]
@@ -267,6 +271,12 @@ def test_compressed_and_alias_jsonl_formats(tmp_path):
     kept = res.table.column("doc_id").to_pylist()
     assert 0 < len(kept) < 6000 and kept == [r["id"] for r in rows[: len(kept)]]
     assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("truncated_input", len(kept) + 1)]
+
+    # cut right after the last newline (gzip trailer missing): every line is kept, the break is still reported
+    (trunc.parent / "notrailer.jsonl.gz").write_bytes(gzip.compress(jl(*rows[:5]))[:-8])
+    res = run(trunc.parent / "notrailer.jsonl.gz", tmp_path)
+    assert res.table.column("doc_id").to_pylist() == [r["id"] for r in rows[:5]]
+    assert [(r["reason"], r["source_row"], r["raw"]) for r in res.rejects] == [("truncated_input", 6, "")]
 
 
 def test_expand_inputs_errors_and_globs(tmp_path):
