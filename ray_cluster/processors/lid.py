@@ -1,0 +1,37 @@
+"""Processor `lid`: adds `lang` (ISO 639-3 + ISO 15924, e.g. deu_Latn) and `lang_score` to every document."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from ray_cluster.processors.base import BatchOutput, Processor, register
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@register
+class LidProcessor(Processor):
+    name: ClassVar[str] = "lid"
+    mode: ClassVar[str] = "docs"  # pairs (qe) call LanguageIdentifier themselves
+
+    def setup(self, device: str) -> None:
+        from ray_cluster.langid import LanguageIdentifier
+
+        self.lid = LanguageIdentifier(preload=True)  # ~10-25 s, once per actor; CPU only
+
+    def model_info(self) -> dict:
+        from ray_cluster.langid import LanguageIdentifier
+
+        return LanguageIdentifier.info()
+
+    def process_batch(self, batch: pa.Table) -> BatchOutput:
+        import pyarrow as pa
+
+        found = self.lid.detect(batch.column("text").to_pylist())
+        return BatchOutput(
+            columns={
+                "lang": pa.array([lang for lang, _ in found], pa.string()),
+                "lang_score": pa.array([score for _, score in found], pa.float32()),
+            }
+        )
