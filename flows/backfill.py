@@ -206,7 +206,9 @@ def backfill_flow(
     get_run_logger().info("backfill %s..%s\n%s", start, end, format_table(rows))
     failed = [r["date"] for r in rows if r["status"] == "failed"]
     if failed:
-        raise FatalError(f"{len(failed)} of {len(rows)} date(s) failed: {', '.join(failed)}")
+        raise FatalError(
+            f"{len(failed)} of {len(rows)} date(s) failed: {', '.join(failed)}\n{format_table(rows)}"
+        )
     return rows
 
 
@@ -260,5 +262,5 @@ def backfill_main(ns: argparse.Namespace) -> int:
     if state.is_completed():
         print(format_table(state.result()))
         return 0
-    print(f"backfill failed: {state.message}")
+    print(f"backfill failed: {state.message}")  # the message carries the table of every date
     return 1

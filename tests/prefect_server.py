@@ -37,6 +37,7 @@ class Stack:
     home: Path
     env: dict[str, str]
     logs: dict[str, Path] = field(default_factory=dict)
+    cache: dict[str, object] = field(default_factory=dict)  # results tests share (one partition run)
 
     @property
     def api_url(self) -> str:
@@ -159,3 +160,52 @@ def prefect_stack(tmp: Path, worker: bool = True, extra_env: dict[str, str] | No
     finally:
         for p in reversed(procs):  # worker first, so it does not see the server vanish mid-run
             _stop(p)
+
+
+# ---- helpers shared by the server and browser tests --------------------------------------------------------------
+CORPUS = ROOT.parent / "shared" / "corpora" / "parallel.jsonl"
+
+
+def write_partition(raw: Path, date: str, n: int, offset: int = 0) -> Path:
+    """A tiny JSONL partition raw/date=DATE/part-0.jsonl of n UDHR paragraphs (ids made unique per date)."""
+    lines = CORPUS.read_text(encoding="utf-8").splitlines()[offset : offset + n]
+    d = raw / f"date={date}"
+    d.mkdir(parents=True, exist_ok=True)
+    docs = [{**json.loads(x), "id": f"{date}-{i}"} for i, x in enumerate(lines)]
+    (d / "part-0.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs), encoding="utf-8")
+    return d
+
+
+def flow_runs_named(stack: Stack, names: list[str]) -> list:
+    """Flow runs of the server whose name is one of `names`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with stack.settings(), get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)))
+
+
+def ensure_partition_run(stack: Stack, tmp_path_factory) -> object:  # noqa: ANN001
+    """One finished `corpus-2026-11-01` run of the partition deployment (5 docs), made once per stack."""
+    if "partition_run" in stack.cache:
+        return stack.cache["partition_run"]
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import deploy_all
+
+    base = tmp_path_factory.mktemp("partition-run")
+    write_partition(base / "raw", "2026-11-01", 5)
+    with stack.settings():
+        names = deploy_all(input_template=str(base / "raw" / "date={date}"), out=str(base / "out"), cron=None)
+        fr = run_deployment(
+            names["partition"],
+            timeout=300,
+            poll_interval=1,
+            parameters={
+                "inputs": [str(base / "raw" / "date=2026-11-01")],
+                "date": "2026-11-01",
+                "out": str(base / "out"),
+            },
+        )
+    stack.cache["partition_run"] = fr
+    return fr

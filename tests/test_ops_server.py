@@ -1,0 +1,222 @@
+"""Operations against a real Prefect server and process worker: deployments, schedules, backfills, artifacts.
+
+The unit tests at the top (date derivation, date ranges) need no server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+
+import pytest
+
+from flows.backfill import date_range, lock_name
+from flows.daily import partition_date, render_input
+from xlmflow.errors import ConfigError
+
+from .prefect_server import ROOT, VENV_BIN, ensure_partition_run, flow_runs_named, write_partition
+
+
+# ---- pure functions -------------------------------------------------------------------------------------------
+def test_partition_date_is_scheduled_day_minus_lag():
+    sched = dt.datetime(2026, 11, 2, 3, 0, tzinfo=dt.UTC)
+    assert partition_date(sched) == dt.date(2026, 11, 1)
+    assert partition_date(sched, lag_days=0) == dt.date(2026, 11, 2)
+    assert partition_date(sched, lag_days=3) == dt.date(2026, 10, 30)
+    # a run that starts late (or is retried) the next day keeps its scheduled time, hence its date
+    assert partition_date(dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.UTC)) == dt.date(2025, 12, 31)
+
+
+def test_partition_date_uses_the_schedule_time_zone():
+    # 23:30 UTC on Nov 1 is already Nov 2 in Berlin (UTC+1): the Berlin 00:30 run processes Nov 1
+    sched = dt.datetime(2026, 11, 1, 23, 30, tzinfo=dt.UTC)
+    assert partition_date(sched, 1, "Europe/Berlin") == dt.date(2026, 11, 1)
+    assert partition_date(sched, 1, "UTC") == dt.date(2026, 10, 31)
+    assert partition_date(sched.replace(tzinfo=None), 1) == dt.date(2026, 10, 31)  # naive = UTC
+    with pytest.raises(ConfigError, match="time zone"):
+        partition_date(sched, 1, "Mars/Olympus")
+    with pytest.raises(ConfigError, match="lag_days"):
+        partition_date(sched, -1)
+
+
+def test_date_range_and_template():
+    assert date_range("2026-02-27", "2026-03-01") == ["2026-02-27", "2026-02-28", "2026-03-01"]
+    with pytest.raises(ConfigError, match="before"):
+        date_range("2026-03-02", "2026-03-01")
+    with pytest.raises(ConfigError, match="YYYY-MM-DD"):
+        date_range("2026-3-1x", "2026-03-01")
+    assert render_input("s3://raw/corpus/date={date}/", "2026-11-01") == "s3://raw/corpus/date=2026-11-01/"
+    with pytest.raises(ConfigError, match="date"):
+        render_input("s3://raw/corpus/", "2026-11-01")
+    # lock names: one per (output, date), and legal limit names (no '/')
+    assert lock_name("s3://a/b", "2026-11-01") != lock_name("s3://a/c", "2026-11-01")
+    assert "/" not in lock_name("s3://a/b", "2026-11-01")
+
+
+# ---- against the server ------------------------------------------------------------------------------------------
+
+
+def _statuses(text: str) -> dict[str, str]:
+    """date -> status from the printed backfill table."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and len(parts[0]) == 10 and parts[0][4] == "-":
+            out[parts[0]] = parts[1]
+    return out
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_triggered_run_completes_with_artifacts(prefect_stack, tmp_path_factory):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    fr = ensure_partition_run(prefect_stack, tmp_path_factory)
+    assert fr.state.is_completed(), (fr.state, prefect_stack.log_tail("worker"))
+    assert fr.name == "corpus-2026-11-01"
+    assert "date:2026-11-01" in fr.tags and "task:lid" in fr.tags
+    with prefect_stack.settings(), get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id]))
+        )
+    by_type = {a.type: a for a in arts if a.key}
+    assert {"table", "markdown", "progress"} <= set(by_type), [(a.key, a.type) for a in arts]
+    assert by_type["progress"].data == 100.0
+    assert "2026-11-01" in by_type["markdown"].data
+    # the table's numbers are the partition's: the run read the 5 documents we wrote
+    assert "5" in str(by_type["table"].data)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_interval_schedule_runs_execute_for_the_scheduled_day(prefect_stack, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.deploy import deploy_all
+
+    today = dt.datetime.now(dt.UTC).date()
+    for d in (today - dt.timedelta(days=1), today):  # the run may be scheduled just after midnight
+        write_partition(tmp_path / "raw", d.isoformat(), 3)
+    out = tmp_path / "out"
+    with prefect_stack.settings():
+        names = deploy_all(input_template=str(tmp_path / "raw" / "date={date}"), out=str(out), interval=15)
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(names["daily"])
+            try:
+                deadline, done = time.monotonic() + 240, None
+                while time.monotonic() < deadline and done is None:
+                    runs = client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[dep.id])),
+                        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                    )
+                    done = next((r for r in runs if r.state and r.state.is_final()), None)
+                    time.sleep(2)
+            finally:
+                client.delete_deployment(dep.id)  # stop the 15 s schedule and drop its future runs
+    assert done is not None, f"no scheduled run finished in 240 s\n{prefect_stack.log_tail('worker')}"
+    assert done.state.is_completed(), (done.state, prefect_stack.log_tail("worker"))
+    assert done.auto_scheduled  # created by the server's scheduler, not by us
+    day = partition_date(done.expected_start_time, 1).isoformat()
+    assert done.name == f"daily-{day}"
+    assert (out / "_manifests" / f"date={day}.json").exists()
+
+
+def _xlmflow(stack, *args: str) -> subprocess.Popen:
+    """`xlmflow ARGS` in a subprocess talking to the stack's server (flows never run in the pytest process,
+    so no Prefect log/event worker here ever points at this server)."""
+    return subprocess.Popen(
+        [str(VENV_BIN / "xlmflow"), *args],
+        env=stack.env,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _backfill(stack, template: str, out: str, start: str, end: str, n: int = 2) -> subprocess.Popen:
+    return _xlmflow(
+        stack,
+        "backfill",
+        "--input",
+        template,
+        "--out",
+        out,
+        "--start",
+        start,
+        "--end",
+        end,
+        "--max-concurrent",
+        str(n),
+        "--deployment",
+        "corpus/partition",
+        "--poll-interval",
+        "1",
+    )
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tmp_path):
+    from flows.deploy import deploy_all
+
+    dates = ["2026-10-01", "2026-10-02", "2026-10-03"]
+    for i, d in enumerate(dates):
+        write_partition(tmp_path / "raw", d, 3, offset=3 * i)
+    template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")
+    with prefect_stack.settings():
+        deploy_all(input_template=template, out=out, cron=None)
+    # the same backfill started twice at once
+    t0 = time.monotonic()
+    procs = [_backfill(prefect_stack, template, out, dates[0], dates[-1]) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill() if p.poll() is None else None
+    secs = time.monotonic() - t0
+    assert [p.returncode for p in procs] == [0, 0], outs
+    a, b = (_statuses(o) for o in outs)
+    # each date was computed by exactly one of the two; the other waited for it, then skipped it
+    for d in dates:
+        assert sorted([a[d], b[d]]) == ["committed", "skipped"], (d, a, b)
+    runs = flow_runs_named(prefect_stack, [f"corpus-{d}" for d in dates])
+    assert sorted(r.name for r in runs) == [f"corpus-{d}" for d in dates], [
+        (r.name, r.state_name) for r in runs
+    ]
+    assert all(r.state.is_completed() for r in runs)
+    for d in dates:
+        assert (tmp_path / "out" / "_manifests" / f"date={d}.json").exists()
+
+    # the same backfill again: every date is committed, nothing runs
+    p = _backfill(prefect_stack, template, out, dates[0], dates[-1])
+    text = p.communicate(timeout=200)[0]
+    assert p.returncode == 0, text
+    assert _statuses(text) == dict.fromkeys(dates, "skipped"), text
+    assert "documents=3" in text  # counts come from each partition's manifest
+    assert len(flow_runs_named(prefect_stack, [f"corpus-{d}" for d in dates])) == 3
+    print(f"two concurrent backfills of 3 dates: {secs:.0f} s")
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_stack, tmp_path):
+    ok, missing, broken = "2026-09-01", "2026-09-02", "2026-09-03"
+    write_partition(tmp_path / "raw", ok, 2)
+    bad = tmp_path / "raw" / f"date={broken}"
+    bad.mkdir(parents=True)
+    (bad / "notes.bin").write_bytes(b"\x00not a corpus file")  # input exists but nothing readable in it
+    template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")
+    p = _backfill(prefect_stack, template, out, ok, broken, n=3)
+    text = p.communicate(timeout=400)[0]
+    assert p.returncode == 1, text
+    # the failed date did not stop the others; the date without input is reported, not failed
+    assert _statuses(text) == {ok: "committed", missing: "no_input", broken: "failed"}, text
+    assert (tmp_path / "out" / "_manifests" / f"date={ok}.json").exists()
+    runs = {r.name: r for r in flow_runs_named(prefect_stack, [f"corpus-{d}" for d in (ok, missing, broken)])}
+    assert runs[f"corpus-{ok}"].state.is_completed() and runs[f"corpus-{missing}"].state.is_completed()
+    assert runs[f"corpus-{broken}"].state.is_failed()
