@@ -90,3 +90,12 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory):
+    """A real Prefect server (temp SQLite) + a process worker on pool `xlmflow`; see tests/prefect_server.py."""
+    from tests.prefect_server import prefect_stack as start
+
+    with start(tmp_path_factory.mktemp("prefect-stack")) as stack:
+        yield stack
