@@ -82,7 +82,7 @@ def make_tiny(task: Task, out: str, seed: int = 0) -> str:
     if task == "ner":
         kw = {
             "id2label": dict(enumerate(TINY_NER_LABELS)),
-            "label2id": {l: i for i, l in enumerate(TINY_NER_LABELS)},
+            "label2id": {lab: i for i, lab in enumerate(TINY_NER_LABELS)},
         }
     elif task == "qe":
         kw = {"num_labels": 1, "problem_type": "regression"}

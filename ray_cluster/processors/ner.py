@@ -5,7 +5,10 @@ deliberate differences:
 - words for first/average/max come from the fast tokenizer's `word_ids()` (HF falls back to a whitespace
   heuristic for XLM-R, which splits words wrongly: transformers #11887, #12593);
 - spans are trimmed of surrounding whitespace (XLM-R tokens carry their leading space, so HF's spans
-  start one character early); an entity that is only whitespace is dropped.
+  start one character early); an entity that is only whitespace is dropped;
+- the bare word-start token "▁" (XLM-R emits it before e.g. CJK or Devanagari word pieces) gets an
+  empty span: its offset covers the first character of the next token, so HF can emit a one-character
+  entity overlapping the next one; ours is dropped (or, inside a group, adds no characters).
 Long documents are windowed by the engine; the token scores of all windows are merged first (each token
 from the window where it is furthest from an edge), then aggregated once over the whole document, so
 entities are never duplicated or overlapping across windows and a word cut by a window edge stays whole.
@@ -38,6 +41,8 @@ def predict_entities(engine: Engine, texts: Sequence[str], strategy: str = "simp
 
     id2label = {int(k): v for k, v in engine.model.config.id2label.items()}
     n_labels = len(id2label)
+    bare_id = engine.tokenizer.convert_tokens_to_ids("▁")
+    bare_id = None if bare_id == engine.tokenizer.unk_token_id else bare_id
     out: list[list[dict]] = [[] for _ in texts]
     for off, docs in engine.iter_tokenized(texts):
         wins = engine.windows(docs)
@@ -46,12 +51,19 @@ def predict_entities(engine: Engine, texts: Sequence[str], strategy: str = "simp
         for w, (p,) in zip(wins, scores, strict=True):
             probs[w.doc][w.own_start : w.own_end] = p[w.own_slice()]
         for i, doc in enumerate(docs):
-            out[off + i] = aggregate(texts[off + i] or "", doc, probs[i], strategy, id2label)
+            out[off + i] = aggregate(texts[off + i] or "", doc, probs[i], strategy, id2label, bare_id)
     return out
 
 
-def aggregate(text: str, doc: DocTokens, probs: np.ndarray, strategy: str, id2label: dict) -> list[dict]:
-    """Token probabilities of one document -> entities, with HF's grouping rules."""
+def aggregate(
+    text: str, doc: DocTokens, probs: np.ndarray, strategy: str, id2label: dict, bare_id: int | None = None
+) -> list[dict]:
+    """Token probabilities of one document -> entities, with HF's grouping rules.
+
+    `bare_id` is the id of the bare word-start token ("▁" in XLM-R), whose offset covers the first
+    character of the following token; we give it an empty span so that an entity made of it alone is
+    dropped instead of overlapping the next word's entity.
+    """
     import numpy as np
 
     if not len(doc.ids):
@@ -60,7 +72,12 @@ def aggregate(text: str, doc: DocTokens, probs: np.ndarray, strategy: str, id2la
     if strategy == "simple":
         best = probs.argmax(axis=1)
         for t, k in enumerate(best):
-            units.append((id2label[int(k)], float(probs[t, k]), *doc.offsets[t]))
+            s, e = doc.offsets[t]
+            if (
+                doc.ids[t] == bare_id
+            ):  # a bare "▁" has no text of its own; its offset points into the next word
+                e = s
+            units.append((id2label[int(k)], float(probs[t, k]), s, e))
     else:
         for first, last in _words(doc.word_ids):
             p = probs[first : last + 1]
