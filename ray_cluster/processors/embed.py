@@ -104,7 +104,7 @@ class EmbedProcessor(Processor):
         n = batch.num_rows
         table = pa.Table.from_arrays(
             [
-                batch["doc_id"].cast(pa.string()),
+                batch["doc_id"].combine_chunks().cast(pa.string()),
                 pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim),
                 pa.array([self.engine.lm.name] * n, pa.string()),
                 pa.array([self.settings.embed_pooling] * n, pa.string()),
