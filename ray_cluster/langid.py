@@ -9,7 +9,7 @@ Decision order for one text (the rules are linguistic facts, listed here so a re
    letters in that script. Some are heuristics: Bengali script also writes Assamese, Ethiopic Tigrinya,
    Myanmar Shan/Karen, Tibetan Dzongkha; those get a lower score (x0.9). Hebrew with the Yiddish
    digraph letters (U+05F0-05F2) -> ydd.
-4. Han/Kana/Hangul: any Hangul -> kor_Hang; kana >= 10% of the CJK letters -> jpn_Jpan; Han-only text
+4. Han/Kana/Hangul: Hangul >= 10% of the CJK letters -> kor_Hang; kana >= 10% of the CJK letters -> jpn_Jpan; Han-only text
    with Japanese-only shinjitai forms (権, 気, 広, ...) -> jpn_Jpan; otherwise Chinese, and the variant is
    decided by counting simplified-only vs traditional-only characters (two small tables of common
    pairs, e.g. 们/們, 这/這, 国/國): more simplified -> cmn_Hans, more traditional -> cmn_Hant, tie -> cmn_Hani.
@@ -17,10 +17,11 @@ Decision order for one text (the rules are linguistic facts, listed here so a re
    Uyghur vowel letters (ە with one of ۇ ۆ ۈ ې; none are Arabic/Persian/Urdu letters) -> uig;
    Uzbek Latin oʻ/gʻ (U+02BB or U+2018 after o/g) -> uzn; Hausa hooked ƙ/ɓ/ɗ/ƴ (ɓ/ɗ only without Fula's ŋ)
    -> hau; Igbo ị/ụ without Vietnamese letters (ă â đ ê ô ơ ư) -> ibo; Nepali copula छ/छन्/छैन,
-   future -नेछ or plural -हरू in Devanagari -> npi.
+   future -नेछ or plural -हरू in Devanagari -> npi. Each needs one such mark per 300 letters.
 6. Latin/Cyrillic/Arabic/Devanagari: lingua built from its languages of these four scripts only (no
    models to load for scripts decided above; lingua itself keeps only languages whose alphabet matches
    the text). Its answer becomes `und_<Script>` when
+   - the text has fewer than 5 distinct letters ("kkkk", "hahaha": lingua would still name a language);
    - the top confidence is below MIN_CONF (the text is probably in a language lingua does not know), or
      below SHORT_MIN_CONF for texts with fewer than SHORT_LETTERS letters;
    - the top two are in one group of mutually intelligible standard varieties (GROUPS: Danish/Norwegian,
@@ -132,9 +133,9 @@ def _counts(text: str) -> dict[str, int]:
 def _cjk(counts: dict[str, int], text: str) -> tuple[str, str]:
     """(language, script) for text whose dominant letters are Han/Kana/Hangul."""
     han, kana, hang = counts.get("Hani", 0), counts.get("Kana", 0), counts.get("Hang", 0)
-    if hang:
+    if hang >= kana and hang >= 0.1 * (han + kana + hang):  # Korean may mix in Hanja
         return "kor", "Hang"
-    if kana >= 0.1 * (han + kana):
+    if kana >= 0.1 * (han + kana):  # Japanese prose is never nearly kana-free
         return "jpn", "Jpan"
     chars = set(text[:MAX_SCRIPT_CHARS])
     simp, trad = len(chars & _SIMP_ONLY), len(chars & _TRAD_ONLY)
@@ -164,20 +165,24 @@ def script_of(text: str) -> str:
     return _analyse(text or "")[0]
 
 
-def _rule_lang(script: str, text: str) -> str | None:
-    """Languages decided by letters only they use (see module docstring, step 5)."""
+def _rule_lang(script: str, text: str, letters: int) -> str | None:
+    """Languages decided by letters only they use (module docstring, step 5).
+
+    The marks must be frequent enough (one per 300 letters) that a quoted name cannot flip a document."""
+    need = max(1, letters // 300)
     if script == "Arab":
-        if "\u06d5" in text and _UIG_V.search(text):
+        if text.count("\u06d5") >= need and len(_UIG_V.findall(text)) >= need:
             return "uig"
     elif script == "Latn":
-        if _UZN.search(text):
+        if len(_UZN.findall(text)) >= need:
             return "uzn"
-        if _HAU_K.search(text) or (_HAU_BD.search(text) and "ŋ" not in text and "Ŋ" not in text):
+        hooks = len(_HAU_K.findall(text)) or (0 if "ŋ" in text or "Ŋ" in text else len(_HAU_BD.findall(text)))
+        if hooks >= need:
             return "hau"
-        if _IBO.search(text) and not _VIE.search(text):
+        if len(_IBO.findall(text)) >= need and not _VIE.search(text):
             return "ibo"
     elif script == "Deva":
-        if _NPI.search(text):
+        if len(_NPI.findall(text)) >= need:
             return "npi"
     return None
 
@@ -223,8 +228,10 @@ class LanguageIdentifier:
             elif script in SCRIPT_LANG:
                 lang = "ydd" if script == "Hebr" and _YDD.search(text) else SCRIPT_LANG[script]
                 out[i] = (f"{lang}_{script}", share * (0.9 if script in _SHARED_SCRIPT else 1.0))
-            elif (lang := _rule_lang(script, text)) is not None:
+            elif (lang := _rule_lang(script, text[:MAX_SCRIPT_CHARS], n)) is not None:
                 out[i] = (f"{lang}_{script}", 0.9 * share)
+            elif script in LINGUA_SCRIPTS and len({c for c in text[:200].casefold() if c.isalpha()}) < 5:
+                out[i] = (f"und_{script}", 0.0)  # "kkkkk", "hahaha": too few distinct letters to be language
             elif script in LINGUA_SCRIPTS:
                 todo.setdefault(script, []).append((i, text[:MAX_LINGUA_CHARS], n))
             else:
