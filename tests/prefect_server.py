@@ -113,11 +113,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0, log: P
     raise TimeoutError(f"prefect server not healthy after {timeout}s")
 
 
-def prefect_cli(stack: Stack, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+def prefect_cli(
+    stack: Stack, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess:
     """Run `prefect ARGS` against the stack's server (from the project root, where prefect.yaml lives)."""
     return subprocess.run(
         [str(VENV_BIN / "prefect"), "--no-prompt", *args],
-        env=stack.env,
+        env={**stack.env, **(env or {})},
         cwd=ROOT,
         capture_output=True,
         text=True,

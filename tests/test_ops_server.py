@@ -15,7 +15,14 @@ from flows.backfill import date_range, lock_name
 from flows.daily import partition_date, render_input
 from xlmflow.errors import ConfigError
 
-from .prefect_server import ROOT, VENV_BIN, ensure_partition_run, flow_runs_named, write_partition
+from .prefect_server import (
+    ROOT,
+    VENV_BIN,
+    ensure_partition_run,
+    flow_runs_named,
+    prefect_cli,
+    write_partition,
+)
 
 
 # ---- pure functions -------------------------------------------------------------------------------------------
@@ -220,3 +227,59 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
     runs = {r.name: r for r in flow_runs_named(prefect_stack, [f"corpus-{d}" for d in (ok, missing, broken)])}
     assert runs[f"corpus-{ok}"].state.is_completed() and runs[f"corpus-{missing}"].state.is_completed()
     assert runs[f"corpus-{broken}"].state.is_failed()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_late_daily_run_processes_its_scheduled_day_not_today(prefect_stack, tmp_path):
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import deploy_all
+
+    # scheduled 23:30 UTC on Oct 15 = Oct 16 in Berlin; with a 1-day lag the partition is Oct 15 (the run
+    # starts weeks late: today's date must play no part). Only that day has input, and missing input fails.
+    write_partition(tmp_path / "raw", "2026-10-15", 2)
+    template, out = str(tmp_path / "raw" / "date={date}"), tmp_path / "out"
+    with prefect_stack.settings():
+        names = deploy_all(input_template=template, out=str(out), cron=None, timezone="Europe/Berlin")
+        fr = run_deployment(
+            names["daily"],
+            scheduled_time=dt.datetime(2026, 10, 15, 23, 30, tzinfo=dt.UTC),
+            timeout=300,
+            poll_interval=1,
+        )
+    assert fr.state.is_completed(), (fr.state, prefect_stack.log_tail("worker"))
+    assert fr.name == "daily-2026-10-15"
+    assert (out / "_manifests" / "date=2026-10-15.json").exists()
+    (sub,) = flow_runs_named(prefect_stack, ["corpus-2026-10-15"])  # the partition ran as a named subflow
+    assert sub.parent_task_run_id is not None and sub.state.is_completed()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_prefect_yaml_deploys_the_three_deployments(prefect_stack):
+    from prefect.client.orchestration import get_client
+
+    # `prefect deploy` fills {{ $PWD }} (the pull step's directory) from the environment, as a shell would
+    res = prefect_cli(prefect_stack, "deploy", "--all", env={"PWD": str(ROOT)})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with prefect_stack.settings(), get_client(sync_client=True) as client:
+        deps = {
+            n: client.read_deployment_by_name(n)
+            for n in ("corpus/partition", "daily/daily", "backfill/backfill")
+        }
+        try:
+            daily = deps["daily/daily"]
+            (sched,) = daily.schedules
+            assert sched.schedule.cron == "0 3 * * *" and sched.schedule.timezone == "Europe/Berlin"
+            assert sched.active
+            assert "{date}" in daily.parameters["input_template"] and daily.parameters["lag_days"] == 1
+            assert deps["backfill/backfill"].parameters["deployment"] == "corpus/partition"
+            for d in deps.values():
+                assert d.work_pool_name == "xlmflow"
+                assert d.pull_steps == [
+                    {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+                ]
+        finally:  # later tests deploy their own parameters; drop these (and the cron's future runs)
+            for d in deps.values():
+                client.delete_deployment(d.id)
