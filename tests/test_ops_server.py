@@ -283,3 +283,29 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_stack):
         finally:  # later tests deploy their own parameters; drop these (and the cron's future runs)
             for d in deps.values():
                 client.delete_deployment(d.id)
+
+
+def test_infra_manifests_match_the_project():
+    """The KubeRay cluster and the image stay in step with the code (Ray version, GPUs, /dev/shm, packages)."""
+    import tomllib
+
+    import ray
+    import yaml
+
+    rc = yaml.safe_load((ROOT / "infra" / "kuberay" / "raycluster.yaml").read_text())
+    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
+    assert rc["spec"]["rayVersion"] == ray.__version__  # nodes and drivers must run the same Ray
+    groups = {g["groupName"]: g["template"]["spec"] for g in rc["spec"]["workerGroupSpecs"]}
+    for spec in [rc["spec"]["headGroupSpec"]["template"]["spec"], *groups.values()]:
+        (c,) = spec["containers"]
+        shm = {m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"}
+        assert any(v["name"] in shm and v["emptyDir"].get("medium") == "Memory" for v in spec["volumes"])
+    gpu = groups["gpu"]["containers"][0]["resources"]
+    assert gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"] == "1"
+    # the image copies every package the project installs
+    docker = (ROOT / "infra" / "Dockerfile").read_text()
+    pkgs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    for pkg in (p.rstrip("*") for p in pkgs):
+        assert f"COPY {pkg} ./{pkg}" in docker, pkg
