@@ -221,3 +221,21 @@ def test_encode_pairs_truncates_longest_first_and_says_so(tiny_ner):
     assert not fit.truncated and fit.input_ids == tiny_ner.tokenizer(short, "Good day.")["input_ids"]
     assert cut.truncated and cut.a_kept == cut.a_tokens and cut.b_kept < cut.b_tokens
     assert len(cut.input_ids) == 512
+
+
+def test_pair_regression_through_the_engine_matches_a_direct_forward(settings):
+    """The QE path: pairs batched by the engine give the scores of one unbatched forward each."""
+    import torch
+
+    lm = load_model("tiny", "qe", settings)
+    assert lm.model.config.num_labels == 1 and lm.name.startswith("tiny-qe@")
+    eng = _engine(lm, max_batch_tokens=64)
+    src = ["Alle Menschen sind frei.", "Jeder hat das Recht auf Leben.", "Niemand darf gefoltert werden."]
+    mt = ["All human beings are free.", "Everyone has the right to life, liberty and security.", "No one."]
+    pairs = eng.encode_pairs(src, mt)
+    got = eng.run([p.input_ids for p in pairs], lambda out, mask, rows: out.logits[:, 0])
+    for s, m, (score,) in zip(src, mt, got, strict=True):
+        with torch.inference_mode():
+            want = lm.model(**lm.tokenizer(s, m, return_tensors="pt")).logits[0, 0].item()
+        assert abs(float(score) - want) < 1e-5
+    assert len({round(float(g[0]), 6) for g in got}) == 3
