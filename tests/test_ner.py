@@ -237,3 +237,68 @@ def test_ner_processor_writes_entities_rows(lm, settings):
     assert set(ents["model"].to_pylist()) == {lm.name}
     info = proc.model_info()
     assert info["smoke_test"] is True and info["sha256"] == lm.info["sha256"]
+
+
+def test_chunked_tokenization_prefetch_gives_the_same_entities(lm, corpus):
+    """The CUDA path tokenizes chunk k+1 in a thread while chunk k runs; forced on here, on CPU."""
+    from ray_cluster.engine import Engine
+    from ray_cluster.processors.ner import predict_entities
+
+    texts = [t for _, t in _paragraphs(corpus)][:10]
+    whole = predict_entities(Engine(lm, "cpu"), texts)
+    eng = Engine(lm, "cpu")
+    eng.prefetch, eng.prefetch_docs = True, 3
+    assert [off for off, _ in eng.iter_tokenized(texts)] == [0, 3, 6, 9]
+    chunked = predict_entities(eng, texts)
+    assert [[e[:3] for e in _ours(d)] for d in chunked] == [[e[:3] for e in _ours(d)] for d in whole]
+
+
+class _OomOnLong:
+    """Test double for a GPU too small for long windows: CUDA OOM for any batch wider than `limit`."""
+
+    def __init__(self, model, limit: int) -> None:
+        self.model, self.limit, self.config = model, limit, model.config
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, **kw):
+        import torch
+
+        if input_ids.shape[1] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return self.model(input_ids=input_ids, **kw)
+
+
+def test_a_document_that_does_not_fit_even_alone_becomes_a_reject(lm, settings):
+    import pyarrow as pa
+
+    from ray_cluster.engine import Engine
+    from ray_cluster.models import LoadedModel
+    from ray_cluster.processors.ner import NerProcessor
+    from xlmflow.schemas import STAGED_DOCS
+
+    texts = ["Angela Merkel besuchte Paris.", "word " * 300, "Москва — столица России."]
+    rows = [
+        {
+            "doc_id": f"d{i}",
+            "text": t,
+            "lang_hint": None,
+            "n_chars": len(t),
+            "source": "s",
+            "source_row": i,
+            "meta": "{}",
+        }
+        for i, t in enumerate(texts)
+    ]
+    proc = NerProcessor(settings.model_copy(update={"tasks": ("ner",), "ner_model": "tiny"}))
+    proc.engine = Engine(LoadedModel(lm.tokenizer, _OomOnLong(lm.model, 100), lm.info), "cpu")
+    out = proc.process(pa.Table.from_pylist(rows, schema=STAGED_DOCS))
+    assert [(r["source_row"], r["reason"]) for r in out.rejects] == [(1, "processing_error")]
+    assert "OutOfMemoryError" in out.rejects[0]["detail"]
+    assert out.table["doc_id"].to_pylist() == ["d0", "d2"]
+    ents = pa.concat_tables(out.datasets["entities"])  # one table per batch that succeeded
+    assert set(ents["doc_id"].to_pylist()) <= {"d0", "d2"} and ents.num_rows > 0
