@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 
 MIN_CONF = 0.35  # lingua confidence below this: probably a language lingua does not know
 SHORT_LETTERS = 20  # fewer letters than this is a "short" text (titles, fragments)
@@ -187,6 +187,11 @@ def _rule_lang(script: str, text: str, letters: int) -> str | None:
     return None
 
 
+@cache
+def _code(language: object) -> str:
+    return language.iso_code_639_3.name.lower()  # type: ignore[attr-defined]
+
+
 @lru_cache(maxsize=1)
 def _lingua_version() -> str:
     from importlib.metadata import version
@@ -239,7 +244,9 @@ class LanguageIdentifier:
         for script, items in todo.items():
             results = self._detector.compute_language_confidence_values_in_parallel([t for _, t, _ in items])
             for (i, _, n), conf in zip(items, results, strict=True):
-                out[i] = _decide(script, n, [(c.language.iso_code_639_3.name.lower(), c.value) for c in conf])
+                # the top 6 are enough: a group rival ranked lower cannot be within GROUP_MARGIN (<= 0.2) of a top
+                # that passed MIN_CONF (the values sum to 1)
+                out[i] = _decide(script, n, [(_code(c.language), c.value) for c in conf[:6]])
         return out  # type: ignore[return-value]
 
 
