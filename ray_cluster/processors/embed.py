@@ -12,8 +12,9 @@ arXiv 2106.03379 is "LAWDR: Language-Agnostic Weighted Document Representations 
 Models" (Gong et al., 2021). Only its abstract was reachable offline: it derives document vectors from
 pre-trained (XLM-R) sentence representations without fine-tuning, by weighting them and using the
 geometry of the embedding space. What we compute:
-1. token vectors = the uniform average of the last 4 hidden layers (layer-wise pooling: the upper-middle
-   layers of XLM-R are more language-neutral than the last one, which is shaped by the MLM objective);
+1. token vectors = the uniform average of the last 4 hidden layers (layer-wise pooling, with fixed equal
+   weights since there is no data to learn layer attention from; the last layer alone is the one most
+   shaped by the masked-LM objective);
 2. a vector per window (the document's ~510-token segments) = the mean of the token vectors it owns;
 3. the document vector = the windows' vectors weighted by the number of tokens each owns, L2-normalised.
 Not done: the paper's language-agnostic step (removing language-specific directions) needs per-language
