@@ -61,8 +61,9 @@ jpn_Jpan, kor_Hang) are decided by the Han/Kana/Hangul character tests, without 
 - Hindi: lingua calls 4 of 52 Hindi paragraphs Marathi, two of them with confidence > 0.9.
 - Texts under 20 letters need confidence >= 0.6, so many short greetings come back as `und_*`.
 - Throughput was measured on a 2-core machine shared with other jobs (load average 4-6 during the
-  runs): wall-clock figures varied between about 420 and 1000 paragraphs/s across runs; the CPU time per
-  paragraph is the steadier number. lingua's `*_in_parallel` batch call uses all cores (rayon); measured
+  runs): the wall-clock time of one pass varied up to 4x between passes (the "best of" list above) and
+  between about 420 and 1030 paragraphs/s for the best pass of different runs; CPU time per paragraph
+  (1.6-1.8 ms) is the steadier number. lingua's `*_in_parallel` batch call uses all cores (rayon); measured
   alone earlier on a quieter machine it was 2.2x faster than a loop (3.6 s vs 7.8 s for 4128 paragraphs).
 """
 
@@ -122,7 +123,8 @@ def main() -> None:
         "## Language identification (`lid`) on the UDHR paragraphs",
         "",
         f"Command: `.venv/bin/python benchmarks/lid_accuracy.py --out benchmarks/lid_results.md` "
-        f"({platform.python_version()}, {os.cpu_count()} CPU cores, shared machine).",
+        f"({platform.python_version()}, {os.cpu_count()} CPU cores, shared machine, "
+        f"load average {os.getloadavg()[0]:.1f} at the end of the run).",
         "",
         f"- Paragraphs: {len(rows)}, languages: {len(table)}",
         f"- Overall accuracy: {overall:.1%} (`und_*` counts as wrong)",
