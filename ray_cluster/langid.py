@@ -207,9 +207,15 @@ class LanguageIdentifier:
 
         # One detector for the four scripts: lingua itself drops languages whose alphabet does not
         # match the text, and one build loads the models once (four builds took 2x longer here).
-        langs = set(Language.all_with_latin_script()) | set(Language.all_with_cyrillic_script())
-        langs |= set(Language.all_with_arabic_script()) | set(Language.all_with_devanagari_script())
-        builder = LanguageDetectorBuilder.from_languages(*langs)
+        by_script = {
+            "Latn": Language.all_with_latin_script(),
+            "Cyrl": Language.all_with_cyrillic_script(),
+            "Arab": Language.all_with_arabic_script(),
+            "Deva": Language.all_with_devanagari_script(),
+        }
+        # a mixed-script text must not get a language of another script (e.g. rus_Latn)
+        self._codes = {script: {_code(lang) for lang in langs} for script, langs in by_script.items()}
+        builder = LanguageDetectorBuilder.from_languages(*set().union(*by_script.values()))
         self._detector = (builder.with_preloaded_language_models() if preload else builder).build()
 
     @staticmethod
@@ -246,7 +252,10 @@ class LanguageIdentifier:
             for (i, _, n), conf in zip(items, results, strict=True):
                 # the top 6 are enough: a group rival ranked lower cannot be within GROUP_MARGIN (<= 0.2) of a top
                 # that passed MIN_CONF (the values sum to 1)
-                out[i] = _decide(script, n, [(_code(c.language), c.value) for c in conf[:6]])
+                ranked = [
+                    (code, c.value) for c in conf[:8] if (code := _code(c.language)) in self._codes[script]
+                ]
+                out[i] = _decide(script, n, ranked[:6])
         return out  # type: ignore[return-value]
 
 
