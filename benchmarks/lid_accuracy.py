@@ -63,7 +63,9 @@ jpn_Jpan, kor_Hang) are decided by the Han/Kana/Hangul character tests, without 
 - Throughput was measured on a 2-core machine shared with other jobs (load average 4-6 during the
   runs): the wall-clock time of one pass varied up to 4x between passes (the "best of" list above) and
   between about 420 and 1030 paragraphs/s for the best pass of different runs; CPU time per paragraph
-  (1.6-1.8 ms) is the steadier number. lingua's `*_in_parallel` batch call uses all cores (rayon); measured
+  (1.6-1.9 ms) is the steadier number. Preload took between 7 and 32 s in the same runs (8.4 s for all
+  75 lingua languages in a quiet moment; building a second detector in the same process is instant,
+  lingua caches the models per process). lingua's `*_in_parallel` batch call uses all cores (rayon); measured
   alone earlier on a quieter machine it was 2.2x faster than a loop (3.6 s vs 7.8 s for 4128 paragraphs).
 """
 
