@@ -203,7 +203,8 @@ def backfill_flow(
     rows.sort(key=lambda r: r["date"])
 
     _publish(rows)
-    get_run_logger().info("backfill %s..%s\n%s", start, end, format_table(rows))
+    tally = {s: n for s in STATUSES if (n := sum(r["status"] == s for r in rows))}
+    get_run_logger().info("backfill %s..%s: %s (table: artifact backfill-status)", start, end, tally)
     failed = [r["date"] for r in rows if r["status"] == "failed"]
     if failed:
         raise FatalError(

@@ -7,9 +7,11 @@ them from flags, so one can point them at other inputs, outputs and models witho
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 from pathlib import Path
 
-from xlmflow.errors import ConfigError
+from xlmflow.errors import ConfigError, FatalError
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root, where the flows' entrypoints live
 PARTITION, DAILY, BACKFILL = "partition", "daily", "backfill"
@@ -67,18 +69,22 @@ def deploy_all(
 
     def deploy(entrypoint: str, name: str, parameters: dict, schedule=None, description: str = "") -> str:  # noqa: ANN001
         fl = Flow.from_source(source=str(source), entrypoint=entrypoint)
-        fl.deploy(
-            name=name,
-            work_pool_name=pool,
-            parameters=parameters,
-            schedules=[schedule] if schedule else [],
-            description=description,
-            job_variables=job_vars,
-            build=False,
-            push=False,
-            print_next_steps=False,
-            ignore_warnings=True,
-        )
+        buf = io.StringIO()  # Prefect prints a table per deployment; keep it unless something went wrong
+        with contextlib.redirect_stdout(buf):
+            ids = fl.deploy(
+                name=name,
+                work_pool_name=pool,
+                parameters=parameters,
+                schedules=[schedule] if schedule else [],
+                description=description,
+                job_variables=job_vars,
+                build=False,
+                push=False,
+                print_next_steps=False,
+                ignore_warnings=True,
+            )
+        if not ids or "Encountered errors" in buf.getvalue():
+            raise FatalError(f"deploying {entrypoint} as {name!r} failed:\n{buf.getvalue()}")
         return f"{fl.name}/{name}"
 
     names = {

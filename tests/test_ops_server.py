@@ -207,6 +207,8 @@ def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tm
     assert "documents=3" in text  # counts come from each partition's manifest
     assert len(flow_runs_named(prefect_stack, [f"corpus-{d}" for d in dates])) == 3
     print(f"two concurrent backfills of 3 dates: {secs:.0f} s")
+    for o in outs:
+        print("\n".join(line for line in o.splitlines() if line[:4] in ("date", "2026")))
 
 
 @pytest.mark.server
@@ -234,16 +236,19 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
 def test_late_daily_run_processes_its_scheduled_day_not_today(prefect_stack, tmp_path):
     from prefect.deployments import run_deployment
 
-    from flows.deploy import deploy_all
-
     # scheduled 23:30 UTC on Oct 15 = Oct 16 in Berlin; with a 1-day lag the partition is Oct 15 (the run
     # starts weeks late: today's date must play no part). Only that day has input, and missing input fails.
     write_partition(tmp_path / "raw", "2026-10-15", 2)
     template, out = str(tmp_path / "raw" / "date={date}"), tmp_path / "out"
+    # deployed with `xlmflow deploy`, as an operator would
+    p = _xlmflow(
+        prefect_stack, "deploy", "--input", template, "--out", str(out), "--timezone", "Europe/Berlin"
+    )
+    text = p.communicate(timeout=120)[0]
+    assert p.returncode == 0 and "deployment daily: daily/daily" in text, text
     with prefect_stack.settings():
-        names = deploy_all(input_template=template, out=str(out), cron=None, timezone="Europe/Berlin")
         fr = run_deployment(
-            names["daily"],
+            "daily/daily",
             scheduled_time=dt.datetime(2026, 10, 15, 23, 30, tzinfo=dt.UTC),
             timeout=300,
             poll_interval=1,
@@ -268,21 +273,15 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_stack):
             n: client.read_deployment_by_name(n)
             for n in ("corpus/partition", "daily/daily", "backfill/backfill")
         }
-        try:
-            daily = deps["daily/daily"]
-            (sched,) = daily.schedules
-            assert sched.schedule.cron == "0 3 * * *" and sched.schedule.timezone == "Europe/Berlin"
-            assert sched.active
-            assert "{date}" in daily.parameters["input_template"] and daily.parameters["lag_days"] == 1
-            assert deps["backfill/backfill"].parameters["deployment"] == "corpus/partition"
-            for d in deps.values():
-                assert d.work_pool_name == "xlmflow"
-                assert d.pull_steps == [
-                    {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
-                ]
-        finally:  # later tests deploy their own parameters; drop these (and the cron's future runs)
-            for d in deps.values():
-                client.delete_deployment(d.id)
+    daily = deps["daily/daily"]
+    (sched,) = daily.schedules
+    assert sched.schedule.cron == "0 3 * * *" and sched.schedule.timezone == "Europe/Berlin"
+    assert sched.active
+    assert "{date}" in daily.parameters["input_template"] and daily.parameters["lag_days"] == 1
+    assert deps["backfill/backfill"].parameters["deployment"] == "corpus/partition"
+    for d in deps.values():
+        assert d.work_pool_name == "xlmflow"
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
 
 def test_infra_manifests_match_the_project():
