@@ -118,6 +118,21 @@ def run_partition(date: str, params: dict, deployment: str | None, poll_interval
     return row
 
 
+def _check_deployment(name: str) -> None:
+    """Fail before any date runs when the partition deployment is missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound as exc:
+            raise ConfigError(
+                f"deployment {name!r} not found on the Prefect server; create it with `xlmflow deploy` or "
+                "`prefect deploy --all`, or leave out --deployment to run the dates in this process"
+            ) from exc
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table: date, status, counts, duration, error."""
     lines = [f"{'date':<10}  {'status':<9}  {'duration_s':>10}  counts / error"]
@@ -170,6 +185,8 @@ def backfill_flow(
         raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
     dates = date_range(start, end)
     render_input(input_template, dates[0])  # validates the template before anything starts
+    if deployment is not None:
+        _check_deployment(deployment)
     if deployment is None and ray_address is None and max_concurrent > 1:
         # in-process subflows share one Python process and so one Ray driver: run them one by one
         get_run_logger().warning("no deployment and no ray_address: running dates one at a time")

@@ -6,12 +6,13 @@ The unit tests at the top (date derivation, date ranges) need no server.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import subprocess
 import time
 
 import pytest
 
-from flows.backfill import date_range, lock_name
+from flows.backfill import STATUSES, date_range, lock_name
 from flows.daily import partition_date, render_input
 from xlmflow.errors import ConfigError
 
@@ -69,7 +70,7 @@ def _statuses(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and len(parts[0]) == 10 and parts[0][4] == "-":
+        if len(parts) >= 2 and len(parts[0]) == 10 and parts[0][4] == "-" and parts[1] in STATUSES:
             out[parts[0]] = parts[1]
     return out
 
@@ -220,7 +221,11 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
     bad.mkdir(parents=True)
     (bad / "notes.bin").write_bytes(b"\x00not a corpus file")  # input exists but nothing readable in it
     template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")
-    p = _backfill(prefect_stack, template, out, ok, broken, n=3)
+    with prefect_stack.settings():
+        from flows.deploy import deploy_all
+
+        deploy_all(input_template=template, out=out, cron=None)
+    p = _backfill(prefect_stack, template, out, ok, broken, n=2)
     text = p.communicate(timeout=400)[0]
     assert p.returncode == 1, text
     # the failed date did not stop the others; the date without input is reported, not failed
@@ -229,6 +234,33 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
     runs = {r.name: r for r in flow_runs_named(prefect_stack, [f"corpus-{d}" for d in (ok, missing, broken)])}
     assert runs[f"corpus-{ok}"].state.is_completed() and runs[f"corpus-{missing}"].state.is_completed()
     assert runs[f"corpus-{broken}"].state.is_failed()
+    # --max-concurrent 2: never three partition runs at once (the runs' own start/end times on the server)
+    edges = sorted([(r.start_time, 1) for r in runs.values()] + [(r.end_time, -1) for r in runs.values()])
+    assert max(itertools.accumulate(step for _, step in edges)) == 2
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_backfill_without_deployment_runs_dates_as_subflows(prefect_stack, tmp_path):
+    write_partition(tmp_path / "raw", "2026-08-01", 2)  # 2026-08-02 has no input
+    template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")
+    p = _xlmflow(
+        prefect_stack,
+        "backfill",
+        "--input",
+        template,
+        "--out",
+        out,
+        "--start",
+        "2026-08-01",
+        "--end",
+        "2026-08-02",
+    )
+    text = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, text
+    assert _statuses(text) == {"2026-08-01": "committed", "2026-08-02": "no_input"}, text
+    (sub,) = flow_runs_named(prefect_stack, ["corpus-2026-08-01"])
+    assert sub.parent_task_run_id is not None and sub.deployment_id is None  # a subflow of the backfill run
 
 
 @pytest.mark.server
