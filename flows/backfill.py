@@ -258,7 +258,10 @@ def add_backfill_arguments(parser: argparse.ArgumentParser) -> None:
 
 def backfill_main(ns: argparse.Namespace) -> int:
     """`xlmflow backfill`: 0 when every date is committed, skipped or has no input; 1 if any failed."""
-    date_range(ns.start, ns.end)  # bad dates are a ConfigError for the CLI, before any run starts
+    from flows.daily import render_input
+
+    # bad dates or a template without {date} are a ConfigError for the CLI, before any run starts
+    render_input(ns.input, date_range(ns.start, ns.end)[0])
     state = backfill_flow(
         input_template=ns.input,
         out=ns.out,
