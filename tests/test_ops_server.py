@@ -340,3 +340,36 @@ def test_infra_manifests_match_the_project():
     ]
     for pkg in (p.rstrip("*") for p in pkgs):
         assert f"COPY {pkg} ./{pkg}" in docker, pkg
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_backfill_deployment_runs_on_the_worker(prefect_stack, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import deploy_all
+
+    write_partition(tmp_path / "raw", "2026-07-01", 2)
+    template, out = str(tmp_path / "raw" / "date={date}"), tmp_path / "out"
+    with prefect_stack.settings():
+        names = deploy_all(input_template=template, out=str(out), cron=None)
+        # what `prefect deployment run backfill/backfill -p start=... -p end=...` does
+        fr = run_deployment(
+            names["backfill"],
+            parameters={"start": "2026-07-01", "end": "2026-07-01", "poll_interval": 1},
+            timeout=300,
+            poll_interval=1,
+        )
+        with get_client(sync_client=True) as client:
+            arts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id]))
+            )
+    assert fr.state.is_completed(), (fr.state, prefect_stack.log_tail("worker"))
+    assert fr.name == "backfill-2026-07-01-to-2026-07-01"
+    (part,) = flow_runs_named(prefect_stack, ["corpus-2026-07-01"])
+    assert part.state.is_completed() and part.deployment_id is not None  # its own run of corpus/partition
+    (table,) = [a for a in arts if a.key == "backfill-status"]
+    assert "committed" in str(table.data)
+    assert (out / "_manifests" / "date=2026-07-01.json").exists()
