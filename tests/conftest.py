@@ -67,9 +67,7 @@ def s3_bucket(moto_server):
 
 # Fault-injection control file read by ray_cluster.actor (see _maybe_crash_for_test); set before any
 # Ray starts so the worker processes inherit it. Harmless while the file does not exist.
-CRASH_CONTROL = os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"xlmflow-crash-{os.getpid()}.json"
-)
+CRASH_CONTROL = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"xlmflow-crash-{os.getpid()}.json")
 os.environ["XLMFLOW_TEST_CRASH_FILE"] = CRASH_CONTROL
 
 

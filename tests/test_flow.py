@@ -34,7 +34,9 @@ def corpus(tmp_path):
         good = f.read().splitlines()
     # an exact duplicate of the first document under another id
     dup = json.loads(good[0]) | {"id": "dup-of-first"}
-    path.write_text("\n".join(good + BAD_LINES + [json.dumps(dup, ensure_ascii=False)]) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(good + BAD_LINES + [json.dumps(dup, ensure_ascii=False)]) + "\n", encoding="utf-8"
+    )
     return str(path), len(good)
 
 
@@ -118,5 +120,7 @@ def test_actor_death_retries_shard_without_duplicates(prefect_harness, ray_local
     assert marker.exists(), "the fault was not injected"
     m = res["manifest"]
     assert not m["shards"]["failed"] and m["counts"]["documents"] == n_good
-    ids = [r[0] for r in _read(str(tmp_path / "out"), "documents", "2026-11-01", m).select("doc_id").fetchall()]
+    ids = [
+        r[0] for r in _read(str(tmp_path / "out"), "documents", "2026-11-01", m).select("doc_id").fetchall()
+    ]
     assert len(ids) == len(set(ids)) == n_good

@@ -37,9 +37,18 @@ def test_one_actor_per_fake_gpu(ray_fake_gpus, tmp_path):
     assert sorted(i["cuda_visible_devices"] for i in infos) == ["0", "1"]
     assert all(i["device"] == "cpu" for i in infos)  # torch has no CUDA here: CPU fallback
 
-    rows = [{"doc_id": f"d{i}", "text": t, "lang_hint": None, "n_chars": len(t), "source": "mem",
-             "source_row": i, "meta": "{}"}
-            for i, t in enumerate(["Alle Menschen sind frei und gleich an Würde und Rechten geboren."] * 8)]
+    rows = [
+        {
+            "doc_id": f"d{i}",
+            "text": t,
+            "lang_hint": None,
+            "n_chars": len(t),
+            "source": "mem",
+            "source_row": i,
+            "meta": "{}",
+        }
+        for i, t in enumerate(["Alle Menschen sind frei und gleich an Würde und Rechten geboren."] * 8)
+    ]
     shards = write_shards(pa.Table.from_pylist(rows, schema=schemas.STAGED_DOCS), str(tmp_path / "stg"), 70)
     done, failed = pool.run([s.to_dict() for s in shards], str(tmp_path / "stg"))
     assert not failed and len(done) == 8

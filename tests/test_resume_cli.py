@@ -22,15 +22,25 @@ def _env(**extra):
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
-    p = subprocess.run(CLI + ["run", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+    p = subprocess.run(
+        CLI + ["run", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert p.returncode != 0
     assert "nope.jsonl" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_unknown_task_is_a_config_error(tmp_path):
-    p = subprocess.run(CLI + ["run", SAMPLE, "--out", str(tmp_path / "o"), "--tasks", "lid,bogus"],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+    p = subprocess.run(
+        CLI + ["run", SAMPLE, "--out", str(tmp_path / "o"), "--tasks", "lid,bogus"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert p.returncode == 2
     assert "bogus" in p.stderr and "available" in p.stderr
 
@@ -46,13 +56,20 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     with open(CORPUS, encoding="utf-8") as f, open(src, "w", encoding="utf-8") as g:
         for line in f:
             r = json.loads(line)
-            g.write(json.dumps({"id": f"{r['id']}:{r['lang']}", "text": r["text"]}, ensure_ascii=False) + "\n")
+            g.write(
+                json.dumps({"id": f"{r['id']}:{r['lang']}", "text": r["text"]}, ensure_ascii=False) + "\n"
+            )
     out_a, out_b = str(tmp_path / "killed"), str(tmp_path / "clean")
     args = ["run", str(src), "--date", "2026-11-02", "--shard-chars", "20000", "--actors", "1"]
     staging = os.path.join(out_a, "_staging", "date=2026-11-02")
     # run in its own process group so the kill also takes its local Ray and Prefect server, as a crash would
-    p = subprocess.Popen(CLI + args + ["--out", out_a], env=_env(), start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        CLI + args + ["--out", out_a],
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 400
     done = []
     while time.time() < deadline and p.poll() is None:
@@ -64,9 +81,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert read_manifest(out_a, "2026-11-02") is None  # not committed
-    resumed = subprocess.run(CLI + args + ["--out", out_a], env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        CLI + args + ["--out", out_a], env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    clean = subprocess.run(CLI + args + ["--out", out_b], env=_env(), capture_output=True, text=True, timeout=600)
+    clean = subprocess.run(
+        CLI + args + ["--out", out_b], env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     def rows(out, ds):

@@ -8,8 +8,15 @@ from xlmflow import schemas, storage
 
 def _docs(n: int, size: int = 10) -> pa.Table:
     rows = [
-        {"doc_id": f"d{i}", "text": "x" * size, "lang_hint": None, "n_chars": size, "source": "f",
-         "source_row": i + 1, "meta": "{}"}
+        {
+            "doc_id": f"d{i}",
+            "text": "x" * size,
+            "lang_hint": None,
+            "n_chars": size,
+            "source": "f",
+            "source_row": i + 1,
+            "meta": "{}",
+        }
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows, schema=schemas.STAGED_DOCS)
