@@ -135,8 +135,9 @@ def _pick_device(num_cpus: float) -> str:
 def _maybe_crash_for_test(shard_id: str) -> None:
     """Fault injection for the actor-death tests, off unless XLMFLOW_TEST_CRASH_FILE names a control file.
 
-    The control file holds {"shard_prefix": ..., "marker": path}: the first actor to reach a matching
-    shard creates the marker and dies hard (as on an OOM kill or a lost node).
+    The control file holds {"shard_prefix": ..., "marker": path, "mode": "exit"|"raise"}. "exit" (default):
+    the first actor to reach a matching shard creates the marker and dies hard (as on an OOM kill or a
+    lost node). "raise": every matching shard raises OSError, as storage without credentials would.
     """
     ctl = os.environ.get("XLMFLOW_TEST_CRASH_FILE")
     if not ctl or not os.path.exists(ctl):
@@ -145,6 +146,11 @@ def _maybe_crash_for_test(shard_id: str) -> None:
 
     with open(ctl) as f:
         spec = json.load(f)
-    if shard_id.startswith(spec["shard_prefix"]) and not os.path.exists(spec["marker"]):
+    if not shard_id.startswith(spec["shard_prefix"]):
+        return
+    if spec.get("mode") == "raise":
+        open(spec["marker"], "a").close()
+        raise OSError(f"injected storage failure on shard {shard_id}")
+    if not os.path.exists(spec["marker"]):
         open(spec["marker"], "w").close()
         os._exit(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 
 from ray_cluster.cluster import Layout, connect, plan_layout
@@ -20,6 +21,7 @@ from xlmflow.settings import RunSettings
 log = logging.getLogger(__name__)
 
 ACTOR_MAX_RESTARTS = 3  # a restarted actor reloads its models; past this the actor is dropped
+PROBE_INTERVAL_S = 0.5  # how often a restarting actor is asked whether it is back
 STARTUP_TIMEOUT_S = 900  # model loads can be slow; past this the cluster most likely lacks resources
 
 _POOLS: dict[str, ShardPool] = {}
@@ -41,6 +43,7 @@ class ShardPool:
         payload = settings.model_dump_json()
         self.actors = [remote.remote(payload, layout.num_cpus) for _ in range(layout.actors)]
         self.actor_infos = self._wait_ready()
+        self.restart_since: dict[int, float] = {}
 
     def _wait_ready(self) -> list[dict]:
         import ray
@@ -70,56 +73,121 @@ class ShardPool:
     def run(
         self, shards: list[dict], staging: str, on_done: Callable[[dict], None] | None = None
     ) -> tuple[dict[str, dict], dict[str, str]]:
-        """Process shards; returns (stats by shard id, error by shard id for shards that failed for good)."""
+        """Process shards; returns (stats by shard id, error by shard id for shards whose actors kept dying).
+
+        A shard that kills its actor on every attempt (a poison document: OOM kill, segfault) fails for good
+        and its rows become `shard_failed` rejects, so one bad shard does not block the partition. A shard
+        that raises (storage, credentials, config) fails the run once every other shard is finished: that
+        error is systemic, and committing its rows as rejects would hide it. Finished shards are kept, so
+        the rerun resumes.
+
+        After an actor dies, Ray restarts it (reloading models); until a readiness probe answers it gets no
+        work, so its restart does not burn the retries of the shards re-queued behind it. A shard that was
+        in flight on a dying actor is a suspect: it is retried alone on an idle actor, so an innocent shard
+        is not failed for sharing an actor with a poison one.
+        """
         import ray
 
         pending = collections.deque(shards)
         attempts: collections.Counter[str] = collections.Counter()
-        inflight: dict[ray.ObjectRef, tuple[int, dict]] = {}
+        inflight: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (actor, shard, load taken)
+        probes: dict[ray.ObjectRef, int] = {}  # readiness probes of restarting actors
+        restarting: dict[int, float] = {}  # actor -> when its next probe is due
         load = [0] * len(self.actors)
         alive = set(range(len(self.actors)))
-        actor_failures: collections.Counter[int] = collections.Counter()
         done: dict[str, dict] = {}
         failed: dict[str, str] = {}
+        errors: dict[str, str] = {}
         cap = self.settings.max_inflight_per_actor
         while pending or inflight:
-            while pending and alive:
-                i = min(alive, key=lambda k: load[k])
-                if load[i] >= cap:
-                    break
-                shard = pending.popleft()
-                inflight[self.actors[i].process_shard.remote(shard, staging)] = (i, shard)
-                load[i] += 1
-            if not inflight:
+            self._submit(pending, attempts, inflight, load, alive, restarting, cap, staging)
+            now = time.monotonic()
+            for i, due in list(restarting.items()):
+                if due <= now and i not in probes.values():
+                    probes[self.actors[i].info.remote()] = i
+            if not inflight and not probes and not restarting:
                 for s in pending:
                     failed[s["shard_id"]] = "no live actors left"
                 raise FatalError(
                     f"all shard actors died; {len(pending)} shards not processed; see the Ray logs"
                 )
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            i, shard = inflight.pop(ref)
-            load[i] -= 1
+            ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            [ref] = ready
+            if ref in probes:
+                self._probe_answered(probes.pop(ref), ref, restarting, alive)
+                continue
+            i, shard, taken = inflight.pop(ref)
+            load[i] -= taken
             try:
                 stats = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 sid = shard["shard_id"]
                 attempts[sid] += 1
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    actor_failures[i] += 1
-                    if actor_failures[i] > ACTOR_MAX_RESTARTS:
-                        alive.discard(i)
+                died = isinstance(exc, ray.exceptions.RayActorError)
+                if died and i in alive and i not in restarting:
+                    restarting[i] = time.monotonic() + PROBE_INTERVAL_S
+                    self.restart_since[i] = time.monotonic()
                 msg = _root_message(exc)
                 if attempts[sid] <= self.settings.shard_retries:
                     log.warning("shard %s failed (attempt %d): %s; retrying", sid, attempts[sid], msg)
                     pending.appendleft(shard)
                 else:
                     log.error("shard %s failed for good after %d attempts: %s", sid, attempts[sid], msg)
-                    failed[sid] = msg
+                    (failed if died else errors)[sid] = msg
                 continue
             done[shard["shard_id"]] = stats
             if on_done:
                 on_done(stats)
+        if errors:
+            sid, msg = next(iter(errors.items()))
+            raise FatalError(
+                f"{len(errors)} of {len(shards)} shards failed (first: {sid}: {msg}); the {len(done)} finished "
+                "shards are kept: fix the cause and rerun the same command to resume"
+            )
         return done, failed
+
+    def _submit(self, pending, attempts, inflight, load, alive, restarting, cap, staging) -> None:  # noqa: ANN001
+        """Hand queued shards to ready actors, least loaded first; a suspect shard runs alone."""
+        while pending:
+            ready = [k for k in alive if k not in restarting and load[k] < cap]
+            if not ready:
+                return
+            shard = pending[0]
+            if attempts[shard["shard_id"]]:
+                idle = [k for k in ready if load[k] == 0]
+                if not idle:
+                    return
+                i, taken = idle[0], cap  # occupy the whole actor
+            else:
+                i, taken = min(ready, key=lambda k: load[k]), 1
+            pending.popleft()
+            inflight[self.actors[i].process_shard.remote(shard, staging)] = (i, shard, taken)
+            load[i] += taken
+
+    def _probe_answered(self, i: int, ref, restarting: dict, alive: set) -> None:  # noqa: ANN001
+        import ray
+
+        try:
+            ray.get(ref)
+        except ray.exceptions.ActorDiedError as exc:  # out of restarts: gone for good
+            log.error("actor %d is gone for good: %s", i, _root_message(exc))
+            alive.discard(i)
+            restarting.pop(i, None)
+            return
+        except ray.exceptions.RayError as exc:  # still restarting, unless it has taken too long
+            if time.monotonic() - self.restart_since.get(i, 0.0) > STARTUP_TIMEOUT_S:
+                log.error(
+                    "actor %d did not come back within %ds: %s", i, STARTUP_TIMEOUT_S, _root_message(exc)
+                )
+                alive.discard(i)
+                restarting.pop(i, None)
+            else:
+                restarting[i] = time.monotonic() + PROBE_INTERVAL_S
+            return
+        log.info("actor %d is back after a restart", i)
+        restarting.pop(i, None)
 
 
 def _root_message(exc: BaseException) -> str:

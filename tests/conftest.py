@@ -72,8 +72,12 @@ os.environ["XLMFLOW_TEST_CRASH_FILE"] = CRASH_CONTROL
 
 
 @pytest.fixture
-def ray_local():
-    """A real local Ray (2 CPUs, no dashboard), started once and shared until a test needs another."""
+def ray_local(moto_server):
+    """A real local Ray (2 CPUs, no dashboard), started once and shared until a test needs another.
+
+    Depends on moto_server so the S3 endpoint and credentials are in the environment before Ray starts
+    its workers (they inherit the driver's environment at start, as on a real cluster's nodes).
+    """
     import ray
 
     if not ray.is_initialized():

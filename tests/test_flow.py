@@ -64,7 +64,7 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert m["shards"]["total"] > 3 and not m["shards"]["failed"]
     # outputs: DuckDB reads the partition directory directly; it holds exactly the manifest's files
     docs = duckdb.sql(f"select * from read_parquet('{out}/documents/date=2026-11-01/*.parquet')")
-    assert docs.count("*").fetchone()[0] == n_good
+    assert docs.count("*").fetchall()[0][0] == n_good
     cols = set(docs.columns)
     assert {"doc_id", "text", "lang", "lang_score", "n_chars", "source", "source_row"} <= cols
     eng = docs.filter("doc_id = 'udhr:a1:p1:eng_Latn'").fetchall()
@@ -124,3 +124,29 @@ def test_actor_death_retries_shard_without_duplicates(prefect_harness, ray_local
         r[0] for r in _read(str(tmp_path / "out"), "documents", "2026-11-01", m).select("doc_id").fetchall()
     ]
     assert len(ids) == len(set(ids)) == n_good
+
+
+def test_systemic_shard_error_fails_run_then_rerun_resumes(prefect_harness, ray_local, corpus, tmp_path):
+    """A shard that raises (e.g. storage errors) fails the run instead of committing its rows as rejects;
+    the other shards are kept and the rerun finishes with the same output as a clean run."""
+    from ray_cluster.actor import DONE_MARKER
+    from tests.conftest import CRASH_CONTROL
+    from xlmflow.errors import FatalError
+
+    path, n_good = corpus
+    out = str(tmp_path / "out")
+    with open(CRASH_CONTROL, "w") as f:
+        json.dump({"shard_prefix": "00001", "marker": str(tmp_path / "raised"), "mode": "raise"}, f)
+    try:
+        with pytest.raises(FatalError, match="rerun the same command to resume"):
+            _run(path, out)
+    finally:
+        os.remove(CRASH_CONTROL)
+    assert not storage.exists(manifest_uri(out, "2026-11-01"))  # not committed
+    markers = [f for f in storage.list_files(os.path.join(out, "_staging")) if f.endswith(DONE_MARKER)]
+    assert markers, "finished shards were not kept for the rerun"
+    res = _run(path, out)
+    assert res["status"] == "committed"
+    m = res["manifest"]
+    assert m["counts"]["documents"] == n_good and not m["shards"]["failed"]
+    assert m["counts"]["input_rows"] == m["counts"]["documents"] + m["counts"]["rejects"]

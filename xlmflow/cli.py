@@ -58,8 +58,10 @@ def option_dict(a: argparse.Namespace) -> dict:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from flows.corpus import corpus_flow
+    from tasks.ingest import expand_inputs
     from tasks.report import print_summary
 
+    expand_inputs(a.inputs)  # fail fast, before Ray and Prefect start, on inputs that match nothing
     res = corpus_flow(
         inputs=a.inputs,
         out=a.out,
