@@ -46,7 +46,11 @@ class LoadedModel:
 
 
 def cache_root(settings: RunSettings | None = None) -> str:
-    root = (settings.model_cache if settings else None) or os.path.join("~", ".cache", "xlmflow", "models")
+    root = (
+        (settings.model_cache if settings else None)
+        or os.environ.get("XLMFLOW_MODEL_CACHE")
+        or os.path.join("~", ".cache", "xlmflow", "models")
+    )
     return os.path.abspath(os.path.expanduser(root))
 
 

@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1
-.venv/bin/xlmflow run examples/udhr-sample.jsonl --out ./out --date 2026-11-01 \
+OUT=${XLMFLOW_OUT:-./out}
+.venv/bin/xlmflow run examples/udhr-sample.jsonl --out "$OUT" --date 2026-11-01 \
   --tasks lid,ner,embed --ner-model tiny --embed-model tiny "$@"
-.venv/bin/python - <<'PY'
+OUT="$OUT" .venv/bin/python - <<'PY'
+import os
 import duckdb
-print(duckdb.sql("select lang, count(*) n from read_parquet('out/documents/date=2026-11-01/*.parquet') group by 1 order by 2 desc limit 8"))
+docs = os.path.join(os.environ["OUT"], "documents/date=2026-11-01/*.parquet")
+print(duckdb.sql(f"select lang, count(*) n from read_parquet('{docs}') group by 1 order by 2 desc limit 8"))
 PY

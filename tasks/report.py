@@ -77,6 +77,9 @@ def summary_rows(manifest: dict) -> list[dict]:
     rows += [
         {"section": "throughput", "key": k, "value": v} for k, v in manifest.get("throughput", {}).items()
     ]
+    rows += [
+        {"section": "stage_seconds", "key": k, "value": v} for k, v in manifest.get("stages", {}).items()
+    ]
     return rows
 
 
