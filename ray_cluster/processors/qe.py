@@ -1,0 +1,176 @@
+"""Translation quality estimation (processor `qe`, dataset "qe"): one score per src/mt pair, no reference.
+
+Two scorers behind one processor, chosen per run by `qe_method`:
+- `regression` (default), a cross-encoder: a sequence-classification checkpoint with one output
+  (TransQuest MonoTransQuest style) reads the pair as one input, `<s> src </s></s> mt </s>`, or
+  `<s> mt </s></s> src </s>` with `qe_order mt-src` (CometKiwi-style models put the translation first);
+  score = the model's output (logit 0). A pair over the window (508 content tokens for XLM-R) loses
+  tokens from the end of its longer side first (the engine's `encode_pairs`, as HF's `longest_first`);
+  `truncation` then says what was cut, `"mt:700->300"` (tokens before -> kept; two sides joined by ";").
+- `cosine`, a bi-encoder: src and mt are embedded apart (mean pooling over content tokens, the embed
+  processor's `embed_texts`) and score = the cosine of the two vectors. Nothing is cut: a side over one
+  window is pooled over all its windows; `truncation` says `"src:700 tokens/2 windows"`.
+`truncated` is true when a side did not fit one model window (for cosine no token is lost then).
+
+Language checks need no model. `src_lang`/`mt_lang` are detected (ray_cluster.langid, `und_<Script>`
+when it cannot tell); `lang_mismatch` (see `lang_mismatch`) flags a translation that is not in the
+expected target language (the `qe_target_lang` setting, else the row's `mt_lang` hint) or is in the
+source's language (an untranslated copy). `length_ratio` = characters of mt / characters of src.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ray_cluster.processors.base import BatchOutput, Processor, register
+from xlmflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pyarrow as pa
+
+    from ray_cluster.engine import Engine
+
+HAN_SCRIPTS = {"Hani", "Hans", "Hant", "Jpan"}  # one family: a Han-only text may be any of them
+
+
+def _split(code: str | None) -> tuple[str, str]:
+    """'deu_Latn' -> ('deu', 'Latn'); macrolanguage codes mapped as langid does ('ara' -> 'arb')."""
+    from ray_cluster.langid import CODE_MAP
+
+    lang, _, script = (code or "").strip().partition("_")
+    lang = lang.lower()
+    return CODE_MAP.get(lang, lang), script.title()
+
+
+def lang_mismatch(src_lang: str, mt_lang: str, expected: str | None) -> bool:
+    """True when the detected `mt_lang` is not the `expected` language, or is the detected `src_lang`.
+
+    Languages compare on the ISO 639-3 part (cmn_Hans and cmn_Hant agree). An undetermined translation
+    (`und_<Script>`) differs from the expected language only when its script does (und_Latn for an
+    expected jpn_Jpan); with no letters (und_Zyyy) nothing can be said. `expected` may be None (no
+    target known: only the copy rule applies) or a bare language ('deu').
+    """
+    mt, mt_script = _split(mt_lang)
+    src = _split(src_lang)[0]
+    copy = mt != "und" and mt == src
+    if not expected:
+        return copy
+    want, want_script = _split(expected)
+    if mt != "und":
+        return copy or mt != want
+    if not want_script or mt_script in ("", "Zyyy"):
+        return False
+    return mt_script != want_script and not {mt_script, want_script} <= HAN_SCRIPTS
+
+
+def score_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str], order: str = "src-mt") -> tuple:
+    """Cross-encoder scores (logit 0) and truncation notes ("" when the pair fit) per pair."""
+    first, second = (src, mt) if order == "src-mt" else (mt, src)
+    names = ("src", "mt") if order == "src-mt" else ("mt", "src")
+    pairs = engine.encode_pairs(first, second)
+    out = engine.run([p.input_ids for p in pairs], lambda out, mask, rows: out.logits[:, 0])
+    notes = [
+        ";".join(
+            f"{name}:{n}->{k}"
+            for name, n, k in ((names[0], p.a_tokens, p.a_kept), (names[1], p.b_tokens, p.b_kept))
+            if k < n
+        )
+        for p in pairs
+    ]
+    return [float(r[0]) for r in out], notes
+
+
+def cosine_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str]) -> tuple:
+    """Bi-encoder cosines of mean-pooled src and mt vectors, and window notes ("" when both fit one)."""
+    import numpy as np
+
+    from ray_cluster.processors.embed import embed_texts
+
+    uniq = list(dict.fromkeys([*src, *mt]))  # pairs made from a parallel corpus share their sources
+    vecs = embed_texts(engine, uniq, "mean")
+    at = {t: i for i, t in enumerate(uniq)}
+    scores = np.einsum("ij,ij->i", vecs[[at[t] for t in src]], vecs[[at[t] for t in mt]])
+    docs = dict(zip(uniq, engine.tokenize(uniq), strict=True))
+    n_win = {t: len(engine.windows([d])) for t, d in docs.items() if len(d.ids) > engine.max_content}
+
+    def note(name: str, text: str) -> str:
+        return f"{name}:{len(docs[text].ids)} tokens/{n_win[text]} windows" if text in n_win else ""
+
+    notes = [";".join(x for x in (note("src", s), note("mt", m)) if x) for s, m in zip(src, mt, strict=True)]
+    return [float(x) for x in scores], notes
+
+
+@register
+class QeProcessor(Processor):
+    name = "qe"
+    mode = "pairs"
+    id_column = "pair_id"
+    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+
+    def setup(self, device: str) -> None:
+        from ray_cluster.engine import Engine
+        from ray_cluster.langid import LanguageIdentifier
+        from ray_cluster.models import load_model
+
+        s = self.settings
+        if not s.qe_model:
+            raise ConfigError("task qe needs --qe-model (HF id, local dir, s3:// prefix, or tiny)")
+        lm = load_model(s.qe_model, "qe" if s.qe_method == "regression" else "embed", s)
+        cfg = lm.model.config
+        archs = getattr(cfg, "architectures", None) or []
+        if s.qe_method == "regression" and (
+            cfg.num_labels != 1 or (archs and not any(a.endswith("ForSequenceClassification") for a in archs))
+        ):
+            raise ConfigError(
+                f"QE model {s.qe_model!r} is not a one-output sequence classifier (num_labels "
+                f"{cfg.num_labels}, architectures {archs}): its regression score would be an untrained "
+                "head. Use a QE cross-encoder (e.g. TransQuest/monotransquest-da-multilingual), or "
+                "--qe-method cosine for a sentence encoder"
+            )
+        self.engine = Engine(lm, device, max_batch_tokens=s.max_batch_tokens, stride=s.stride)
+        self.lid = LanguageIdentifier(preload=True)  # lingua's models are cached per process
+
+    def model_info(self) -> dict:
+        from ray_cluster.langid import LanguageIdentifier
+
+        s = self.settings
+        order = {"order": s.qe_order} if s.qe_method == "regression" else {"pooling": "mean"}
+        return {**self.engine.lm.info, "method": s.qe_method, **order, "lid": LanguageIdentifier.info()}
+
+    def process_batch(self, batch: pa.Table) -> BatchOutput:
+        import pyarrow as pa
+
+        from xlmflow.schemas import QE
+
+        s = self.settings
+        src, mt = batch["src"].to_pylist(), batch["mt"].to_pylist()
+        if s.qe_method == "regression":
+            scores, notes = score_pairs(self.engine, src, mt, s.qe_order)
+        else:
+            scores, notes = cosine_pairs(self.engine, src, mt)
+        uniq_src = list(dict.fromkeys(src))
+        src_found = dict(zip(uniq_src, self.lid.detect(uniq_src), strict=True))
+        src_lang = [src_found[t][0] for t in src]
+        mt_lang = [lang for lang, _ in self.lid.detect(mt)]
+        hints = (
+            batch["mt_lang_hint"].to_pylist() if "mt_lang_hint" in batch.column_names else [None] * len(mt)
+        )
+        n = batch.num_rows
+        cols = {
+            "pair_id": batch["pair_id"].to_pylist(),
+            "score": scores,
+            "method": [s.qe_method] * n,
+            "model": [self.engine.lm.name] * n,
+            "src_lang": src_lang,
+            "mt_lang": mt_lang,
+            "lang_mismatch": [
+                lang_mismatch(a, b, s.qe_target_lang or h)
+                for a, b, h in zip(src_lang, mt_lang, hints, strict=True)
+            ],
+            "length_ratio": [len(m) / len(t) if t else None for t, m in zip(src, mt, strict=True)],
+            "truncated": [bool(x) for x in notes],
+            "truncation": notes,
+        }
+        return BatchOutput(datasets={"qe": pa.Table.from_pydict(cols, schema=QE)})
