@@ -90,7 +90,7 @@ class ShardWorker:
             "chars": shard["chars"],
             "counts": counts,
             "rejects_by_reason": dict(collections.Counter(r["reason"] for r in rejects)),
-            "by_lang": _lang_counts(main),
+            "by_lang": _lang_counts(main, datasets.get("qe")),
             "processors": per_proc,
             "seconds": round(time.perf_counter() - t0, 4),
             "actor": {
@@ -114,7 +114,12 @@ def _conform(table, schema):  # noqa: ANN001, ANN202
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _lang_counts(table) -> dict:  # noqa: ANN001
+def _lang_counts(table, qe_parts=None) -> dict:  # noqa: ANN001
+    """Documents per language; for pairs, pairs per detected direction (src_lang->mt_lang)."""
+    if qe_parts:
+        src = [x for t in qe_parts for x in t["src_lang"].to_pylist()]
+        mt = [x for t in qe_parts for x in t["mt_lang"].to_pylist()]
+        return dict(collections.Counter(f"{a or 'und'}->{b or 'und'}" for a, b in zip(src, mt, strict=True)))
     if "lang" not in table.column_names:
         return {}
     return dict(collections.Counter(x or "und" for x in table["lang"].to_pylist()))

@@ -257,6 +257,7 @@ def test_flow_end_to_end_accounts_for_every_pair(prefect_harness, ray_local, cor
     assert c["rejects_by_reason"] == {"missing_src": 1, "empty_mt": 1, "non_string_src": 1, "invalid_json": 1}
     assert m["models"]["qe"]["method"] == "regression" and m["models"]["qe"]["smoke_test"]
     assert set(m["qe_quantiles"]) == {"p05", "p25", "p50", "p75", "p95"}
+    assert sum(c["by_lang"].values()) == c["qe"] and c["by_lang"]["eng_Latn->eng_Latn"] == 1  # the copy
 
     def read(name: str):
         files = [storage.join(out, f["path"]) for f in m["files"][name]]
