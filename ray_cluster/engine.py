@@ -221,19 +221,17 @@ class Engine:
         try:
             return [(rows, self._forward(rows, seqs, head, model_kw))]
         except Exception as exc:
-            if not is_oom(exc):
+            if not is_oom(exc) or len(rows) == 1:
                 raise
-            if self.device == "cuda":
-                import torch
+        # Split outside the except block: until it ends, the exception's traceback pins the failed
+        # forward's activations, and the halves would run out of memory too (seen on an H200).
+        if self.device == "cuda":
+            import torch
 
-                torch.cuda.empty_cache()
-            if len(rows) == 1:
-                raise
-            log.warning("out of memory on a batch of %d rows; splitting it in halves", len(rows))
-            mid = len(rows) // 2
-            return self._launch(rows[:mid], seqs, head, model_kw) + self._launch(
-                rows[mid:], seqs, head, model_kw
-            )
+            torch.cuda.empty_cache()
+        log.warning("out of memory on a batch of %d rows; splitting it in halves", len(rows))
+        mid = len(rows) // 2
+        return self._launch(rows[:mid], seqs, head, model_kw) + self._launch(rows[mid:], seqs, head, model_kw)
 
     def _forward(self, rows: list[int], seqs: Sequence[list[int]], head: Head, model_kw: dict) -> tuple:
         import torch
