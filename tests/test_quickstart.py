@@ -61,7 +61,7 @@ def test_quickstart_runs_lid_ner_embed_end_to_end(tmp_path):
     # entity spans index into the document text (the tiny model's labels are noise, its spans are real)
     bad = q(
         f"select count(*) from {ents} e join {docs} d using (doc_id) "
-        f"where substring(d.text, e.start + 1, e.\"end\" - e.start) <> e.text"
+        f'where substring(d.text, e.start + 1, e."end" - e.start) <> e.text'
     )
     assert bad == [(0,)]
     [(n_ents,)] = q(f"select count(*) from {ents}")
