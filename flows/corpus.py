@@ -34,7 +34,7 @@ def corpus_flow(
     options: dict[str, Any] | None = None,
 ) -> dict:
     """Process one date partition of a corpus; a committed partition is skipped unless force."""
-    from tasks import collect, steps
+    from tasks import collect, report, steps
     from tasks.shard import staging_root
     from xlmflow.settings import make_settings
 
@@ -88,7 +88,9 @@ def corpus_flow(
 
     ing = timed("ingest", steps.ingest_inputs, settings)
     shards = timed("shard", steps.shard_records, ing.table, staging, settings)
-    done, failed, infos = timed("process", steps.process_shards, shards, staging, settings)
+    # the run's artifacts are created by the flow itself, so the UI lists them under the flow run
+    progress_id = report.create_progress_artifact(day)
+    done, failed, infos = timed("process", steps.process_shards, shards, staging, settings, progress_id)
     run["actors"] = infos
     run["models"] = infos[0]["models"] if infos else {}
     secs = time.perf_counter() - t0
@@ -100,10 +102,8 @@ def corpus_flow(
     }
     run["stages"] = dict(stages)  # commit's own time is logged; it cannot be in the manifest it writes
     manifest = timed("commit", steps.commit_partition, settings, shards, done, failed, ing, staging, run)
-    from tasks.report import dataset_stats
-
-    manifest.update(dataset_stats(manifest, settings.out))
-    timed("report", steps.publish_report, {**manifest, "status": "committed"}, settings.out)
+    manifest.update(report.dataset_stats(manifest, settings.out))
+    timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
     return {**result, "status": "committed", "manifest": manifest}
 
 

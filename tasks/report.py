@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 class Progress:
     """A terminal progress bar plus a Prefect progress artifact, both updated as shards finish."""
 
-    def __init__(self, total_shards: int, total_rows: int, date: str) -> None:
+    def __init__(self, total_shards: int, total_rows: int, date: str, artifact_id=None) -> None:  # noqa: ANN001
         from tqdm import tqdm
 
         self.total = max(1, total_shards)
@@ -26,15 +26,7 @@ class Progress:
             mininterval=1.0,
             disable=None,
         )
-        self.artifact_id = None
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(
-                progress=0.0, key=_key(f"corpus-{date}-progress"), description=f"shards committed for {date}"
-            )
-        except Exception as exc:  # noqa: BLE001 - progress must never fail a run
-            log.debug("no progress artifact: %s", exc)
+        self.artifact_id = artifact_id if artifact_id is not None else create_progress_artifact(date)
 
     def shard_done(self, stats: dict) -> None:
         self.done += 1
@@ -49,6 +41,20 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def create_progress_artifact(date: str):  # noqa: ANN201
+    """The run's progress artifact (0%), or None without a Prefect run. Created by the flow itself, so the
+    UI lists it under the flow run rather than under one of its task runs."""
+    try:
+        from prefect.artifacts import create_progress_artifact as create
+
+        return create(
+            progress=0.0, key=_key(f"corpus-{date}-progress"), description=f"shards committed for {date}"
+        )
+    except Exception as exc:  # noqa: BLE001 - progress must never fail a run
+        log.debug("no progress artifact: %s", exc)
+        return None
 
 
 def _key(s: str) -> str:

@@ -35,7 +35,9 @@ def shard_records(table, staging: str, settings) -> list[dict]:  # noqa: ANN001
 
 
 @task(name="process", cache_policy=NONE)
-def process_shards(shards: list[dict], staging: str, settings) -> tuple[dict, dict, list[dict]]:  # noqa: ANN001
+def process_shards(
+    shards: list[dict], staging: str, settings, progress_id=None
+) -> tuple[dict, dict, list[dict]]:  # noqa: ANN001
     """Run the processors over every unfinished shard on the Ray actor pool."""
     from ray_cluster.actor import DONE_MARKER, results_uri
     from ray_cluster.pool import get_pool
@@ -52,7 +54,8 @@ def process_shards(shards: list[dict], staging: str, settings) -> tuple[dict, di
             todo.append(s)
     if done:
         logger.info("resume: %d of %d shards already done", len(done), len(shards))
-    progress = report.Progress(len(shards), sum(s["rows"] for s in shards), settings.date.isoformat())
+    rows = sum(s["rows"] for s in shards)
+    progress = report.Progress(len(shards), rows, settings.date.isoformat(), progress_id)
     for stats in done.values():
         progress.shard_done(stats)
     infos: list[dict] = []
@@ -79,11 +82,4 @@ def commit_partition(settings, shards, done, failed, ingest_res, staging, run) -
         settings, shards, done, failed, counts, ingest_res.rejects, staging, run
     )
     get_run_logger().info("commit: %s", manifest["counts"])
-    return manifest
-
-
-@task(name="report", cache_policy=NONE)
-def publish_report(manifest: dict, out: str) -> dict:
-    """Publish the summary table and markdown report as artifacts of this flow run."""
-    report.publish_report(manifest, out)
     return manifest

@@ -125,13 +125,17 @@ def test_flow_run_page_shows_partition_name_and_artifacts(prefect_stack, tmp_pat
         assert page.js(
             "(() => { const t = document.getElementById('artifacts'); t && t.click(); return !!t })()"
         )
-        text = page.wait_text(
-            "corpus-2026-11-01-summary", "corpus-2026-11-01-report", "corpus-2026-11-01-progress"
+        text = page.wait_text(  # keys and descriptions render at different times: wait for both
+            "corpus-2026-11-01-summary",
+            "corpus-2026-11-01-report",
+            "corpus-2026-11-01-progress",
+            "counts for partition 2026-11-01",
         )
         page.js("document.getElementById('artifacts-content')?.scrollIntoView()")
         time.sleep(1)
         page.screenshot(tmp_path / "artifacts.png")
     (tmp_path / "artifacts.txt").write_text(text)
     assert "counts for partition 2026-11-01" in text  # the table artifact's description
+    assert "Flow run\nNone" not in text  # listed under the flow run itself, not only under task runs
     assert (tmp_path / "artifacts.png").stat().st_size > 10_000
     print(f"screenshots: {tmp_path / 'flow-run.png'} {tmp_path / 'artifacts.png'}")
