@@ -248,23 +248,43 @@ _HASHES: dict[tuple, str] = {}
 
 
 def content_hash(path: str) -> str:
-    """sha256 of config.json + the safetensors weights (sorted by name); memoised per file size/mtime."""
+    """sha256 of config.json + the safetensors weights (sorted by name).
+
+    Memoised per file size/mtime, in-process and on disk under the model cache, so a new actor does not
+    re-read gigabytes of weights on every run only to name them.
+    """
     names = sorted(f for f in os.listdir(path) if f == "config.json" or f.endswith(".safetensors"))
+    stats = [os.stat(os.path.join(path, n)) for n in names]
     stat_key = (
-        path,
-        *(
-            (n, os.stat(os.path.join(path, n)).st_size, os.stat(os.path.join(path, n)).st_mtime_ns)
-            for n in names
-        ),
+        os.path.abspath(path),
+        *((n, st.st_size, st.st_mtime_ns) for n, st in zip(names, stats, strict=True)),
     )
-    if stat_key not in _HASHES:
-        h = hashlib.sha256()
-        for n in names:
-            h.update(n.encode() + b"\0")
-            with open(os.path.join(path, n), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        _HASHES[stat_key] = h.hexdigest()
+    if stat_key in _HASHES:
+        return _HASHES[stat_key]
+    memo = os.path.join(cache_root(), "hashes", hashlib.sha1(stat_key[0].encode()).hexdigest() + ".json")
+    try:
+        with open(memo) as f:
+            saved = json.load(f)
+        if saved["key"] == json.loads(json.dumps(stat_key)):
+            _HASHES[stat_key] = saved["sha256"]
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    h = hashlib.sha256()
+    for n in names:
+        h.update(n.encode() + b"\0")
+        with open(os.path.join(path, n), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    _HASHES[stat_key] = h.hexdigest()
+    try:  # best effort: a read-only cache only costs the re-hash
+        os.makedirs(os.path.dirname(memo), exist_ok=True)
+        tmp = f"{memo}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"key": stat_key, "sha256": _HASHES[stat_key]}, f)
+        os.replace(tmp, memo)
+    except OSError:
+        pass
     return _HASHES[stat_key]
 
 

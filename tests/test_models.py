@@ -239,3 +239,22 @@ def test_pair_regression_through_the_engine_matches_a_direct_forward(settings):
             want = lm.model(**lm.tokenizer(s, m, return_tensors="pt")).logits[0, 0].item()
         assert abs(float(score) - want) < 1e-5
     assert len({round(float(g[0]), 6) for g in got}) == 3
+
+
+def test_content_hash_is_remembered_across_processes_until_the_weights_change(tmp_path, monkeypatch):
+    import ray_cluster.models as models
+
+    monkeypatch.setenv("XLMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    d = make_tiny("ner", str(tmp_path / "m"), seed=1)
+    first = content_hash(d)
+    assert list((tmp_path / "cache" / "hashes").glob("*.json"))  # remembered on disk
+    models._HASHES.clear()  # as in a new actor process
+    calls = []
+    real_sha = models.hashlib.sha256
+    monkeypatch.setattr(models.hashlib, "sha256", lambda *a: calls.append(1) or real_sha(*a))
+    assert content_hash(d) == first and not calls  # read from the memo, weights not re-read
+    weights = next(p for p in os.listdir(d) if p.endswith(".safetensors"))
+    with open(os.path.join(d, weights), "ab") as f:  # the weights change: size and mtime differ
+        f.write(b"\0")
+    models._HASHES.clear()
+    assert content_hash(d) != first and calls
