@@ -43,7 +43,6 @@ class ShardPool:
         payload = settings.model_dump_json()
         self.actors = [remote.remote(payload, layout.num_cpus) for _ in range(layout.actors)]
         self.actor_infos = self._wait_ready()
-        self.restart_since: dict[int, float] = {}
 
     def _wait_ready(self) -> list[dict]:
         import ray
@@ -92,7 +91,7 @@ class ShardPool:
         attempts: collections.Counter[str] = collections.Counter()
         inflight: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (actor, shard, load taken)
         probes: dict[ray.ObjectRef, int] = {}  # readiness probes of restarting actors
-        restarting: dict[int, float] = {}  # actor -> when its next probe is due
+        restarting: dict[int, tuple[float, float]] = {}  # actor -> (restarting since, next probe due)
         load = [0] * len(self.actors)
         alive = set(range(len(self.actors)))
         done: dict[str, dict] = {}
@@ -102,12 +101,10 @@ class ShardPool:
         while pending or inflight:
             self._submit(pending, attempts, inflight, load, alive, restarting, cap, staging)
             now = time.monotonic()
-            for i, due in list(restarting.items()):
+            for i, (_, due) in list(restarting.items()):
                 if due <= now and i not in probes.values():
                     probes[self.actors[i].info.remote()] = i
             if not inflight and not probes and not restarting:
-                for s in pending:
-                    failed[s["shard_id"]] = "no live actors left"
                 raise FatalError(
                     f"all shard actors died; {len(pending)} shards not processed; see the Ray logs"
                 )
@@ -127,8 +124,8 @@ class ShardPool:
                 attempts[sid] += 1
                 died = isinstance(exc, ray.exceptions.RayActorError)
                 if died and i in alive and i not in restarting:
-                    restarting[i] = time.monotonic() + PROBE_INTERVAL_S
-                    self.restart_since[i] = time.monotonic()
+                    now = time.monotonic()
+                    restarting[i] = (now, now + PROBE_INTERVAL_S)
                 msg = _root_message(exc)
                 if attempts[sid] <= self.settings.shard_retries:
                     log.warning("shard %s failed (attempt %d): %s; retrying", sid, attempts[sid], msg)
@@ -177,14 +174,15 @@ class ShardPool:
             restarting.pop(i, None)
             return
         except ray.exceptions.RayError as exc:  # still restarting, unless it has taken too long
-            if time.monotonic() - self.restart_since.get(i, 0.0) > STARTUP_TIMEOUT_S:
+            since = restarting[i][0]
+            if time.monotonic() - since > STARTUP_TIMEOUT_S:
                 log.error(
                     "actor %d did not come back within %ds: %s", i, STARTUP_TIMEOUT_S, _root_message(exc)
                 )
                 alive.discard(i)
                 restarting.pop(i, None)
             else:
-                restarting[i] = time.monotonic() + PROBE_INTERVAL_S
+                restarting[i] = (since, time.monotonic() + PROBE_INTERVAL_S)
             return
         log.info("actor %d is back after a restart", i)
         restarting.pop(i, None)

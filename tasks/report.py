@@ -14,6 +14,7 @@ class Progress:
     """A terminal progress bar plus a Prefect progress artifact, both updated as shards finish."""
 
     def __init__(self, total_shards: int, total_rows: int, date: str, artifact_id=None) -> None:  # noqa: ANN001
+        """`artifact_id`: the run's progress artifact (see create_progress_artifact), None for none."""
         from tqdm import tqdm
 
         self.total = max(1, total_shards)
@@ -26,7 +27,7 @@ class Progress:
             mininterval=1.0,
             disable=None,
         )
-        self.artifact_id = artifact_id if artifact_id is not None else create_progress_artifact(date)
+        self.artifact_id = artifact_id
 
     def shard_done(self, stats: dict) -> None:
         self.done += 1
