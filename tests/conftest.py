@@ -14,8 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
-CORPUS = os.path.join(SHARED, "corpora", "parallel.jsonl")
+# UDHR paragraphs in 80 languages, kept in the repository (provenance in tests/data/README.md)
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "parallel.jsonl")
 
 
 def free_port() -> int:

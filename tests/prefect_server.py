@@ -165,7 +165,7 @@ def prefect_stack(tmp: Path, worker: bool = True, extra_env: dict[str, str] | No
 
 
 # ---- helpers shared by the server and browser tests --------------------------------------------------------------
-CORPUS = ROOT.parent / "shared" / "corpora" / "parallel.jsonl"
+CORPUS = ROOT / "tests" / "data" / "parallel.jsonl"
 
 
 def write_partition(raw: Path, date: str, n: int, offset: int = 0) -> Path:
