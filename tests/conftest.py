@@ -101,3 +101,20 @@ def prefect_stack(tmp_path_factory):
 
     with start(tmp_path_factory.mktemp("prefect-stack")) as stack:
         yield stack
+
+
+@pytest.fixture
+def cli_env(ray_local, prefect_stack):
+    """Environment for `xlmflow` subprocesses that share this session's Ray and Prefect server.
+
+    Each CLI run then skips the ~15 s temporary Prefect server and the Ray start-up; runs started side
+    by side meet on the same services, as two deployments of one installation do.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.update(
+        PREFECT_API_URL=prefect_stack.api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        RAY_ADDRESS=ray_local.get_runtime_context().gcs_address,
+    )
+    return env

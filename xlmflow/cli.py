@@ -49,6 +49,10 @@ def option_dict(a: argparse.Namespace) -> dict:
         "model_cache",
         "shard_chars",
         "max_text_chars",
+        "max_record_bytes",
+        "max_file_bytes",
+        "lease_ttl",
+        "lock_timeout",
     ]
     opts = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
     if getattr(a, "target_file_mb", None):
@@ -121,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard-chars", type=int, help="characters per shard (default 2,000,000)")
     r.add_argument("--target-file-mb", type=float, help="target Parquet file size in MB (default 128)")
     r.add_argument("--max-text-chars", type=int, help="longer texts are rejected as too_long")
+    r.add_argument(
+        "--max-record-bytes",
+        type=int,
+        help="longer lines/records are too_long rejects, skipped unread (default 4 x --max-text-chars)",
+    )
+    r.add_argument(
+        "--max-file-bytes",
+        type=int,
+        help="decompressed bytes read per file; the rest is one file_too_large reject (default 32 GiB)",
+    )
+    r.add_argument(
+        "--lock-timeout",
+        type=float,
+        help="seconds to wait while another run holds the partition (default 300)",
+    )
+    r.add_argument("--lease-ttl", type=float, help="seconds a partition lease lives without a heartbeat")
     add_model_options(r)
     r.set_defaults(func=cmd_run)
 

@@ -36,6 +36,16 @@ class RunSettings(BaseModel):
 
     # ingest
     max_text_chars: int = Field(default=1_000_000, gt=0, description="Longer texts are rejected as too_long.")
+    max_record_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Longer lines/records are too_long rejects, skipped unread (default 4 x max_text_chars).",
+    )
+    max_file_bytes: int = Field(
+        default=32 * 1024**3,
+        gt=0,
+        description="Decompressed bytes read from one file; the rest is one file_too_large reject.",
+    )
     # sharding / output sizes
     shard_chars: int = Field(default=2_000_000, gt=0, description="Character budget of one Arrow shard.")
     target_file_bytes: int = Field(
@@ -43,6 +53,13 @@ class RunSettings(BaseModel):
     )
     max_inflight_per_actor: int = Field(default=2, gt=0, description="Shards queued on one actor at a time.")
     shard_retries: int = Field(default=2, ge=0, description="Retries of a shard whose actor died.")
+    # the partition lease (one writer per partition)
+    lease_ttl: float = Field(
+        default=120.0, gt=0, description="Seconds a partition lease lives without a heartbeat."
+    )
+    lock_timeout: float = Field(
+        default=300.0, ge=0, description="Seconds to wait for a partition another run holds."
+    )
 
     # models (issue 3/4)
     ner_model: str | None = Field(default=None, description="HF id, local dir, s3:// prefix, or 'tiny'.")
@@ -86,6 +103,11 @@ class RunSettings(BaseModel):
         return (v,) if isinstance(v, str) else tuple(v)  # type: ignore[arg-type]
 
     @property
+    def record_byte_limit(self) -> int:
+        """Bytes one line/record may take: room for JSON escapes and multi-byte UTF-8 of max_text_chars."""
+        return self.max_record_bytes or 4 * self.max_text_chars
+
+    @property
     def mode(self) -> Literal["docs", "pairs"]:
         has_pairs = any(t in PAIR_TASKS for t in self.tasks)
         if has_pairs and any(t in ("ner", "embed") for t in self.tasks):
@@ -107,6 +129,8 @@ class RunSettings(BaseModel):
                 "target_file_bytes",
                 "model_cache",
                 "gpu_fraction",
+                "lease_ttl",
+                "lock_timeout",
             },
         )
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
