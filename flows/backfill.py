@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from xlmflow import storage
 from xlmflow.errors import ConfigError, FatalError
 
-STATUSES = ("committed", "skipped", "no_input", "failed")
+STATUSES = ("committed", "skipped", "inputs_changed", "no_input", "failed")
 MODEL_PARAMS = ("ner_model", "embed_model", "qe_model", "qe_method")
 
 
@@ -80,13 +80,20 @@ def _read_manifest(out: str, date: str) -> dict | None:
 @task(name="partition", task_run_name="partition-{date}")
 def run_partition(date: str, params: dict, deployment: str | None, poll_interval: float = 5.0) -> dict:
     """Run one date (as a deployment run or a subflow) and report its status; never raises."""
+    from tasks import fingerprint
+
     out, force = params["out"], params.get("force", False)
     t0 = time.monotonic()
     row: dict = {"date": date, "status": "failed", "flow_run": None, "error": None, "counts": {}}
     try:
         with partition_lock(out, date):
             manifest = None if force else _read_manifest(out, date)
-            if manifest is not None:
+            changed = manifest is not None and fingerprint.changes(
+                manifest.get("input_fingerprint"), fingerprint.current(params["inputs"])
+            )
+            if changed:  # reported, not recomputed and not a failure: --force recomputes it
+                row.update(status="inputs_changed", counts=_counts(manifest), error="; ".join(changed))
+            elif manifest is not None:
                 row.update(status="skipped", counts=_counts(manifest))
             elif deployment is None:
                 from flows.corpus import corpus_flow
@@ -135,10 +142,10 @@ def _check_deployment(name: str) -> None:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table: date, status, counts, duration, error."""
-    lines = [f"{'date':<10}  {'status':<9}  {'duration_s':>10}  counts / error"]
+    lines = [f"{'date':<10}  {'status':<14}  {'duration_s':>10}  counts / error"]
     for r in rows:
         detail = r["error"] or " ".join(f"{k}={v}" for k, v in sorted(r["counts"].items()))
-        lines.append(f"{r['date']:<10}  {r['status']:<9}  {r['duration_s']:>10}  {detail}")
+        lines.append(f"{r['date']:<10}  {r['status']:<14}  {r['duration_s']:>10}  {detail}")
     return "\n".join(lines)
 
 

@@ -33,9 +33,12 @@ def corpus_flow(
     missing_input: str = "fail",
     options: dict[str, Any] | None = None,
 ) -> dict:
-    """Process one date partition of a corpus; a committed partition is skipped unless force."""
-    from tasks import collect, report, steps
-    from tasks.shard import staging_root
+    """Process one date partition of a corpus; a committed partition is skipped unless force.
+
+    The whole run holds the partition's lease (xlmflow.lease), so a second run of the same partition
+    (plain, forced or a no-op rerun, from any entry point) waits instead of racing this one.
+    """
+    from xlmflow.lease import PartitionLease
     from xlmflow.settings import make_settings
 
     logger = get_run_logger()
@@ -55,9 +58,37 @@ def corpus_flow(
     )
     day = settings.date.isoformat()
     _tag_run(day, settings.tasks)
+    if missing_input == "skip" and not _any_input(settings.inputs):
+        logger.info("partition %s: no input at %s", day, list(settings.inputs))
+        return {"date": day, "out": settings.out, "manifest": None, "status": "no_input"}
+    run_id = uuid.uuid4().hex
+    lease = PartitionLease(settings.out, day, run_id, settings.lease_ttl)
+    lease.acquire(settings.lock_timeout, on_wait=logger.warning)
+    try:
+        return _run_partition(settings, lease, run_id, logger)
+    finally:
+        lease.release()
+
+
+def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN001
+    """The partition run proper; called with the lease held."""
+    from tasks import collect, fingerprint, report, steps
+    from tasks.shard import staging_root
+
+    day = settings.date.isoformat()
     result = {"date": day, "out": settings.out, "manifest": None}
     existing = collect.read_manifest(settings.out, day)
     if existing and not settings.force:
+        diff = fingerprint.changes(existing.get("input_fingerprint"), fingerprint.current(settings.inputs))
+        if diff:
+            logger.warning(
+                "partition %s was committed (run %s) from inputs that have changed since: %s; "
+                "pass force to recompute it",
+                day,
+                existing.get("run_id"),
+                "; ".join(diff),
+            )
+            return {**result, "status": "inputs_changed", "manifest": existing, "changes": diff}
         removed = collect.cleanup_partition(settings.out, day, existing)  # leftovers of a crash after commit
         logger.info(
             "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
@@ -66,12 +97,13 @@ def corpus_flow(
             f" (removed {removed} stray files)" if removed else "",
         )
         return {**result, "status": "skipped", "manifest": existing}
-    if missing_input == "skip" and not _any_input(settings.inputs):
-        logger.info("partition %s: no input at %s", day, list(settings.inputs))
-        return {**result, "status": "no_input"}
+    # files a failed or killed run left behind (ours alone to remove: we hold the partition)
+    removed = collect.remove_debris(settings.out, day, existing, settings.config_hash())
+    if removed:
+        logger.info("partition %s: removed %d files left by an earlier failed run", day, removed)
     t0 = time.perf_counter()
     run = {
-        "run_id": uuid.uuid4().hex,
+        "run_id": run_id,
         "code_version": _code_version(),
         "started_at": dt.datetime.now(dt.UTC).isoformat(),
         "flow_run_id": _flow_run_id(),
@@ -86,6 +118,8 @@ def corpus_flow(
         logger.info("stage %s took %.1fs", stage, stages[stage])
         return res
 
+    # fingerprint before reading: a file that changes while we read shows up as changed next time
+    run["input_fingerprint"] = fingerprint.current(settings.inputs)
     ing = timed("ingest", steps.ingest_inputs, settings)
     shards = timed("shard", steps.shard_records, ing.table, staging, settings)
     # the run's artifacts are created by the flow itself, so the UI lists them under the flow run
@@ -101,10 +135,27 @@ def corpus_flow(
         "chars_per_s": round(chars / secs, 1),
     }
     run["stages"] = dict(stages)  # commit's own time is logged; it cannot be in the manifest it writes
-    manifest = timed("commit", steps.commit_partition, settings, shards, done, failed, ing, staging, run)
+    _test_pause_before_commit(logger)
+    lease.check()  # fence: a run that lost its lease while stalled must not write into the partition
+    manifest = timed(
+        "commit", steps.commit_partition, settings, shards, done, failed, ing, staging, run, lease.check
+    )
     manifest.update(report.dataset_stats(manifest, settings.out))
     timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
     return {**result, "status": "committed", "manifest": manifest}
+
+
+def _test_pause_before_commit(logger) -> None:  # noqa: ANN001
+    """Tests hold a run just before its commit while a gate file exists, to make runs overlap for sure."""
+    import os
+
+    gate = os.environ.get("XLMFLOW_TEST_PAUSE_BEFORE_COMMIT")
+    if not gate or not os.path.exists(gate):
+        return
+    logger.warning("test pause before commit (until %s is removed)", gate)
+    deadline = time.monotonic() + 600
+    while os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _any_input(inputs: tuple[str, ...]) -> bool:

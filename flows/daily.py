@@ -78,7 +78,7 @@ def daily_flow(
     get_run_logger().info("daily run for partition %s (lag %d day(s), tz %s)", day, lag_days, timezone)
     # the same lock as a backfill of this date: the two never compute one partition at once
     with partition_lock(out, day):
-        return corpus_flow(
+        res = corpus_flow(
             inputs=[render_input(input_template, day)],
             out=out,
             date=day,
@@ -92,6 +92,9 @@ def daily_flow(
             qe_method=qe_method,
             missing_input=missing_input,
         )
+    if res["status"] == "inputs_changed":  # reported, not a failure: a --force run recomputes it
+        get_run_logger().warning("partition %s: inputs changed since its commit: %s", day, res["changes"])
+    return res
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Commit protocol (same on local disk and S3, where there is no rename):
 2. the manifest `OUT/_manifests/date=D.json` is written last, in one atomic PUT/rename: the partition is
    committed exactly when it exists, and it lists the partition's files;
 3. files of the partition that the manifest does not list (a replaced run, a crashed attempt) are then
-   deleted, and the staging area with them.
-Readers that go through the manifest (`xlmflow.read`) never see a mix of old and new files.
+   deleted, and the run's staging area with them.
+All of it happens while the run holds the partition's lease (xlmflow.lease), and the manifest write is
+fenced by it: no other run of the partition writes, commits or cleans up meanwhile. Readers that go
+through the manifest (`xlmflow.read`) never see a mix of old and new files.
 """
 
 from __future__ import annotations
@@ -87,16 +89,42 @@ def collect_partition(
     ingest_rejects,
     staging: str,
     run: dict,
+    fence=None,  # noqa: ANN001 - callable raising if this run no longer holds the partition
 ) -> dict:
-    """Write the Parquet datasets and the manifest; returns the manifest."""
+    """Write the Parquet datasets and the manifest; returns the manifest.
 
-    from ray_cluster.actor import results_uri
-
+    A run that fails anywhere before its manifest lands removes the part files it wrote.
+    """
     date = settings.date.isoformat()
     names = datasets_for(settings.tasks, settings.mode)
     writers = {
         n: _PartWriter(settings.out, n, date, run["run_id"], settings.target_file_bytes) for n in names
     }
+    try:
+        manifest = _write_datasets(
+            settings, shards, done, failed, ingest_counts, ingest_rejects, staging, run, writers
+        )
+        if fence:
+            fence()  # renews the lease right before the commit point, or refuses to commit
+        storage.write_json(manifest_uri(settings.out, date), manifest)  # the commit point
+    except BaseException:
+        # our part files are unreachable without our manifest: do not leave them in the partition
+        # (unless the PUT did land and only its answer was lost)
+        if not _committed_by(settings.out, date, run["run_id"]):
+            storage.remove([storage.join(settings.out, f["path"]) for w in writers.values() for f in w.files])
+        raise
+    cleanup_partition(settings.out, date, manifest)
+    return manifest
+
+
+def _write_datasets(
+    settings, shards, done, failed, ingest_counts, ingest_rejects, staging, run, writers
+) -> dict:  # noqa: ANN001
+    """Write every dataset's Parquet files through `writers`; returns the manifest to commit."""
+    from ray_cluster.actor import results_uri
+
+    date = settings.date.isoformat()
+    names = list(writers)
     counts: collections.Counter[str] = collections.Counter()
     by_reason: collections.Counter[str] = collections.Counter(r["reason"] for r in ingest_rejects)
     by_lang: collections.Counter[str] = collections.Counter()
@@ -146,6 +174,7 @@ def collect_partition(
             f"{counts['rejects']}; the partition was not committed (this is a bug, please report)"
         )
     finished = dt.datetime.now(dt.UTC)
+    is_empty = manifest_counts["input_rows"] == 0
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "date": date,
@@ -157,10 +186,18 @@ def collect_partition(
         "files": {n: w.files for n, w in writers.items()},
         "counts": manifest_counts,
         "shards": {"total": len(shards), "failed": sorted(failed)},
+        "empty": is_empty,
+        **({"note": "the inputs held no rows: this partition is committed empty"} if is_empty else {}),
     }
-    storage.write_json(manifest_uri(settings.out, date), manifest)  # the commit point
-    cleanup_partition(settings.out, date, manifest, staging)
     return manifest
+
+
+def _committed_by(out: str, date: str, run_id: str) -> bool:
+    try:
+        m = read_manifest(out, date)
+    except Exception:  # noqa: BLE001 - unknown: keep the files, the next run's cleanup decides
+        return True
+    return bool(m and m.get("run_id") == run_id)
 
 
 def _shard_failed_rejects(shard: dict, error: str) -> list[dict]:
@@ -178,13 +215,55 @@ def _shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     ]
 
 
-def cleanup_partition(out: str, date: str, manifest: dict, staging: str | None = None) -> int:
-    """Delete the partition's files the manifest does not list (replaced or crashed runs) and staging."""
-    listed = {storage.join(out, f["path"]) for files in manifest["files"].values() for f in files}
+DATASETS = ("documents", "pairs", "qe", "entities", "embeddings", "rejects")
+
+
+def _unlisted(out: str, date: str, manifest: dict | None) -> list[str]:
+    """Files under the partition's dataset directories that the manifest does not list."""
+    files = manifest["files"] if manifest else {}
+    listed = {storage.join(out, f["path"]) for fs in files.values() for f in fs}
     stale = []
-    for n in {*manifest["files"], "documents", "pairs", "qe", "entities", "embeddings", "rejects"}:
+    for n in sorted({*files, *DATASETS}):
         stale += [u for u in storage.list_files(partition_dir(out, n, date)) if u not in listed]
+    return stale
+
+
+def cleanup_partition(out: str, date: str, manifest: dict) -> int:
+    """After a commit: delete the partition's files the manifest does not list and the run's staging.
+
+    Only called with the partition's lease held, so no other run has files in flight here. Staging of
+    other configurations is left alone (a run of that configuration may resume from it).
+    """
+    stale = _unlisted(out, date, manifest)
     storage.remove(stale)
-    if staging:
-        storage.remove([storage.join(out, "_staging", f"date={date}")])
+    if manifest.get("config_hash"):
+        storage.remove([storage.join(out, "_staging", f"date={date}", manifest["config_hash"])])
+    _remove_empty_dir(storage.join(out, "_staging", f"date={date}"))
     return len(stale)
+
+
+def remove_debris(out: str, date: str, manifest: dict | None, config_hash: str) -> int:
+    """Before a run: delete what failed or killed runs left (unlisted part files, partial temp files).
+
+    Only called with the partition's lease held. The run's own staging is kept: finished shards in it
+    are what a resumed run picks up.
+    """
+    stale = _unlisted(out, date, manifest)
+    storage.remove(stale)
+    n = len(stale)
+    for prefix in (
+        storage.join(out, "_staging", f"date={date}", config_hash),
+        storage.join(out, "_manifests"),
+    ):
+        n += storage.remove_stale_tmp(prefix)
+    return n
+
+
+def _remove_empty_dir(uri: str) -> None:
+    import os
+
+    if not storage.is_remote(uri):
+        try:
+            os.rmdir(uri)
+        except OSError:
+            pass  # not empty (another configuration's staging) or already gone

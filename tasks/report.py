@@ -137,6 +137,11 @@ def markdown_report(manifest: dict, out: str) -> str:
         f"- tasks: `{','.join(manifest['settings']['tasks'])}`; run `{manifest['run_id']}`; "
         f"config `{manifest['config_hash']}`",
         f"- manifest: `{storage.join(out, '_manifests', 'date=' + manifest['date'] + '.json')}`",
+        *(
+            [f"- **Empty partition**: {manifest.get('note', 'the inputs held no rows')}"]
+            if manifest.get("empty")
+            else []
+        ),
         "",
         "## Outputs",
         "",
@@ -184,6 +189,8 @@ def print_summary(manifest: dict, stream=sys.stdout) -> None:  # noqa: ANN001
         f"output rows {c['documents']}, rejects {c['rejects']}",
         file=stream,
     )
+    if manifest.get("empty"):
+        print(f"  NOTE: {manifest.get('note', 'the inputs held no rows')}", file=stream)
     if c.get("rejects_by_reason"):
         print("  rejects: " + ", ".join(f"{k}={v}" for k, v in c["rejects_by_reason"].items()), file=stream)
     if c.get("by_lang"):

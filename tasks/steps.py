@@ -75,11 +75,11 @@ def process_shards(
 
 
 @task(name="commit", cache_policy=NONE)
-def commit_partition(settings, shards, done, failed, ingest_res, staging, run) -> dict:  # noqa: ANN001
-    """Write Parquet datasets and the manifest (last); delete superseded files and staging."""
+def commit_partition(settings, shards, done, failed, ingest_res, staging, run, fence=None) -> dict:  # noqa: ANN001
+    """Write Parquet datasets and the manifest (last, fenced by the lease); delete superseded files and staging."""
     counts = {**ingest_res.counts(), "input_files": ingest_res.input_files}
     manifest = collect.collect_partition(
-        settings, shards, done, failed, counts, ingest_res.rejects, staging, run
+        settings, shards, done, failed, counts, ingest_res.rejects, staging, run, fence
     )
     get_run_logger().info("commit: %s", manifest["counts"])
     return manifest

@@ -1,0 +1,227 @@
+"""One writer per partition, tested the way the data loss was found: real `xlmflow run` processes
+started side by side on one output (a local directory and the moto S3 server), killed and stalled.
+
+Runs share the session's Ray and Prefect server (`cli_env`). Overlap is forced, not left to timing:
+the first run pauses before its commit while a gate file exists (XLMFLOW_TEST_PAUSE_BEFORE_COMMIT),
+and the gate is only lifted once the others have logged that they wait for the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tasks.collect import read_manifest
+from xlmflow import storage
+from xlmflow.read import read_partition
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
+CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
+DATE = "2026-11-05"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The bundled sample plus two bad rows, so both outputs (documents, rejects) have rows."""
+    d = tmp_path_factory.mktemp("lease-in")
+    src = d / "in.jsonl"
+    with open(SAMPLE, encoding="utf-8") as f:
+        body = f.read()
+    src.write_text(body + '{"id": "bad-1", "text": ""}\nnot json\n', encoding="utf-8")
+    return str(src)
+
+
+class Run:
+    """One `xlmflow run` subprocess with its combined output in a file."""
+
+    def __init__(
+        self, tmp, name: str, corpus: str, out: str, env: dict, *args: str, gate=None, **extra
+    ) -> None:
+        self.log = tmp / f"{name}.log"
+        env = dict(env)
+        if gate:
+            env["XLMFLOW_TEST_PAUSE_BEFORE_COMMIT"] = str(gate)
+        env.update(extra)
+        self._fh = open(self.log, "w")  # noqa: SIM115 - closed in wait()
+        cmd = CLI + [corpus, "--out", out, "--date", DATE, "--actors", "1", "--shard-chars", "4000", *args]
+        self.p = subprocess.Popen(cmd, env=env, stdout=self._fh, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while needle not in self.text():
+            assert self.p.poll() is None, (
+                f"exited {self.p.returncode} before {needle!r}:\n{self.text()[-3000:]}"
+            )
+            assert time.time() < deadline, f"no {needle!r} after {timeout}s:\n{self.text()[-3000:]}"
+            time.sleep(0.1)
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            return self.p.wait(timeout)
+        finally:
+            self._fh.close()
+
+
+def _rows(out: str) -> dict:
+    return (
+        {
+            ds: sorted(
+                json.dumps(r, sort_keys=True, default=str)
+                for r in (read_partition(out, ds, DATE) or []).to_pylist()
+            )
+            for ds in ("documents", "rejects")
+        }
+        if read_manifest(out, DATE)
+        else {}
+    )
+
+
+def _files_on_storage(out: str) -> set[str]:
+    return {
+        u
+        for ds in ("documents", "rejects")
+        for u in storage.list_files(storage.join(out, ds, f"date={DATE}"))
+    }
+
+
+def check_partition(out: str, reference: dict) -> dict:
+    """The committed partition equals a clean run's, every listed file exists and nothing else is there."""
+    m = read_manifest(out, DATE)
+    assert m is not None
+    listed = {storage.join(out, f["path"]) for fs in m["files"].values() for f in fs}
+    assert all(storage.exists(u) for u in listed), "the manifest lists a file that is gone"
+    assert _files_on_storage(out) == listed, "files outside the manifest are left in the partition"
+    got = _rows(out)
+    assert got == reference
+    ids = [json.loads(r)["doc_id"] for r in got["documents"]]
+    assert len(ids) == len(set(ids)), "duplicate documents"
+    c = m["counts"]
+    assert c["input_rows"] == c["documents"] + c["rejects"]
+    return m
+
+
+_REFERENCE: dict = {}
+
+
+@pytest.fixture
+def reference(corpus, tmp_path_factory, cli_env):
+    """Rows of one clean, uninterrupted run (made once per module)."""
+    if not _REFERENCE:
+        tmp = tmp_path_factory.mktemp("lease-ref")
+        out = str(tmp / "out")
+        r = Run(tmp, "clean", corpus, out, cli_env)
+        assert r.wait() == 0, r.text()[-3000:]
+        _REFERENCE.update(_rows(out))
+        assert len(_REFERENCE["documents"]) == 127 and len(_REFERENCE["rejects"]) == 2
+    return _REFERENCE
+
+
+@pytest.fixture(params=["local", "s3"])
+def out_root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("s3_bucket") + "/out"
+
+
+def test_concurrent_runs_of_one_partition(out_root, corpus, reference, cli_env, tmp_path):
+    # 1. two plain runs: the second waits, then finds the partition committed
+    gate = tmp_path / "gate1"
+    gate.touch()
+    a = Run(tmp_path, "a", corpus, out_root, cli_env, gate=gate)
+    a.wait_for("test pause before commit")
+    b = Run(tmp_path, "b", corpus, out_root, cli_env)
+    b.wait_for("waiting for lease")
+    assert read_manifest(out_root, DATE) is None  # a has not committed: the runs overlap
+    gate.unlink()
+    assert a.wait() == 0, a.text()[-3000:]
+    assert b.wait() == 0, b.text()[-3000:]
+    assert "already committed" in b.text()
+    first = check_partition(out_root, reference)
+
+    # 2. two --force runs and a no-op rerun at once, while a reader loops over the partition
+    gate = tmp_path / "gate2"
+    gate.touch()
+    a2 = Run(tmp_path, "a2", corpus, out_root, cli_env, "--force", gate=gate)
+    a2.wait_for("test pause before commit")
+    b2 = Run(tmp_path, "b2", corpus, out_root, cli_env, "--force")
+    c2 = Run(tmp_path, "c2", corpus, out_root, cli_env)
+    b2.wait_for("waiting for lease")
+    c2.wait_for("waiting for lease")
+    stop, reads, errors = threading.Event(), [], []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                t = read_partition(out_root, "documents", DATE)
+                reads.append(t.num_rows)
+            except Exception as exc:  # noqa: BLE001 - the test asserts there are none
+                errors.append(repr(exc))
+
+    th = threading.Thread(target=reader)
+    th.start()
+    gate.unlink()
+    rcs = [r.wait() for r in (a2, b2, c2)]
+    stop.set()
+    th.join()
+    assert rcs == [0, 0, 0], [r.text()[-2000:] for r in (a2, b2, c2)]
+    assert not errors, errors[:3]
+    assert reads and set(reads) == {127}, f"{len(reads)} reads, sizes {set(reads)}"
+    last = check_partition(out_root, reference)
+    assert last["run_id"] != first["run_id"]  # the forced runs did replace it
+
+
+def test_killed_owner_lease_is_taken_over(corpus, reference, cli_env, tmp_path):
+    out = str(tmp_path / "out")
+    gate = tmp_path / "gate"
+    gate.touch()
+    a = Run(tmp_path, "a", corpus, out, cli_env, gate=gate)
+    a.wait_for("test pause before commit")
+    a.p.send_signal(signal.SIGKILL)
+    a.wait()
+    assert read_manifest(out, DATE) is None
+    # the owner's process is gone: the next run need not wait for the lease to expire
+    t0 = time.monotonic()
+    b = Run(tmp_path, "b", corpus, out, cli_env, "--lock-timeout", "60")
+    assert b.wait() == 0, b.text()[-3000:]
+    assert "took over the expired lease" in b.text()
+    assert time.monotonic() - t0 < 120
+    check_partition(out, reference)
+
+
+def test_stalled_owner_cannot_commit_after_takeover(s3_bucket, corpus, reference, cli_env, tmp_path):
+    """On S3, by the server's clock: the stalled run's lease expires, another run commits, and the
+    stalled run, when it wakes, is refused its commit (exit 1) and leaves the partition as it was."""
+    out = s3_bucket + "/out"
+    gate = tmp_path / "gate"
+    gate.touch()
+    # the stalled run has a Ray of its own: its (stopped) driver keeps its actors, which would
+    # otherwise hold the shared Ray's CPUs
+    env_a = {k: v for k, v in cli_env.items() if k != "RAY_ADDRESS"}
+    a = Run(tmp_path, "a", corpus, out, env_a, "--lease-ttl", "3", gate=gate)
+    a.wait_for("test pause before commit")
+    a.p.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # past the 3 s ttl: no heartbeat while stopped
+        b = Run(tmp_path, "b", corpus, out, cli_env, "--lock-timeout", "60")
+        assert b.wait() == 0, b.text()[-3000:]
+        assert "took over the expired lease" in b.text()
+    finally:
+        a.p.send_signal(signal.SIGCONT)
+    committed = check_partition(out, reference)
+    gate.unlink()
+    assert a.wait() == 1, a.text()[-3000:]
+    assert "lost the lease" in a.text()
+    assert "Traceback" not in a.text().split("xlmflow: ")[-1]
+    after = check_partition(out, reference)
+    assert after["run_id"] == committed["run_id"]
