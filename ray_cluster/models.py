@@ -8,7 +8,9 @@ A spec is one of:
 - a Hugging Face id, resolved through the HF cache first (`local_files_only`), the hub only when allowed.
 
 Weights load only from `*.safetensors` (pickle checkpoints can run code when loaded) and
-`trust_remote_code` is never set. The identity of what was loaded is `LoadedModel.info`:
+`trust_remote_code` is never set. From S3 only the files such a checkpoint needs are copied, and only
+under keys that stay inside the cache (see ray_cluster.model_files). The identity of what was loaded
+is `LoadedModel.info`:
 `{"spec", "path", "revision" | "sha256", "smoke_test", "name"}`; `name` goes into output rows.
 """
 
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ray_cluster.model_files import check_weights, is_checkpoint_file, safe_destination
 from xlmflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,8 +34,8 @@ if TYPE_CHECKING:
 Task = Literal["ner", "embed", "qe"]
 TINY_VERSION = 1  # bump when make_tiny changes, so caches rebuild
 TINY_NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-DATE", "I-DATE"]
-PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 META_FILE = "xlmflow_model.json"  # written last into cache entries: marks them complete, holds the hash
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -166,19 +170,40 @@ def _tiny_dir(task: Task, settings: RunSettings | None) -> str:
     return _atomic_dir(final, lambda tmp: make_tiny(task, tmp, seed=0))
 
 
-def s3_fingerprint(spec: str) -> tuple[dict[str, dict], str]:
-    """Objects under an s3:// prefix (relative path -> info) and a hash of their names, ETags and sizes."""
+def s3_fingerprint(spec: str, dest: str | None = None) -> tuple[dict[str, dict], str]:
+    """Checkpoint objects under an s3:// prefix (relative path -> info) and a hash of names, ETags, sizes.
+
+    Every key is checked to stay inside `dest` (default: the cache root) before any is used, so one
+    hostile key refuses the whole prefix; objects a safetensors checkpoint does not need are left out.
+    """
     from xlmflow import storage
 
     fs, root = storage.fs_for(spec)
+    root = root.rstrip("/")
     fs.invalidate_cache()
     try:
         found = fs.find(root, detail=True)
     except (FileNotFoundError, PermissionError) as exc:
         raise ConfigError(f"cannot list model prefix {spec}: {exc}") from exc
-    objs = {p[len(root) :].lstrip("/"): info for p, info in found.items() if info.get("type") != "directory"}
-    if not objs:
+    found = {p: info for p, info in found.items() if info.get("type") != "directory"}
+    if not found:
         raise ConfigError(f"no objects under model prefix {spec}; upload the checkpoint directory there")
+    if root in found:
+        raise ConfigError(f"model spec {spec} is one object; pass the prefix (folder) of the checkpoint")
+    # keys are not paths: check them all against the destination first, writing nothing
+    rels = {p: p[len(root) + 1 :] if p.startswith(root + "/") else "" for p in found}
+    for p, rel in rels.items():
+        safe_destination(dest or cache_root(), rel, p)
+    objs = {rel: found[p] for p, rel in rels.items() if is_checkpoint_file(rel)}
+    ignored = sorted(rel for rel in rels.values() if rel not in objs)
+    if ignored:
+        log.info(
+            "model %s: not copying %d files a safetensors checkpoint does not need: %s",
+            spec,
+            len(ignored),
+            ignored[:10],
+        )
+    check_weights([rel for rel in rels.values() if "/" not in rel], spec)
     h = hashlib.sha256()
     for rel in sorted(objs):
         info = objs[rel]
@@ -190,16 +215,15 @@ def _s3_dir(spec: str, settings: RunSettings | None) -> str:
     from xlmflow import storage
 
     prefix = spec.rstrip("/")
-    objs, fp = s3_fingerprint(prefix)
     key = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    objs, fp = s3_fingerprint(prefix, os.path.join(cache_root(settings), "s3", key))
     final = os.path.join(cache_root(settings), "s3", f"{key}-{fp[:16]}")
 
     def fetch(tmp: str) -> None:
         fs, root = storage.fs_for(prefix)
+        os.makedirs(tmp, exist_ok=True)
         for rel in objs:
-            dest = os.path.join(tmp, *rel.split("/"))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            fs.get_file(f"{root}/{rel}", dest)
+            fs.get_file(f"{root.rstrip('/')}/{rel}", safe_destination(tmp, rel, f"{prefix}/{rel}"))
 
     return _atomic_dir(final, fetch)
 
@@ -231,17 +255,36 @@ def _hf_dir(repo_id: str) -> tuple[str, str | None]:
 
 def check_safetensors(path: str) -> None:
     """Refuse checkpoints whose weights exist only as pickles (loading a pickle can execute code)."""
-    files = set(os.listdir(path))
-    if any(f.endswith(".safetensors") for f in files):
+    check_weights(os.listdir(path), path)
+
+
+def _local_dir(spec: str) -> str | None:
+    """The directory of a local-path spec; None when the spec is a Hugging Face id."""
+    if os.path.exists(os.path.expanduser(spec)):
+        path = os.path.abspath(os.path.expanduser(spec))
+        if not os.path.isdir(path):
+            raise ConfigError(f"model {spec!r} is a file; pass the checkpoint directory")
+        return path
+    if spec.startswith(("/", ".", "~")) or "://" in spec or spec.count("/") > 1:
+        raise ConfigError(f"model directory {spec!r} does not exist")
+    return None
+
+
+def precheck(spec: str | None, local_actors: bool = True) -> None:
+    """Cheap checks of a spec where the run is submitted, before any actor starts or copies weights.
+
+    An s3:// prefix is listed (unsafe keys, pickle-only weights); a local directory is looked at when
+    the actors run on this host (a remote cluster may have the directory on its own nodes). Hugging Face
+    ids are left to the actors, which resolve them through their own cache.
+    """
+    if not spec or spec == "tiny":
         return
-    pickles = sorted(f for f in files if f in PICKLE_WEIGHTS or f.endswith((".bin", ".pt", ".pth", ".ckpt")))
-    if pickles:
-        raise ConfigError(
-            f"model at {path} has only pickle weights ({', '.join(pickles)}); xlmflow loads only "
-            "safetensors because unpickling a checkpoint can execute arbitrary code. Convert it once where "
-            "you trust it: `AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`"
-        )
-    raise ConfigError(f"no *.safetensors weights in {path}; is this a model directory?")
+    if spec.startswith("s3://"):
+        s3_fingerprint(spec.rstrip("/"))
+    elif local_actors or os.path.exists(os.path.expanduser(spec)):
+        path = _local_dir(spec)
+        if path:
+            check_safetensors(path)
 
 
 _HASHES: dict[tuple, str] = {}
@@ -297,14 +340,10 @@ def resolve(spec: str, task: Task, settings: RunSettings | None = None) -> dict:
         path = _tiny_dir(task, settings)
     elif spec.startswith("s3://"):
         path = _s3_dir(spec, settings)
-    elif os.path.exists(os.path.expanduser(spec)):
-        path = os.path.abspath(os.path.expanduser(spec))
-        if not os.path.isdir(path):
-            raise ConfigError(f"model {spec!r} is a file; pass the checkpoint directory")
-    elif spec.startswith(("/", ".", "~")) or "://" in spec or spec.count("/") > 1:
-        raise ConfigError(f"model directory {spec!r} does not exist")
     else:
-        path, rev = _hf_dir(spec)
+        path = _local_dir(spec)
+        if path is None:
+            path, rev = _hf_dir(spec)
     check_safetensors(path)
     info: dict = {"spec": spec, "path": path}
     if rev:

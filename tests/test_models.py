@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ray_cluster.models import content_hash, load_model, make_tiny
+from ray_cluster.models import META_FILE, content_hash, load_model, make_tiny
 from xlmflow.errors import ConfigError
 from xlmflow.settings import make_settings
 
@@ -121,6 +121,93 @@ def test_s3_spec_is_cached_and_refetched_when_changed(tiny_ner, s3_bucket, tmp_p
 
     with pytest.raises(ConfigError, match="no objects"):
         load_model(f"{s3_bucket}/missing", "ner", settings)
+
+
+def _upload(bucket: str, prefix: str, files: dict[str, bytes]) -> list[str]:
+    """put_object each file under prefix; returns the keys as the server stores them."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    name = bucket.removeprefix("s3://")
+    for rel, data in files.items():
+        s3.put_object(Bucket=name, Key=f"{prefix}/{rel}", Body=data)
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=name, Prefix=prefix)["Contents"]]
+
+
+def _checkpoint_files(path: str) -> dict[str, bytes]:
+    out = {}
+    for n in set(os.listdir(path)) - {META_FILE}:  # the cache's own bookkeeping, not the checkpoint
+        with open(os.path.join(path, n), "rb") as f:
+            out[n] = f.read()
+    return out
+
+
+def test_s3_key_escaping_the_cache_is_refused_before_anything_is_written(tiny_ner, s3_bucket, tmp_path):
+    hostile = "models/evil/../../../../tmp/xxx/pwned.pth"
+    _upload(s3_bucket, "models/evil", _checkpoint_files(tiny_ner.info["path"]))
+    keys = _upload(
+        s3_bucket, "models/evil", {"../../../../tmp/xxx/pwned.pth": b"import os  # runs at startup\n"}
+    )
+    assert hostile in keys  # the server keeps the '..' segments: this is the key a copy would see
+    # a cache four levels deep: the unchecked copy lands at tmp_path/a/tmp/xxx/pwned.pth
+    cache = tmp_path / "a" / "b" / "cache"
+    settings = make_settings(inputs=("in",), out="out", model_cache=str(cache))
+    with pytest.raises(ConfigError) as err:
+        load_model(f"{s3_bucket}/models/evil", "ner", settings)
+    assert hostile in str(err.value) and "outside the model cache" in str(err.value)
+    written = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert written == [] and not os.path.exists("/tmp/xxx/pwned.pth")
+
+
+@pytest.mark.parametrize(
+    ("rel", "why"),
+    [
+        ("../x.json", "'..'"),
+        ("a/../config.json", "'..'"),
+        ("./config.json", "'.'"),
+        ("a//config.json", "empty"),
+        ("/etc/x.json", "absolute"),
+        ("config\0.json", "NUL"),
+        ("", "empty"),
+    ],
+)
+def test_unsafe_keys_are_refused_by_name(rel, why, tmp_path):
+    from ray_cluster.model_files import safe_destination
+
+    with pytest.raises(ConfigError, match=why) as err:
+        safe_destination(str(tmp_path), rel, f"bkt/m/{rel}")
+    assert repr(f"bkt/m/{rel}") in str(err.value)
+    assert safe_destination(str(tmp_path), "config.json", "k") == str(tmp_path / "config.json")
+
+
+def test_s3_copy_takes_only_the_files_a_safetensors_checkpoint_needs(tiny_ner, s3_bucket, tmp_path, caplog):
+    extra = {
+        "pytorch_model.bin": b"pickle",
+        "hook.pth": b"import os",
+        "modeling_evil.py": b"raise SystemExit",
+        "onnx/model.onnx": b"onnx",
+        "notes.txt": b"hi",
+    }
+    _upload(s3_bucket, "models/mixed", {**_checkpoint_files(tiny_ner.info["path"]), **extra})
+    settings = make_settings(inputs=("in",), out="out", model_cache=str(tmp_path / "cache"))
+    with caplog.at_level("INFO", logger="ray_cluster.models"):
+        lm = load_model(f"{s3_bucket}/models/mixed", "ner", settings)
+    copied = set(os.listdir(lm.info["path"]))
+    assert not copied & {"pytorch_model.bin", "hook.pth", "modeling_evil.py", "onnx", "notes.txt"}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= copied
+    assert lm.info["sha256"] == tiny_ner.info["sha256"]
+    assert "not copying 5 files" in caplog.text and "hook.pth" in caplog.text
+
+
+def test_s3_pickle_only_prefix_is_refused_by_the_listing_with_the_conversion_hint(tiny_ner, s3_bucket):
+    from ray_cluster.models import precheck
+
+    cfg = _checkpoint_files(tiny_ner.info["path"])["config.json"]
+    _upload(s3_bucket, "models/pickled", {"config.json": cfg, "pytorch_model.bin": b"pickle"})
+    with pytest.raises(ConfigError) as err:
+        precheck(f"{s3_bucket}/models/pickled")
+    msg = str(err.value)
+    assert "pytorch_model.bin" in msg and "execute" in msg and "safe_serialization=True" in msg
 
 
 # ---- engine ----

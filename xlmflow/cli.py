@@ -6,9 +6,16 @@ import argparse
 import datetime as dt
 import logging
 import os
+import re
 import sys
+import traceback
+from typing import NoReturn
 
-from xlmflow.errors import ConfigError, FatalError, XlmflowError
+from xlmflow.errors import ConfigError
+from xlmflow.failures import explain, hide_console_tracebacks
+from xlmflow.uris import redact
+
+_DEBUG_HELP = "debug logs, and the traceback of a failure"
 
 
 def _date(s: str) -> str:
@@ -60,12 +67,30 @@ def option_dict(a: argparse.Namespace) -> dict:
     return opts
 
 
+def _precheck_run(a: argparse.Namespace) -> None:
+    """Fail fast, before Ray and Prefect start: credentials in URIs, inputs that match nothing, models
+    that cannot load (unsafe s3:// keys, pickle-only weights)."""
+    from ray_cluster.models import precheck
+    from tasks.ingest import expand_inputs
+    from xlmflow.uris import REFUSED, has_userinfo
+
+    # before any library sees them: botocore would print the secret, Prefect would store it
+    named = [(f"input {i}", u) for i, u in enumerate(a.inputs, 1)] + [("--out", a.out)]
+    named += [(f"--{t}-model", getattr(a, f"{t}_model", None)) for t in ("ner", "embed", "qe")]
+    bad = [what for what, uri in named if uri and has_userinfo(uri)]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: {REFUSED}")
+    expand_inputs(a.inputs)
+    remote = a.ray_address or os.environ.get("RAY_ADDRESS")  # actors may see other directories than we do
+    for t in ("ner", "embed", "qe"):
+        precheck(getattr(a, f"{t}_model", None), local_actors=not remote)
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from flows.corpus import corpus_flow
-    from tasks.ingest import expand_inputs
     from tasks.report import print_summary
 
-    expand_inputs(a.inputs)  # fail fast, before Ray and Prefect start, on inputs that match nothing
+    _precheck_run(a)
     res = corpus_flow(
         inputs=a.inputs,
         out=a.out,
@@ -110,12 +135,15 @@ def cmd_pairs_make(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xlmflow", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = _Parser(prog="xlmflow", description=__doc__)
+    p.add_argument("-v", "--verbose", "--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="process one date partition of a corpus")
     r.add_argument("inputs", nargs="+", help="files, directories or globs, local or s3://")
+    r.add_argument(
+        "-v", "--verbose", "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+    )
     r.add_argument("--out", required=True, help="output root: a directory or s3://bucket/prefix")
     r.add_argument("--date", type=_date, help="partition date YYYY-MM-DD (default: today, UTC)")
     r.add_argument("--tasks", default="lid", help="comma list of lid,ner,embed or qe (default: lid)")
@@ -182,22 +210,47 @@ def _quiet_defaults() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a failure ends with one `xlmflow: …` line on stderr saying what to change.
+
+    Exit status:
+      0    done (a run's bad rows are rejects, not failures);
+      1    the run failed: storage or network errors after retries, no space left, no permission, an
+           input or bucket that does not exist, anything unexpected; rerunning resumes from finished shards;
+      2    configuration error: an option, model or URI must change (credentials embedded in a URI,
+           pickle-only weights, unknown task, …); nothing was started;
+      3    the inputs of a committed partition changed; it was left as it is (--force recomputes it);
+      130  interrupted (Ctrl-C).
+    The traceback is printed only with -v/--debug. Every message is redacted of URI credentials.
+    """
     _quiet_defaults()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        hide_console_tracebacks()
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"xlmflow: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (FatalError, XlmflowError) as exc:
-        print(f"xlmflow: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("xlmflow: interrupted; rerun the same command to resume from finished shards", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        code, msg = explain(exc, getattr(args, "out", None))
+        if args.verbose:
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+        print(f"xlmflow: {_one_line(redact(msg))}", file=sys.stderr)
+        if not args.verbose:
+            # that line stays the last one: Prefect's services may still log while draining at exit
+            logging.disable(logging.CRITICAL)
+        return code
+
+
+def _one_line(msg: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", msg.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with any URI credentials in its error messages redacted."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact(message))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 - FatalError: the run cannot go on (unreadable input, no write access); abort with a clear message.
 - ShardError: this shard failed; its rows become rejects, other shards go on.
 - RetryableError: a transient failure (network, actor death); retried a bounded number of times.
+
+InputsChangedError is not a failure of the run: a committed partition's inputs differ from the ones it
+was computed from, and recomputing it is the user's call (--force).
 """
 
 
@@ -25,3 +28,9 @@ class ShardError(XlmflowError):
 
 class RetryableError(XlmflowError):
     """Transient; safe to retry a bounded number of times."""
+
+
+class InputsChangedError(XlmflowError):
+    """The inputs of an already committed partition changed; it was left as it is (exit status 3)."""
+
+    exit_code = 3

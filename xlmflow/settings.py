@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from xlmflow.errors import ConfigError
 
@@ -101,6 +101,19 @@ class RunSettings(BaseModel):
     @classmethod
     def _inputs_tuple(cls, v: object) -> object:
         return (v,) if isinstance(v, str) else tuple(v)  # type: ignore[arg-type]
+
+    @field_validator("inputs", "out", "ner_model", "embed_model", "qe_model")
+    @classmethod
+    def _no_credentials(cls, v: object, info: ValidationInfo) -> object:
+        # a secret in a URI would reach botocore's error messages, logs and run records; refuse it here
+        # too, so flows and deployments that build settings themselves refuse it like the CLI does
+        from xlmflow.uris import REFUSED, has_userinfo
+
+        values = v if isinstance(v, tuple) else (v,)
+        for i, uri in enumerate(values, 1):
+            if has_userinfo(uri):  # type: ignore[arg-type]
+                raise ValueError(f"input {i}: {REFUSED}" if info.field_name == "inputs" else REFUSED)
+        return v
 
     @property
     def record_byte_limit(self) -> int:

@@ -1,0 +1,305 @@
+"""Failures as a user meets them through the real CLI: the right exit code, one `xlmflow: …` line that
+says what to change, no traceback, and no secret anywhere."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import http.client
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from xlmflow.errors import ConfigError, FatalError, InputsChangedError
+from xlmflow.failures import explain
+from xlmflow.uris import has_userinfo, redact
+
+CLI = [sys.executable, "-m", "xlmflow.cli"]
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
+SECRET = "SuperSecret123"
+
+
+def _run(args: list[str], env: dict, timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    p = subprocess.run(CLI + args, capture_output=True, text=True, env=env, timeout=timeout)
+    return p, time.monotonic() - t0
+
+
+def _one_error_line(p: subprocess.CompletedProcess, code: int) -> str:
+    """The last stderr line, after checking the exit code, the prefix and the absence of tracebacks."""
+    assert p.returncode == code, p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(("xlmflow: error", "xlmflow: configuration error")), last
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert SECRET not in p.stdout + p.stderr
+    return last
+
+
+def _plain_env(**extra: str) -> dict:
+    """No shared Ray or Prefect: a run that got that far would start both (and say so on stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"}
+    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
+
+
+# ---- credentials in URIs ----
+
+
+def test_credentials_in_uris_are_refused_before_any_library_sees_them(cli_env, prefect_stack, tmp_path):
+    with_slash = "s3://AKIAFAKE:Super/SuperSecret123@bucket/y.jsonl"  # AWS secrets may contain '/'
+    p, _ = _run(
+        ["run", f"s3://AKIAFAKE:{SECRET}@bucket/x.jsonl", with_slash, SAMPLE]
+        + ["--out", f"s3://AKIAFAKE:{SECRET}@bucket/out", "--tasks", "ner"]
+        + ["--ner-model", f"s3://AKIAFAKE:{SECRET}@bucket/models/ner"],
+        cli_env,
+    )
+    last = _one_error_line(p, 2)
+    assert "configuration error: input 1, input 2, --out, --ner-model: credentials embedded" in last
+    assert "AWS_ACCESS_KEY_ID" in last and "AKIAFAKE" not in p.stderr
+
+    from prefect.client.orchestration import get_client
+
+    with prefect_stack.settings(), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+    assert all(SECRET not in json.dumps(r.parameters, default=str) for r in runs)
+    logs = {"/tmp/ray/session_latest/logs"}
+    try:
+        import ray
+
+        logs.add(os.path.join(ray._private.worker.global_worker.node.get_session_dir_path(), "logs"))
+    except Exception:  # noqa: BLE001 - the session_latest link is enough when the API moved
+        pass
+    for path in (f for d in logs for f in glob.glob(os.path.join(d, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                assert SECRET.encode() not in f.read(), path
+
+
+def test_settings_refuse_credentials_without_repeating_them():
+    from xlmflow.settings import make_settings
+
+    with pytest.raises(ConfigError) as err:
+        make_settings(
+            inputs=["ok.jsonl", f"s3://K:{SECRET}@b/x"],
+            out=f"s3://K:{SECRET}@b/o",
+            qe_model="https://u:p@h/m",
+        )
+    msg = str(err.value)
+    assert "input 2: credentials embedded" in msg and "out:" in msg and "qe_model:" in msg
+    assert SECRET not in msg and "u:p@" not in msg
+
+
+@pytest.mark.parametrize(
+    ("uri", "has"),
+    [
+        (f"s3://AKIAFAKE:{SECRET}@bucket/x.jsonl", True),
+        ("s3://AKIAFAKE:abc/def+ghi@bucket/x", True),
+        ("s3://user@bucket/x", True),
+        ("https://u:p@host/m", True),
+        ("s3://bucket/people@example/x.jsonl", False),
+        ("http://host:8080/path@x", False),
+        ("/data/a@b.jsonl", False),
+        ("xlm-roberta-base", False),
+    ],
+)
+def test_userinfo_detection_and_redaction(uri, has):
+    assert has_userinfo(uri) is has
+    text = redact(f"cannot open {uri!r}; bucket name 'AKIAFAKE:{SECRET}@bucket' is invalid")
+    assert SECRET not in text and "abc/def" not in text and "***@bucket" in text
+    if not has:
+        assert uri in text
+
+
+# ---- mapping exceptions to exit codes and messages ----
+
+
+def _client_error(code: str, op: str = "GetObject", **extra: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": f"{code} happened", **extra}}, op)
+
+
+def _caused(exc: Exception, cause: Exception) -> Exception:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "needle"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/out/x.arrow"),
+            1,
+            "no space left on device while writing /out/x.arrow",
+        ),
+        (
+            _client_error("NoSuchBucket", "PutObject", BucketName="nob"),
+            1,
+            "bucket nob does not exist or is not reachable",
+        ),
+        (
+            _caused(FileNotFoundError("The specified bucket does not exist"), _client_error("NoSuchBucket")),
+            1,
+            "bucket outb does",
+        ),
+        (
+            _caused(OSError(errno.EBUSY, "Service Unavailable"), _client_error("SlowDown")),
+            1,
+            "storage error after retries",
+        ),
+        (
+            _caused(
+                FatalError("cannot read input 'x'"),
+                _caused(OSError(errno.EBUSY, "busy"), _client_error("503")),
+            ),
+            1,
+            "storage error after retries: cannot read input",
+        ),
+        (_caused(PermissionError("Access Denied"), _client_error("AccessDenied")), 1, "permission denied"),
+        (FatalError("no write access to /o"), 1, "error: no write access to /o"),
+        (ValueError("odd"), 1, "unexpected error ValueError: odd; rerun with --debug"),
+        (ConfigError("bad option"), 2, "configuration error: bad option"),
+        (InputsChangedError("inputs changed"), 3, "error: inputs changed"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_exceptions_map_to_exit_codes_and_actionable_lines(exc, code, needle):
+    got, msg = explain(exc, out="s3://outb/prefix")
+    assert got == code and needle in msg, msg
+    if code == 1 and "storage" in needle:
+        assert "AWS_ENDPOINT_URL" in msg and "resumes" in msg
+
+
+def test_debug_adds_the_traceback_before_the_one_line(tmp_path, capsys):
+    from xlmflow.cli import main
+
+    rc = main(
+        [
+            "--debug",
+            "pairs",
+            "make",
+            str(tmp_path / "nope.jsonl"),
+            "--src-lang",
+            "eng_Latn",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith("xlmflow: error: cannot read parallel corpus")
+
+
+# ---- through the real CLI ----
+
+
+def test_pickle_only_model_exits_2_before_ray_or_prefect_start(tmp_path):
+    model = tmp_path / "pickled"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    sessions = set(glob.glob("/tmp/ray/session_2*"))
+    p, secs = _run(
+        ["run", SAMPLE, "--out", str(tmp_path / "o"), "--tasks", "ner", "--ner-model", str(model)],
+        _plain_env(),
+    )
+    last = _one_error_line(p, 2)
+    assert "pytorch_model.bin" in last and "safe_serialization=True" in last
+    assert "Ray" not in p.stderr and "temporary server" not in p.stderr.lower()
+    assert set(glob.glob("/tmp/ray/session_2*")) == sessions  # no Ray session was created
+    assert secs < 20, secs  # the bare CLI start-up; Ray plus a temporary Prefect server take longer
+
+
+def test_missing_output_bucket_is_named(cli_env, tmp_path):
+    p, _ = _run(["run", SAMPLE, "--out", "s3://no-such-bucket-xlmflow/out", "--date", "2026-01-01"], cli_env)
+    last = _one_error_line(p, 1)
+    assert "bucket no-such-bucket-xlmflow does not exist or is not reachable; create it or fix --out" in last
+
+
+def test_full_disk_while_sharding_says_so(cli_env, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(full)], capture_output=True
+    )
+    if mount.returncode:
+        pytest.skip(
+            f"cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): {mount.stderr.decode().strip()}"
+        )
+    try:
+        rows = [json.loads(line) for line in open(SAMPLE, encoding="utf-8")]
+        big = tmp_path / "big.jsonl"
+        with open(big, "w", encoding="utf-8") as f:  # ~1.4 MB of unique documents for a 512 KiB disk
+            for i in range(40):
+                for j, r in enumerate(rows):
+                    f.write(
+                        json.dumps({"id": f"{j}-{i}", "text": f"{r['text']} ({i})"}, ensure_ascii=False)
+                        + "\n"
+                    )
+        p, _ = _run(["run", str(big), "--out", str(full / "out"), "--shard-chars", "50000"], cli_env)
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
+    last = _one_error_line(p, 1)
+    assert "no space left on device while writing" in last and "choose another --out" in last
+
+
+class _SlowDownProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the S3 endpoint, but answers 503 SlowDown to every read of a .jsonl object."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: tuple[str, int] = ("127.0.0.1", 0)
+    refused: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.command in ("GET", "HEAD") and self.path.split("?")[0].endswith(".jsonl"):
+            self.refused.append(f"{self.command} {self.path}")
+            xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            return self._reply(503, [("Content-Type", "application/xml")], xml)
+        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        conn.request(
+            self.command, self.path, body or None, headers | {"Host": "{}:{}".format(*self.upstream)}
+        )
+        r = conn.getresponse()
+        hop = {"content-length", "transfer-encoding", "connection", "server", "date"}
+        self._reply(r.status, [(k, v) for k, v in r.getheaders() if k.lower() not in hop], r.read())
+
+    def _reply(self, status: int, headers: list, data: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+
+def test_storage_errors_after_retries_are_one_line(cli_env, moto_server, s3_bucket, tmp_path):
+    import boto3
+
+    boto3.client("s3").upload_file(SAMPLE, s3_bucket.removeprefix("s3://"), "in/x.jsonl")
+    host, port = moto_server.removeprefix("http://").split(":")
+    handler = type("Proxy", (_SlowDownProxy,), {"upstream": (host, int(port)), "refused": []})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        env = cli_env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}"}
+        p, _ = _run(["run", f"{s3_bucket}/in/x.jsonl", "--out", str(tmp_path / "o")], env)
+    finally:
+        proxy.shutdown()
+    assert len(handler.refused) > 1  # the clients retried before giving up
+    last = _one_error_line(p, 1)
+    assert "storage error after retries" in last and "x.jsonl" in last
+    assert "AWS_ENDPOINT_URL" in last and "resumes from finished shards" in last
