@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from xlmflow import reaper
 from xlmflow.errors import ConfigError, FatalError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ def connect(address: str | None) -> None:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            # Ray's own processes die with this one, but not all of theirs (its agents): the watchdog
+            # stops whatever this process leaves behind, however it ends
+            reaper.start()
             # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface
             ray.init(include_dashboard=False, log_to_driver=True)
     except ConnectionError as exc:

@@ -89,7 +89,9 @@ def _precheck_run(a: argparse.Namespace) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from flows.corpus import corpus_flow
     from tasks.report import print_summary
+    from xlmflow import reaper
 
+    reaper.start()  # the temporary Prefect server and a local Ray must not outlive this process
     _precheck_run(a)
     res = corpus_flow(
         inputs=a.inputs,

@@ -6,14 +6,19 @@ reader sees an object whole or not at all, which the commit protocol (manifest w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import uuid
 from typing import Any
 
 import fsspec
 
 from xlmflow.errors import ConfigError, FatalError
+
+# a local write goes to `<path>.tmp-<8 hex>` first; only that exact shape counts as a leftover
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")
 
 
 def is_remote(uri: str) -> bool:
@@ -53,15 +58,42 @@ def write_bytes(uri: str, data: bytes) -> None:
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            # a full disk, a signal or a crash mid-write must not leave a partial file behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except PermissionError as exc:
         raise FatalError(
             f"no write access to {uri}: {exc}; choose another --out or fix its permissions"
         ) from exc
+
+
+def remove_stale_tmp(prefix_uri: str) -> int:
+    """Delete leftover `*.tmp-*` files of local writes under a prefix; returns how many were removed.
+
+    A writer killed between creating its temp file and renaming it leaves the temp file behind.
+    Only call this while holding the prefix exclusively (the partition's lock): the temp file of a
+    writer still running is indistinguishable from a stale one. A no-op on s3://, where each PUT is
+    atomic and leaves nothing partial.
+    """
+    if is_remote(prefix_uri):
+        return 0
+    _, root = fs_for(prefix_uri)
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if _TMP_NAME.search(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def read_json(uri: str) -> Any:
