@@ -14,6 +14,10 @@ Choices a user of the staged tables can rely on:
 - Row numbers and formats: see tasks.readers. A file that cannot be parsed at all is one
   `unreadable_file` reject (source_row null) and counts as one input row; a file that breaks after
   some rows keeps them and adds one `truncated_input` reject. So input_rows == accepted + rejects.
+- Hostile sizes stay bounded (settings.record_byte_limit, settings.max_file_bytes): a line/record over
+  the byte limit is one row and one `too_long` reject, skipped unread. The part of a file past
+  max_file_bytes is ONE `file_too_large` reject counting as one input row, as is a Parquet row group
+  too large to read (`row_group_too_large`): the rows in them were never read, so never counted.
 - An input the user named that matches nothing, or cannot be listed, is a FatalError.
 """
 
@@ -115,7 +119,7 @@ def ingest(settings: RunSettings) -> IngestResult:
     files = expand_inputs(settings.inputs)
     st = _Staging(settings.mode, settings.max_text_chars)
     for uri in files:
-        _read_file(st, uri)
+        _read_file(st, uri, settings.record_byte_limit, settings.max_file_bytes)
     table = pa.Table.from_pydict(st.cols, schema=st.schema)
     res = IngestResult(table, st.rejects, st.input_rows, files)
     if res.input_rows != table.num_rows + len(res.rejects):  # the accounting rule; a bug if it breaks
@@ -124,9 +128,9 @@ def ingest(settings: RunSettings) -> IngestResult:
     return res
 
 
-def _read_file(st: _Staging, uri: str) -> None:
+def _read_file(st: _Staging, uri: str, max_record_bytes: int, max_file_bytes: int) -> None:
     before = st.input_rows
-    it = read_records(uri)
+    it = read_records(uri, max_record_bytes=max_record_bytes, max_file_bytes=max_file_bytes)
     while True:
         try:
             rec = next(it)  # only the reader's own errors are caught, never those of st.feed

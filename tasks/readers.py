@@ -1,8 +1,9 @@
 """Format readers: one input file (local or s3://) -> a stream of `(source_row, value, raw)` records.
 
 `value` is the parsed record (a dict for CSV/TSV/Parquet/txt; any JSON value for JSONL) or a `Bad`
-when the reader itself already knows the row is unusable (invalid_json, invalid_utf8, truncated_input).
-`raw` is the row's bytes/str for reject excerpts, or None (the caller then dumps `value`).
+when the reader itself already knows the row is unusable (invalid_json, invalid_utf8, too_long,
+truncated_input, file_too_large, row_group_too_large). `raw` is the row's bytes/str for reject
+excerpts, or None (the caller then dumps `value`).
 
 Row numbers (`source_row`):
 - JSONL: the 1-based physical line number; blank lines are skipped silently (they are not rows) but
@@ -12,11 +13,20 @@ Row numbers (`source_row`):
 - Parquet: the 0-based row index in the file.
 - .txt: the whole file is one document, row 0.
 
-Compression (.gz, .zst) is decoded incrementally here rather than through gzip/zstandard file objects:
-those either drop the last decoded block or (zstd stream_reader) end silently on a truncated file.
-A stream that ends mid-frame yields the rows before the break and then ONE `truncated_input` record.
-TSV is parsed with the CSV dialect (double-quote quoting) and a tab delimiter.
-`.json` files are read as JSON lines too: a pretty-printed JSON document gives invalid_json rows.
+Memory stays bounded whatever the input, so a hostile file cannot take the run down:
+- A line or record over `max_record_bytes` is one `too_long` record holding only its first bytes; the
+  rest is passed over unkept and the file goes on after it. A .txt file over it is one such record.
+- At most `max_file_bytes` decoded bytes are read from a file: the rows that end before that point
+  are kept and the rest of the file is ONE `file_too_large` record, read no further.
+- Parquet row groups are sized from the file's metadata before any is read (see `_parquet`).
+
+Compression (.gz, .zst) is decoded incrementally here, in bounded pieces however well the input
+compresses (zlib with max_length; pyarrow's zstd stream), rather than through gzip/zstandard file
+objects: those either drop the last decoded block or (zstd stream_reader) end silently on a truncated
+file. A stream that ends mid-frame yields the rows before the break and then ONE `truncated_input`
+record (for CSV, whose records may span lines, the last record parsed is taken as the cut-off one).
+TSV is parsed with the CSV dialect (double-quote quoting) and a tab delimiter. `.json` files are read
+as JSON lines too: a pretty-printed JSON document gives invalid_json rows.
 """
 
 from __future__ import annotations
@@ -24,23 +34,28 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
+from xlmflow.schemas import REJECT_RAW_CHARS
 from xlmflow.storage import fs_for
 
 CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
+PREVIEW = 4 * REJECT_RAW_CHARS  # bytes kept of an over-long row: enough for the reject's excerpt
+# the RunSettings defaults (4 x max_text_chars, 32 GiB), for callers that read without settings
+MAX_RECORD_BYTES = 4_000_000
+MAX_FILE_BYTES = 32 * 1024**3
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
          ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}  # fmt: skip
 SUPPORTED = (
     "JSON lines (.jsonl/.ndjson/.json), .parquet, .csv, .tsv, .txt; JSON/CSV/TSV/txt may end in .gz or .zst"
 )
-
-csv.field_size_limit(sys.maxsize)  # texts up to max_text_chars; the 128 KiB default rejects long docs
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,72 +83,12 @@ def format_of(uri: str) -> tuple[str, str | None] | None:
     return None
 
 
-class _Truncated(Exception):
-    """The compressed stream ended mid-frame, or its data is corrupt after some point."""
-
-
-def _decompress(f: io.IOBase, comp: str | None) -> Iterator[bytes]:
-    """Decoded chunks; handles multi-member gzip / multi-frame zstd; raises _Truncated on a broken end."""
-    if comp is None:
-        yield from iter(lambda: f.read(CHUNK), b"")
-        return
-    if comp == "gzip":
-        new: Callable = lambda: zlib.decompressobj(wbits=31)  # noqa: E731
-        errors: tuple = (zlib.error,)
-    else:
-        import zstandard
-
-        new = lambda: zstandard.ZstdDecompressor().decompressobj()  # noqa: E731
-        errors = (zstandard.ZstdError,)
-    d, fed, produced = new(), False, False
-    while chunk := f.read(CHUNK):
-        while chunk:
-            try:
-                out = d.decompress(chunk)
-            except errors as exc:
-                if not produced:  # not this format at all: the caller rejects the whole file
-                    raise ValueError(f"not {comp} data: {exc}") from exc
-                raise _Truncated(f"corrupt {comp} data: {exc}") from exc
-            fed = True
-            if out:
-                produced = True
-                yield out
-            chunk = b""
-            if d.eof:  # next member/frame starts in unused_data
-                chunk, d, fed = d.unused_data, new(), False
-    if fed and not d.eof:
-        if not produced:
-            raise ValueError(f"{comp} stream ends before any data (truncated or not {comp})")
-        raise _Truncated(f"{comp} stream ends before its end-of-stream marker (truncated file?)")
-
-
-class _Stream(io.RawIOBase):
-    """Raw byte stream over decoded chunks; a broken end reads as EOF and is kept in `truncated`."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._it, self._buf = chunks, memoryview(b"")
-        self.truncated: str | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # noqa: ANN001
-        while not self._buf:
-            try:
-                self._buf = memoryview(next(self._it))
-            except StopIteration:
-                return 0
-            except _Truncated as exc:
-                self.truncated = str(exc)
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
-def read_records(uri: str) -> Iterator[Record]:
-    """Records of one file in file order. Raises on a file that cannot be opened or parsed at all."""
+def read_records(
+    uri: str, *, max_record_bytes: int = MAX_RECORD_BYTES, max_file_bytes: int = MAX_FILE_BYTES
+) -> Iterator[Record]:
+    """Records of one file in file order, in bounded memory: lines/records over `max_record_bytes` and
+    the part of the file past `max_file_bytes` come back as `Bad` records (see the module doc).
+    Raises on a file that cannot be opened or parsed at all."""
     fmt = format_of(uri)
     if fmt is None:
         raise ValueError(f"unsupported file type {uri!r}; supported: {SUPPORTED}")
@@ -141,25 +96,265 @@ def read_records(uri: str) -> Iterator[Record]:
     fs, path = fs_for(uri)
     with fs.open(path, "rb") as f:
         if kind == "parquet":
-            yield from _parquet(f)
+            yield from _parquet(f, max_record_bytes, max_file_bytes)
             return
-        raw = _Stream(_decompress(f, comp))
-        stream = io.BufferedReader(raw, CHUNK)
-        if kind == "jsonl":
-            yield from _jsonl(stream, raw)
-        elif kind == "txt":
-            yield from _txt(stream, raw)
+        src = _Source(_decompress(f, comp), max_file_bytes)
+        if kind == "txt":
+            yield from _txt(src, max_record_bytes)
+        elif kind == "jsonl":
+            yield from _jsonl(_Lines(src, max_record_bytes), src)
         else:
-            yield from _csv(stream, raw, "\t" if kind == "tsv" else ",")
+            yield from _csv(src, max_record_bytes, "\t" if kind == "tsv" else ",")
 
 
-def _jsonl(stream: io.BufferedReader, raw: _Stream) -> Iterator[Record]:
+# --- decoded bytes ---------------------------------------------------------------------------------
+
+
+class _Truncated(Exception):
+    """The compressed stream ended mid-frame, or its data is corrupt after some point."""
+
+
+def _decompress(f: io.IOBase, comp: str | None) -> Iterator[bytes]:
+    """Decoded chunks of at most about CHUNK bytes each, however well the input compresses; handles
+    multi-member gzip / multi-frame zstd; raises _Truncated on a broken end."""
+    if comp is None:
+        yield from iter(lambda: f.read(CHUNK), b"")
+    elif comp == "gzip":
+        yield from _gunzip(f)
+    else:
+        yield from _unzstd(f)
+
+
+def _gunzip(f: io.IOBase) -> Iterator[bytes]:
+    new: Callable = lambda: zlib.decompressobj(wbits=31)  # noqa: E731
+    d, fed, produced = new(), False, False
+    while chunk := f.read(CHUNK):
+        fed = True
+        while True:
+            try:
+                out = d.decompress(chunk, CHUNK)  # max_length: a bomb comes out one CHUNK at a time
+            except zlib.error as exc:
+                if not produced:  # not this format at all: the caller rejects the whole file
+                    raise ValueError(f"not gzip data: {exc}") from exc
+                raise _Truncated(f"corrupt gzip data: {exc}") from exc
+            if out:
+                produced = True
+                yield out
+            if d.eof:  # the next member starts in unused_data
+                chunk, d = d.unused_data, new()
+                fed = bool(chunk)
+                if not chunk:
+                    break
+            else:
+                chunk = d.unconsumed_tail
+                if not chunk and len(out) < CHUNK:  # a full CHUNK may leave output pending in zlib
+                    break
+    if fed and not d.eof:
+        if not produced:
+            raise ValueError("gzip stream ends before any data (truncated or not gzip)")
+        raise _Truncated("gzip stream ends before its end-of-stream marker (truncated file?)")
+
+
+class _Guarded(io.RawIOBase):
+    """The compressed file for pyarrow; remembers the file's own errors so that an I/O failure is
+    re-raised as itself rather than taken for bad zstd data."""
+
+    def __init__(self, f: io.IOBase) -> None:
+        self._f, self.error = f, None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def _unzstd(f: io.IOBase) -> Iterator[bytes]:
+    # pyarrow's decoder bounds its output per read (python-zstandard's decompressobj returns all of it
+    # at once) and, unlike zstandard's stream_reader, reports a stream that ends mid-frame
+    import pyarrow as pa
+
+    raw = _Guarded(f)
+    stream = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd")
+    produced = False
+    while True:
+        try:
+            out = stream.read(CHUNK // 16)  # small reads: a failing read loses what it had decoded
+        except OSError as exc:
+            if raw.error is not None:
+                raise raw.error from None
+            if not produced:
+                raise ValueError(f"not zstd data: {exc}") from exc
+            raise _Truncated(f"corrupt or truncated zstd data: {exc}") from exc
+        if not out:
+            return
+        produced = True
+        yield out
+
+
+class _Source:
+    """Decoded chunks of one file, at most `max_bytes` in all; remembers how the stream ended."""
+
+    def __init__(self, chunks: Iterator[bytes], max_bytes: int) -> None:
+        self._chunks, self.max_bytes = chunks, max_bytes
+        self.truncated: str | None = None  # why the stream broke
+        self.over = False  # bytes past max_bytes exist; they were not read
+
+    def __iter__(self) -> Iterator[bytes]:
+        room = self.max_bytes
+        try:
+            for chunk in self._chunks:
+                if len(chunk) > room:
+                    self.over = True
+                    if room:
+                        yield chunk[:room]
+                    return
+                room -= len(chunk)
+                yield chunk
+        except _Truncated as exc:
+            self.truncated = str(exc)
+
+    def lost(self, what: str) -> Bad | None:
+        """The reject for the rest of a file that did not end cleanly; `what` names the rows lost."""
+        if self.truncated:
+            return Bad("truncated_input", f"{self.truncated}; lost: {what}")
+        if self.over:
+            return Bad(
+                "file_too_large",
+                f"file has more than max_file_bytes={self.max_bytes} decompressed bytes; not read: {what} "
+                "(raise --max-file-bytes to read them)",
+            )
+        return None
+
+
+def _too_long(what: str, size: int, limit: int, ended: bool = True) -> Bad:
+    size_s = f"{size} bytes" if ended else f"more than {limit} bytes"
+    return Bad(
+        "too_long",
+        f"{what} has {size_s}, over max_record_bytes={limit}; it was skipped unread "
+        "(raise --max-record-bytes, default 4 x --max-text-chars, to read it)",
+    )
+
+
+@dataclass(slots=True)
+class _Long:
+    """A line over the limit, as far as it was read: the caller skips the rest with `_Lines.skip`."""
+
+    head: bytes
+
+
+class _Lines:
+    r"""Lines (each with its line break) of a byte stream, none longer than `limit` bytes before it.
+
+    Lines end at \n; `universal` (CSV) also ends them at \r or \r\n, as csv expects of a file opened
+    with newline="". A longer line comes back as a `_Long` with only its first bytes read; the caller
+    then calls `skip(scan)`, which passes over the rest without keeping it: JSONL to the next newline,
+    CSV to the end of the record (quoted fields may hold newlines). A normal line costs one find().
+    """
+
+    def __init__(self, chunks: Iterable[bytes], limit: int, universal: bool = False) -> None:
+        self._chunks, self.limit, self._universal = iter(chunks), limit, universal
+        self._buf, self._pos, self._cr = b"", 0, False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> bytes | _Long:
+        buf, pos = self._buf, self._pos
+        i, j = self._break(buf, pos)
+        if 0 <= i and i - pos <= self.limit:
+            self._pos = j
+            return buf[pos:j]
+        return self._long_or_split()
+
+    def _break(self, buf: bytes, pos: int) -> tuple[int, int]:
+        """Start and end of the next line break, or (-1, -1)."""
+        if self._cr:  # only chunks that hold a CR pay for the regex
+            m = _EOL.search(buf, pos)
+            return (m.start(), m.end()) if m else (-1, -1)
+        i = buf.find(b"\n", pos)
+        return i, i + 1
+
+    def _load(self) -> bytes:
+        buf = self._buf = next(self._chunks, b"")
+        self._pos, self._cr = 0, self._universal and b"\r" in buf
+        return buf
+
+    def _long_or_split(self) -> bytes | _Long:
+        """The line is over the limit, or runs on into the next chunks."""
+        parts: list[bytes] = []
+        size, buf, pos = 0, self._buf, self._pos
+        while True:
+            i, j = self._break(buf, pos)
+            end = len(buf) if i < 0 else i
+            if size + end - pos > self.limit:
+                parts.append(buf[pos:end])
+                self._pos = end
+                return _Long(b"".join(parts))
+            if i >= 0:
+                parts.append(buf[pos:j])
+                self._pos = j
+                return b"".join(parts)
+            parts.append(buf[pos:])
+            size += len(buf) - pos
+            buf, pos = self._load(), 0
+            if not buf:  # the end: the last line has no line break
+                if size:
+                    return b"".join(parts)
+                raise StopIteration
+
+    def skip(self, scan: Callable[[bytes, int], int]) -> tuple[int, bool]:
+        """Pass over bytes until `scan(buf, pos)` finds the record's end: (bytes passed, whether it ended)."""
+        n = 0
+        while True:
+            buf, pos = self._buf, self._pos
+            end = scan(buf, pos)
+            if end >= 0:
+                self._pos = end
+                return n + end - pos, True
+            n += len(buf) - pos
+            if not self._load():
+                return n, False
+
+
+_EOL = re.compile(rb"\r\n?|\n")
+
+
+def _to_newline(buf: bytes, pos: int) -> int:
+    r"""A `scan` for `_Lines.skip`: the index after the next \n, or -1."""
+    i = buf.find(b"\n", pos)
+    return i + 1 if i >= 0 else -1
+
+
+def _eol(line: bytes) -> int:
+    """Length of the line break that ends `line` (0 for the last line of a file without one)."""
+    if line[-1:] == b"\n":
+        return 2 if line[-2:-1] == b"\r" else 1
+    return 1 if line[-1:] == b"\r" else 0
+
+
+# --- formats ---------------------------------------------------------------------------------------
+
+
+def _jsonl(lines: _Lines, src: _Source) -> Iterator[Record]:
     import orjson
 
     n = 0
-    for n, line in enumerate(stream, 1):  # noqa: B007 - n is used after the loop
-        if not line.endswith(b"\n") and raw.truncated:
-            yield n, Bad("truncated_input", f"{raw.truncated}; this and any later lines are lost"), line
+    for n, line in enumerate(lines, 1):  # noqa: B007 - n is used after the loop
+        if type(line) is _Long:
+            more, ended = lines.skip(_to_newline)
+            head = line.head[:PREVIEW]
+            if not ended and (bad := src.lost("this and any later lines")):
+                yield n, bad, head
+                return
+            yield n, _too_long("line", len(line.head) + more, lines.limit, ended), head
+            continue
+        if not line.endswith(b"\n") and (bad := src.lost("this and any later lines")):
+            yield n, bad, line
             return
         body = line[3:] if line.startswith(BOM) else line
         body = body.rstrip(b"\r\n")
@@ -169,8 +364,8 @@ def _jsonl(stream: io.BufferedReader, raw: _Stream) -> Iterator[Record]:
             yield n, orjson.loads(body), body
         except orjson.JSONDecodeError:
             yield n, _slow_json(body), body
-    if raw.truncated:  # the break fell exactly after a newline
-        yield n + 1, Bad("truncated_input", f"{raw.truncated}; any later lines are lost"), b""
+    if bad := src.lost("any later lines"):  # the break fell exactly after a newline
+        yield n + 1, bad, b""
 
 
 def _slow_json(body: bytes) -> object:
@@ -186,10 +381,18 @@ def _slow_json(body: bytes) -> object:
         return Bad("invalid_json", f"malformed JSON: {exc}")
 
 
-def _txt(stream: io.BufferedReader, raw: _Stream) -> Iterator[Record]:
-    data = stream.read()
-    if raw.truncated:
-        yield 0, Bad("truncated_input", raw.truncated), data
+def _txt(src: _Source, limit: int) -> Iterator[Record]:
+    parts: list[bytes] = []
+    size = 0
+    for chunk in src:
+        size += len(chunk)
+        if size > limit:  # stop reading: the file is one document, and it is too long
+            yield 0, _too_long("file (one document)", size, limit, False), (parts or [chunk])[0][:PREVIEW]
+            return
+        parts.append(chunk)
+    data = b"".join(parts)
+    if bad := src.lost("the document"):
+        yield 0, bad, data[:PREVIEW]
         return
     try:
         yield 0, {"text": data.decode("utf-8-sig")}, None
@@ -197,33 +400,149 @@ def _txt(stream: io.BufferedReader, raw: _Stream) -> Iterator[Record]:
         yield 0, Bad("invalid_utf8", f"byte {exc.start} of the file is not UTF-8 ({exc.reason})"), data
 
 
-def _csv(stream: io.BufferedReader, raw: _Stream, delimiter: str) -> Iterator[Record]:
-    # surrogateescape keeps bad bytes as lone surrogates so one bad row does not stop the file
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    rows = (r for r in csv.reader(text, delimiter=delimiter) if r)  # blank lines are not rows
+class _TooLong(Exception):
+    """Raised through csv.reader when the record it is parsing is over the limit (and was skipped)."""
+
+    def __init__(self, size: int, head: bytes, ended: bool) -> None:
+        super().__init__(size)
+        self.size, self.head, self.ended = size, head, ended
+
+
+_START, _UNQUOTED, _QUOTED, _QUOTE_AT_END = range(4)
+# the rest of a quoted field up to its closing quote; possessive, so "" pairs are never split
+_QUOTED_REST = re.compile(rb'[^"]*+(?:""[^"]*+)*+"')
+
+
+class _CsvScan:
+    """A `scan` that finds where a CSV record ends without keeping it, by csv's rules (double-quote
+    quoting, not strict, line breaks as with newline=""): one regex call per quoted field or line,
+    not a Python step per byte."""
+
+    def __init__(self, delimiter: bytes) -> None:
+        self.delimiter = delimiter[0]
+        self._unquoted = re.compile(rb"(\r\n?|\n)|" + re.escape(delimiter) + b'"')
+        self.state = _START
+
+    def __call__(self, buf: bytes, pos: int) -> int:
+        st, n = self.state, len(buf)
+        while pos < n:
+            if st in (_START, _QUOTE_AT_END):
+                # a field opens with a quote; after a quote that ended the last piece, "" is a quote
+                if buf[pos] == 0x22:
+                    st, pos = _QUOTED, pos + 1
+                    continue
+                st = _UNQUOTED
+            if st == _QUOTED:
+                m = _QUOTED_REST.match(buf, pos)
+                if m is None:  # the field goes on past this piece
+                    break
+                pos = m.end()
+                st = _QUOTE_AT_END if pos == n else _UNQUOTED
+                continue
+            m = self._unquoted.search(buf, pos)  # a line break, or a delimiter opening a quoted field
+            if m is None:
+                st = _START if buf[n - 1] == self.delimiter else _UNQUOTED
+                break
+            if m.group(1):
+                self.state = _START
+                return m.end()
+            st, pos = _QUOTED, m.end()
+        self.state = st
+        return -1
+
+
+class _CsvFeed:
+    """Text lines for csv.reader, at most `limit` bytes per record. A longer record is passed over to
+    its real end (quotes included) without being kept, and raises _TooLong out of the reader."""
+
+    def __init__(self, lines: _Lines, delimiter: str) -> None:
+        self.lines, self.delimiter = lines, delimiter.encode()
+        self.record: list[bytes] = []  # the lines of the record csv.reader is parsing
+        self.size = 0
+        self.first = True
+
+    def __iter__(self) -> _CsvFeed:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        if type(line) is _Long:
+            self._skip(line.head)
+        size = self.size + len(line)
+        if size - _eol(line) > self.lines.limit:
+            self._skip(line)
+        self.record.append(line)
+        self.size = size
+        if self.first:
+            self.first = False
+            if line.startswith(BOM):
+                line = line[3:]
+        # surrogateescape keeps bad bytes as lone surrogates so one bad row does not stop the file
+        return line.decode("utf-8", "surrogateescape")
+
+    def next_record(self) -> None:
+        """csv.reader returned a record: the next line starts a new one."""
+        self.record.clear()
+        self.size = 0
+
+    def _skip(self, head: bytes) -> NoReturn:
+        scan = _CsvScan(self.delimiter)
+        for line in self.record:  # where the record stands (inside quotes or not) after what we have
+            scan(line, 0)
+        size, ended = self.size + len(head), scan(head, 0) >= 0
+        if not ended:
+            more, ended = self.lines.skip(scan)
+            size += more
+        first = self.record[0] if self.record else head
+        self.next_record()
+        raise _TooLong(size, first[:PREVIEW], ended)
+
+
+def _csv(src: _Source, limit: int, delimiter: str) -> Iterator[Record]:
+    # fields cannot outgrow their record; csv's own limit (128 KiB by default) must not be the lower one
+    csv.field_size_limit(min(max(limit, 1 << 17), sys.maxsize))
+    rows = _csv_rows(_CsvFeed(_Lines(src, limit, universal=True), delimiter), delimiter)
     header = next(rows, None)
     if header is None:
-        if raw.truncated:
-            yield 1, Bad("truncated_input", raw.truncated), ""
+        if bad := src.lost("the file"):
+            yield 1, bad, ""
         return
+    if type(header) is _TooLong:
+        raise ValueError(f"the CSV header is over max_record_bytes={limit} (raise --max-record-bytes)")
     n, prev = 0, None
-    for row in rows:  # one row of lookahead: after a broken end, the last row is the broken tail
+    for row in rows:  # one row of lookahead: when the file is cut, the last row is the cut-off tail
         if prev is not None:
-            yield _csv_record(n, header, prev, delimiter)
+            yield _csv_record(n, header, prev, delimiter, limit)
         n, prev = n + 1, row
-    if prev is not None and raw.truncated:
-        yield (
-            n,
-            Bad("truncated_input", f"{raw.truncated}; this and any later rows are lost"),
-            delimiter.join(prev),
-        )
+    bad = src.lost("this and any later rows")
+    if prev is not None and bad:
+        yield n, bad, prev.head if type(prev) is _TooLong else delimiter.join(prev)
     elif prev is not None:
-        yield _csv_record(n, header, prev, delimiter)
-    elif raw.truncated:
-        yield 1, Bad("truncated_input", raw.truncated), ""
+        yield _csv_record(n, header, prev, delimiter, limit)
+    elif bad:
+        yield 1, bad, ""
 
 
-def _csv_record(n: int, header: list[str], row: list[str], delimiter: str) -> Record:
+def _csv_rows(feed: _CsvFeed, delimiter: str) -> Iterator[list[str] | _TooLong]:
+    """Non-blank records, or _TooLong for a skipped one; parsing goes on after it on a fresh reader."""
+    reader = csv.reader(feed, delimiter=delimiter)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except _TooLong as exc:
+            reader = csv.reader(feed, delimiter=delimiter)  # the old one is stuck mid-record
+            yield exc
+            continue
+        feed.next_record()
+        if row:  # blank lines are not rows
+            yield row
+
+
+def _csv_record(n: int, header: list[str], row: list[str] | _TooLong, delimiter: str, limit: int) -> Record:
+    if type(row) is _TooLong:
+        return n, _too_long("record", row.size, limit, row.ended), row.head
     line = delimiter.join(row)
     try:
         line.encode("utf-8")
@@ -235,11 +554,42 @@ def _csv_record(n: int, header: list[str], row: list[str], delimiter: str) -> Re
     return n, rec, line
 
 
-def _parquet(f: io.IOBase) -> Iterator[Record]:
+# Parquet metadata gives each row group's uncompressed (encoded) size before anything is read. A group
+# whose rows average more than max_record_bytes holds rows over the limit and would need at least
+# rows x limit bytes to read, so it is one row_group_too_large reject, unread; the groups' sizes also
+# count against max_file_bytes. Readable groups come in batches of about BATCH_BYTES. (Dictionary-
+# encoded values can decode larger than the metadata says; those rows meet max_text_chars after.)
+BATCH_BYTES = 64 << 20
+
+
+def _parquet(f: io.IOBase, record_limit: int, file_limit: int) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    n = 0
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=8192):
-        for rec in batch.to_pylist():
-            yield n, rec, None
-            n += 1
+    pf = pq.ParquetFile(f)
+    n = used = 0
+    for i in range(pf.metadata.num_row_groups):
+        group = pf.metadata.row_group(i)
+        rows, size = group.num_rows, group.total_byte_size
+        if not rows:
+            continue
+        if used + size > file_limit:
+            why = (
+                f"row groups {i}.. (from row {n} on) take the file past max_file_bytes={file_limit} "
+                "uncompressed bytes; they are not read (raise --max-file-bytes to read them)"
+            )
+            yield n, Bad("file_too_large", why), ""
+            return
+        used += size
+        if size > rows * record_limit:
+            why = (
+                f"row group {i} (rows {n}..{n + rows - 1}) has {size} uncompressed bytes, over {rows} rows "
+                f"x max_record_bytes={record_limit}; its rows are not read (raise --max-record-bytes)"
+            )
+            yield n, Bad("row_group_too_large", why), ""
+            n += rows
+            continue
+        batch = max(1, min(8192, BATCH_BYTES * rows // max(size, 1)))
+        for b in pf.iter_batches(batch_size=batch, row_groups=[i]):
+            for rec in b.to_pylist():
+                yield n, rec, None
+                n += 1

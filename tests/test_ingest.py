@@ -326,7 +326,8 @@ def test_pairs_mode_reasons_ids_and_hints(tmp_path):
             {"text": "a doc, not a pair"},  # missing_src
         )
     )
-    res = run(f, tmp_path, tasks="qe", max_text_chars=20)
+    # the byte limit (default 4 x 20) would stop the long first line before its fields are looked at
+    res = run(f, tmp_path, tasks="qe", max_text_chars=20, max_record_bytes=1000)
     assert res.table.schema == schemas.STAGED_PAIRS
     assert_accounting(res)
     rows = res.table.to_pylist()
@@ -379,3 +380,153 @@ def test_100k_row_jsonl_ingests_in_seconds(tmp_path):
     took = time.perf_counter() - t0
     assert res.table.num_rows == 100_000 and not res.rejects
     assert took < 20, f"ingest of 100k rows took {took:.1f}s"  # ~1-3 s here; generous for a shared box
+
+
+def test_over_long_jsonl_line_is_one_reject_and_the_file_goes_on(tmp_path):
+    long = b'{"text": "' + b"x" * (3 << 20) + b'"}'  # spans several 1 MiB read chunks
+    f = tmp_path / "a.jsonl"
+    f.write_bytes(jl({"text": "eins"}, b"", long, {"text": "zwei"}, long[:5000], {"text": "drei"}) + long)
+    res = run(f, tmp_path, max_record_bytes=4096)
+    assert_accounting(res)
+    assert [(r["text"], r["source_row"]) for r in res.table.to_pylist()] == [
+        ("eins", 1),
+        ("zwei", 4),
+        ("drei", 6),
+    ]
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [
+        ("too_long", 3),
+        ("too_long", 5),
+        ("too_long", 7),  # the last line, without a newline
+    ]
+    first = res.rejects[0]
+    assert f"{len(long) + 1} bytes" in first["detail"]  # counted as it was skipped
+    assert "max_record_bytes=4096" in first["detail"] and "--max-record-bytes" in first["detail"]
+    assert first["raw"].startswith('{"text": "xxx') and len(first["raw"]) <= schemas.REJECT_RAW_CHARS + 1
+
+
+def test_over_long_csv_record_is_skipped_to_its_real_end(tmp_path):
+    # a quoted field over the limit that holds newlines, "" and ," must not leak rows when skipped
+    field = '"' + 'a "quoted" line,\n,"b\n'.replace('"', '""') * 400 + '"'
+    f = tmp_path / "a.csv"
+    f.write_text(f'id,text\n1,eins\n2,{field}\n3,"zwei\nzeilen"\n4,{"y" * 9000}\n5,"drei"\n', newline="")
+    t = tmp_path / "b.tsv"
+    t.write_text(f"id\ttext\n6\tvier\n7\t{field}\n8\tfünf\n", newline="")
+    res = run([f, t], tmp_path, max_record_bytes=4096)
+    assert_accounting(res)
+    assert [(r["doc_id"], r["text"], r["source_row"]) for r in res.table.to_pylist()] == [
+        ("1", "eins", 1),
+        ("3", "zwei\nzeilen", 3),
+        ("5", "drei", 5),
+        ("6", "vier", 1),
+        ("8", "fünf", 3),
+    ]
+    assert [(r["source"][-5:], r["reason"], r["source_row"]) for r in res.rejects] == [
+        ("a.csv", "too_long", 2),
+        ("a.csv", "too_long", 4),
+        ("b.tsv", "too_long", 2),
+    ]
+    assert (
+        res.rejects[0]["raw"].startswith('2,"a ""quoted"" line,') and "record has" in res.rejects[0]["detail"]
+    )
+
+
+def test_csv_records_skipped_as_too_long_resync_where_csv_would(tmp_path, monkeypatch):
+    """Random CSV (quotes, "" escapes, stray quotes, \\r, \\n, \\r\\n) read with tiny read chunks: every
+    record is what csv.reader parses from the whole file, or too_long when its bytes are over the limit."""
+    import csv
+    import io
+    import random
+
+    from tasks import readers
+
+    def oracle(data: str, limit: int) -> list:
+        lines: list[bytes] = []
+
+        def feed():
+            for line in io.StringIO(data, newline=""):
+                lines.append(line.encode())
+                yield line
+
+        reader = csv.reader(feed())
+        next(reader)
+        lines.clear()
+        out = []
+        for row in reader:
+            last = lines[-1]  # a record's bytes do not count the line break that ends it
+            eol = 2 if last.endswith(b"\r\n") else 1 if last.endswith((b"\r", b"\n")) else 0
+            size = sum(map(len, lines)) - eol
+            lines.clear()
+            if row:
+                out.append("too_long" if size > limit else row)
+        return out
+
+    cells = ['5" x', 'a""b', 'q"', "", '"x"y', "z\r", "plain"]
+    for seed in range(150):
+        rng = random.Random(seed)
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        for _ in range(rng.randint(1, 10)):
+            if rng.random() < 0.2:  # written by hand: quotes inside unquoted fields stay literal
+                out.write(",".join(rng.choice(cells) for _ in range(3)) + rng.choice(["\n", "\r\n", "\r"]))
+            else:
+                w.writerow(["".join(rng.choice('ab,"\n \r') for _ in range(rng.choice([3, 30, 200])))] * 2)
+        data, limit = "text,b,c\n" + out.getvalue(), rng.choice([20, 60, 500])
+        (tmp_path / "t.csv").write_text(data, newline="")
+        monkeypatch.setattr(readers, "CHUNK", rng.choice([1, 2, 3, 7, 64]))  # boundaries everywhere
+        got = [
+            v.reason if isinstance(v, readers.Bad) else [v[k] for k in ("text", "b", "c") if k in v]
+            for _, v, _ in readers.read_records(str(tmp_path / "t.csv"), max_record_bytes=limit)
+        ]
+        assert got == oracle(data, limit), (seed, data)
+
+
+def test_file_past_max_file_bytes_keeps_its_first_rows_and_one_reject(tmp_path):
+    body = jl(*({"text": f"row {i:03d}"} for i in range(100)))  # 20 bytes a line
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "b.csv").write_bytes(b"text\n" + b"".join(b"csv %03d\n" % i for i in range(100)))
+    (tmp_path / "c.txt").write_bytes(b"t" * 500)
+    (tmp_path / "d.jsonl").write_bytes(body[:200].replace(b"row", b"ddd"))  # exactly the limit: all read
+    res = run(tmp_path, tmp_path, max_file_bytes=200)
+    assert_accounting(res)
+    rows = [(Path(r["source"]).name, r["source_row"]) for r in res.table.to_pylist()]
+    assert rows[:10] == [("a.jsonl.gz", i) for i in range(1, 11)]  # the 10 lines within 200 bytes
+    assert rows[10:34] == [("b.csv", i) for i in range(1, 25)]  # 5 + 24 x 8 bytes; the 25th is cut
+    assert rows[34:] == [("d.jsonl", i) for i in range(1, 11)]
+    assert [(Path(r["source"]).name, r["source_row"], r["reason"]) for r in res.rejects] == [
+        ("a.jsonl.gz", 11, "file_too_large"),
+        ("b.csv", 25, "file_too_large"),
+        ("c.txt", 0, "file_too_large"),
+    ]
+    detail = res.rejects[0]["detail"]
+    assert "max_file_bytes=200" in detail and "--max-file-bytes" in detail
+
+
+def test_txt_over_the_record_limit_is_one_reject_read_in_bounded_memory(tmp_path):
+    (tmp_path / "big.txt").write_bytes(b"Wort " * 600_000)  # 3 MB, several read chunks
+    (tmp_path / "small.txt").write_text("kurz")
+    res = run(tmp_path, tmp_path, max_record_bytes=1 << 20)
+    assert_accounting(res)
+    assert res.table.column("text").to_pylist() == ["kurz"]
+    (r,) = res.rejects
+    assert (r["source"][-7:], r["source_row"], r["reason"]) == ("big.txt", 0, "too_long")
+    assert "--max-record-bytes" in r["detail"] and r["raw"].startswith("Wort Wort")
+
+
+def test_parquet_row_groups_over_the_bound_are_rejected_unread(tmp_path):
+    texts = [f"klein {i}" if i < 4 or i >= 8 else f"{i}" + "x" * 5000 for i in range(12)]
+    t = pa.table({"id": [f"p{i}" for i in range(12)], "text": texts})
+    pq.write_table(t, tmp_path / "a.parquet", row_group_size=4, compression="zstd")
+    meta = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    sizes = [meta.row_group(i).total_byte_size for i in range(3)]
+    assert sizes[1] > 4 * 1000 > sizes[0]  # what the bound sees: uncompressed, from the metadata
+    res = run(tmp_path / "a.parquet", tmp_path, max_record_bytes=1000)
+    assert_accounting(res)
+    assert res.table.column("doc_id").to_pylist() == [f"p{i}" for i in (0, 1, 2, 3, 8, 9, 10, 11)]
+    # one reject for the group's 4 rows, counted as one input row
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("row_group_too_large", 4)]
+    assert res.input_rows == 8 + 1 and "max_record_bytes=1000" in res.rejects[0]["detail"]
+    # the groups' sizes also count against max_file_bytes
+    res = run(tmp_path / "a.parquet", tmp_path, max_record_bytes=10_000, max_file_bytes=sizes[0] + 1)
+    assert_accounting(res)
+    assert res.table.column("doc_id").to_pylist() == ["p0", "p1", "p2", "p3"]
+    assert [(r["reason"], r["source_row"]) for r in res.rejects] == [("file_too_large", 4)]
