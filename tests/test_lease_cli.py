@@ -225,3 +225,44 @@ def test_stalled_owner_cannot_commit_after_takeover(s3_bucket, corpus, reference
     assert "Traceback" not in a.text().split("xlmflow: ")[-1]
     after = check_partition(out, reference)
     assert after["run_id"] == committed["run_id"]
+
+
+def test_lease_show_and_ctrl_c_releases_the_lease(corpus, cli_env, tmp_path):
+    out = str(tmp_path / "out")
+    gate = tmp_path / "gate"
+    gate.touch()
+    a = Run(tmp_path, "a", corpus, out, cli_env, gate=gate)
+    a.wait_for("test pause before commit")
+    lease = [sys.executable, "-m", "xlmflow.cli", "lease"]
+    show = subprocess.run(
+        lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
+    )
+    assert show.returncode == 0 and f"pid {a.p.pid}" in show.stdout and "held by" in show.stdout
+    a.p.send_signal(signal.SIGINT)
+    assert a.wait() == 130, a.text()[-3000:]
+    assert "interrupted" in a.text()
+    assert read_manifest(out, DATE) is None
+    show = subprocess.run(
+        lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
+    )
+    assert "no lease" in show.stdout, show.stdout  # released on the way out, not left to expire
+
+
+def test_lease_break_frees_a_partition_held_by_a_run_on_another_host(tmp_path, cli_env):
+    from xlmflow.lease import PartitionLease, show
+
+    out = str(tmp_path / "out")
+    held = PartitionLease(out, DATE, "someone-else", ttl=3600).acquire(0)
+    held._stop.set()  # a run elsewhere: no heartbeat from this process
+    body = {**show(out, DATE).body, "host": "another-host"}
+    held.backend.replace(body, held.token)
+    lease = [sys.executable, "-m", "xlmflow.cli", "lease"]
+    r = subprocess.run(
+        lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
+    )
+    assert "held by run someone-else (host another-host" in r.stdout
+    r = subprocess.run(
+        lease + ["break", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
+    )
+    assert r.returncode == 0 and "broke the lease of run someone-else" in r.stdout
+    assert show(out, DATE) is None

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from xlmflow.errors import ConfigError
+from xlmflow.errors import ConfigError, InputsChangedError
 from xlmflow.failures import explain, hide_console_tracebacks
 from xlmflow.uris import redact
 
@@ -113,6 +113,12 @@ def cmd_run(a: argparse.Namespace) -> int:
             "nothing to do. Use --force to recompute it."
         )
         return 0
+    if res["status"] == "inputs_changed":
+        raise InputsChangedError(
+            f"partition {res['date']} in {res['out']} was committed (run {res['manifest']['run_id']}) from "
+            f"inputs that have changed since: {'; '.join(res['changes'])}. The partition was left as it "
+            "is; rerun with --force to recompute it from the current inputs."
+        )
     print_summary({**res["manifest"], "status": res["status"]})
     print(f"outputs under {res['out']}; manifest {res['out']}/_manifests/date={res['date']}.json")
     return 0
@@ -173,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lease-ttl", type=float, help="seconds a partition lease lives without a heartbeat")
     add_model_options(r)
     r.set_defaults(func=cmd_run)
+
+    from xlmflow.lease_cli import add_lease_parser
+
+    add_lease_parser(sub)
 
     m = sub.add_parser("models", help="model utilities").add_subparsers(dest="models_cmd", required=True)
     t = m.add_parser("tiny", help="write a tiny random XLM-R checkpoint with the real tokenizer (offline)")

@@ -38,7 +38,7 @@ def read_partition(out: str, dataset: str, date: str):  # noqa: ANN201 - pyarrow
         try:
             tables = []
             for f in m["files"].get(dataset, []):
-                fs, path = storage.fs_for(storage.join(out, f["path"]))
+                fs, path = storage.fresh(storage.join(out, f["path"]))
                 with fs.open(path, "rb") as fh:
                     tables.append(pq.read_table(fh))
             return pa.concat_tables(tables) if tables else None

@@ -38,13 +38,22 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def exists(uri: str) -> bool:
+def fresh(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fs and path with no cached listing for the path: s3fs answers exists/size from a directory
+    listing it cached earlier, so a manifest replaced since would read as missing or truncated."""
     fs, path = fs_for(uri)
+    if is_remote(uri):
+        fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = fresh(uri)
     return fs.exists(path)
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = fs_for(uri)
+    fs, path = fresh(uri)
     with fs.open(path, "rb") as f:
         return f.read()
 
