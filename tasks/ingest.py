@@ -141,6 +141,10 @@ def _read_file(st: _Staging, uri: str, max_record_bytes: int, max_file_bytes: in
                 f"cannot read {uri}: {exc}; check that it exists and that you have access"
             ) from exc
         except _FORMAT_ERRORS as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                # an errno means the storage failed (s3fs: EBUSY/EIO after its retries), not the
+                # file's format: stop the run instead of committing the file's rows as rejects
+                raise FatalError(f"cannot read {uri}: {exc}; the storage kept failing after retries") from exc
             got = st.input_rows - before
             msg = f"{type(exc).__name__}: {exc}"
             if got:

@@ -255,13 +255,14 @@ class _SlowDownProxy(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream: tuple[str, int] = ("127.0.0.1", 0)
     refused: list[str] = []
+    methods: tuple[str, ...] = ("GET", "HEAD")
 
     def log_message(self, *args: object) -> None:
         pass
 
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.command in ("GET", "HEAD") and self.path.split("?")[0].endswith(".jsonl"):
+        if self.command in self.methods and self.path.split("?")[0].endswith(".jsonl"):
             self.refused.append(f"{self.command} {self.path}")
             xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
             return self._reply(503, [("Content-Type", "application/xml")], xml)
@@ -272,13 +273,16 @@ class _SlowDownProxy(http.server.BaseHTTPRequestHandler):
         )
         r = conn.getresponse()
         hop = {"content-length", "transfer-encoding", "connection", "server", "date"}
-        self._reply(r.status, [(k, v) for k, v in r.getheaders() if k.lower() not in hop], r.read())
+        data = r.read()
+        # a HEAD answer has no body but must keep the object's length
+        length = r.getheader("Content-Length") if self.command == "HEAD" else None
+        self._reply(r.status, [(k, v) for k, v in r.getheaders() if k.lower() not in hop], data, length)
 
-    def _reply(self, status: int, headers: list, data: bytes) -> None:
+    def _reply(self, status: int, headers: list, data: bytes, length: str | None = None) -> None:
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", length or str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -286,12 +290,17 @@ class _SlowDownProxy(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
 
-def test_storage_errors_after_retries_are_one_line(cli_env, moto_server, s3_bucket, tmp_path):
+@pytest.mark.parametrize("methods", [("GET", "HEAD"), ("GET",)], ids=["listing-fails", "reads-fail"])
+def test_storage_errors_after_retries_are_one_line(cli_env, moto_server, s3_bucket, tmp_path, methods):
+    """Whether the input cannot even be listed or only its reads fail, the run fails (exit 1): a storage
+    outage is never committed as rejected rows."""
     import boto3
 
     boto3.client("s3").upload_file(SAMPLE, s3_bucket.removeprefix("s3://"), "in/x.jsonl")
     host, port = moto_server.removeprefix("http://").split(":")
-    handler = type("Proxy", (_SlowDownProxy,), {"upstream": (host, int(port)), "refused": []})
+    handler = type(
+        "Proxy", (_SlowDownProxy,), {"upstream": (host, int(port)), "refused": [], "methods": methods}
+    )
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
@@ -299,7 +308,8 @@ def test_storage_errors_after_retries_are_one_line(cli_env, moto_server, s3_buck
         p, _ = _run(["run", f"{s3_bucket}/in/x.jsonl", "--out", str(tmp_path / "o")], env)
     finally:
         proxy.shutdown()
-    assert len(handler.refused) > 1  # the clients retried before giving up
+    assert len(handler.refused) > 1, p.stderr[-3000:]  # the clients retried before giving up
     last = _one_error_line(p, 1)
     assert "storage error after retries" in last and "x.jsonl" in last
     assert "AWS_ENDPOINT_URL" in last and "resumes from finished shards" in last
+    assert not (tmp_path / "o" / "_manifests").exists()
