@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import subprocess
 import time
 
@@ -206,6 +207,18 @@ def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tm
     assert p.returncode == 0, text
     assert _statuses(text) == dict.fromkeys(dates, "skipped"), text
     assert "documents=3" in text  # counts come from each partition's manifest
+    assert len(flow_runs_named(prefect_stack, [f"corpus-{d}" for d in dates])) == 3
+
+    # a file arrives late for one committed date: reported as inputs_changed, not recomputed, not failed
+    late = {"id": "late-0", "text": "Toute personne a droit à l'éducation."}
+    (tmp_path / "raw" / f"date={dates[1]}" / "late.jsonl").write_text(
+        json.dumps(late) + "\n", encoding="utf-8"
+    )
+    p = _backfill(prefect_stack, template, out, dates[0], dates[-1])
+    text = p.communicate(timeout=200)[0]
+    assert p.returncode == 0, text
+    assert _statuses(text) == {dates[0]: "skipped", dates[1]: "inputs_changed", dates[2]: "skipped"}, text
+    assert "added " in text and "late.jsonl" in text
     assert len(flow_runs_named(prefect_stack, [f"corpus-{d}" for d in dates])) == 3
     print(f"two concurrent backfills of 3 dates: {secs:.0f} s")
     for o in outs:
