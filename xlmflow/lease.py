@@ -138,7 +138,8 @@ class S3Backend:
 
 
 class LocalBackend:
-    """The same operations on a local file; read-compare-write happens under an exclusive flock."""
+    """The same operations on a local file; read-compare-write happens under an exclusive flock of the
+    `_leases` directory (held for microseconds, so one lock for all dates costs nothing)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -148,12 +149,13 @@ class LocalBackend:
     def _locked(self) -> Iterator[None]:
         import fcntl
 
-        with open(self.path + ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        # the lock is on the `_leases` directory itself: a lock file would be left in the output
+        fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
     def _read(self) -> Seen | None:
         try:
