@@ -110,6 +110,11 @@ def cli_env(ray_local, prefect_stack):
     Each CLI run then skips the ~15 s temporary Prefect server and the Ray start-up; runs started side
     by side meet on the same services, as two deployments of one installation do.
     """
+    from ray_cluster.pool import shutdown_pools
+
+    # an actor pool left by an in-process flow test would hold the shared Ray's CPUs, and the
+    # subprocesses' actors would wait for them forever
+    shutdown_pools()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.pop("XLMFLOW_TEST_CRASH_FILE", None)
     env.update(
