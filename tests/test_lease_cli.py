@@ -181,16 +181,34 @@ def test_concurrent_runs_of_one_partition(out_root, corpus, reference, cli_env, 
     assert last["run_id"] != first["run_id"]  # the forced runs did replace it
 
 
-def test_killed_owner_lease_is_taken_over(corpus, reference, cli_env, tmp_path):
+def test_ctrl_c_releases_the_lease_and_a_killed_owner_is_taken_over(corpus, reference, cli_env, tmp_path):
     out = str(tmp_path / "out")
     gate = tmp_path / "gate"
     gate.touch()
+    lease = [sys.executable, "-m", "xlmflow.cli", "lease"]
+
+    def show() -> str:
+        r = subprocess.run(
+            lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    # Ctrl-C: exit 130, and the lease is released on the way out, not left to expire
     a = Run(tmp_path, "a", corpus, out, cli_env, gate=gate)
     a.wait_for("test pause before commit")
-    a.p.send_signal(signal.SIGKILL)
-    a.wait()
-    assert read_manifest(out, DATE) is None
-    # the owner's process is gone: the next run need not wait for the lease to expire
+    assert f"pid {a.p.pid}" in show() and "held by" in show()
+    a.p.send_signal(signal.SIGINT)
+    assert a.wait() == 130, a.text()[-3000:]
+    assert "interrupted" in a.text().strip().splitlines()[-1]
+    assert "no lease" in show() and read_manifest(out, DATE) is None
+
+    # SIGKILL: the owner's process is gone, so the next run need not wait for the lease to expire
+    k = Run(tmp_path, "k", corpus, out, cli_env, gate=gate)  # resumes a's finished shards
+    k.wait_for("test pause before commit")
+    k.p.send_signal(signal.SIGKILL)
+    k.wait()
+    assert f"pid {k.p.pid}" in show() and read_manifest(out, DATE) is None
     t0 = time.monotonic()
     b = Run(tmp_path, "b", corpus, out, cli_env, "--lock-timeout", "60")
     assert b.wait() == 0, b.text()[-3000:]
@@ -227,28 +245,7 @@ def test_stalled_owner_cannot_commit_after_takeover(s3_bucket, corpus, reference
     assert after["run_id"] == committed["run_id"]
 
 
-def test_lease_show_and_ctrl_c_releases_the_lease(corpus, cli_env, tmp_path):
-    out = str(tmp_path / "out")
-    gate = tmp_path / "gate"
-    gate.touch()
-    a = Run(tmp_path, "a", corpus, out, cli_env, gate=gate)
-    a.wait_for("test pause before commit")
-    lease = [sys.executable, "-m", "xlmflow.cli", "lease"]
-    show = subprocess.run(
-        lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
-    )
-    assert show.returncode == 0 and f"pid {a.p.pid}" in show.stdout and "held by" in show.stdout
-    a.p.send_signal(signal.SIGINT)
-    assert a.wait() == 130, a.text()[-3000:]
-    assert "interrupted" in a.text()
-    assert read_manifest(out, DATE) is None
-    show = subprocess.run(
-        lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
-    )
-    assert "no lease" in show.stdout, show.stdout  # released on the way out, not left to expire
-
-
-def test_lease_break_frees_a_partition_held_by_a_run_on_another_host(tmp_path, cli_env):
+def test_held_partition_times_out_then_lease_break_frees_it(tmp_path, cli_env):
     from xlmflow.lease import PartitionLease, show
 
     out = str(tmp_path / "out")
@@ -256,6 +253,19 @@ def test_lease_break_frees_a_partition_held_by_a_run_on_another_host(tmp_path, c
     held._stop.set()  # a run elsewhere: no heartbeat from this process
     body = {**show(out, DATE).body, "host": "another-host"}
     held.backend.replace(body, held.token)
+    # a run of that partition waits --lock-timeout, then says who holds it and how to free it
+    r = subprocess.run(
+        CLI + [SAMPLE, "--out", out, "--date", DATE, "--lock-timeout", "2"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=300,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("xlmflow: error:") and "held by run someone-else (host another-host" in last
+    assert "gave up after 2s (--lock-timeout)" in last and "xlmflow lease break" in last
+    assert read_manifest(out, DATE) is None
     lease = [sys.executable, "-m", "xlmflow.cli", "lease"]
     r = subprocess.run(
         lease + ["show", "--out", out, "--date", DATE], capture_output=True, text=True, env=cli_env
