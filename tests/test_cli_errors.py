@@ -304,7 +304,11 @@ def test_storage_errors_after_retries_are_one_line(cli_env, moto_server, s3_buck
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        env = cli_env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}"}
+        # fewer botocore attempts per call (s3fs still retries on top): the outage is as real, just shorter
+        env = cli_env | {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}",
+            "AWS_MAX_ATTEMPTS": "2",
+        }
         p, _ = _run(["run", f"{s3_bucket}/in/x.jsonl", "--out", str(tmp_path / "o")], env)
     finally:
         proxy.shutdown()

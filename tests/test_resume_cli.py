@@ -46,7 +46,7 @@ def test_unknown_task_is_a_config_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
+def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, cli_env):
     import json
 
     from tests.conftest import CORPUS
@@ -62,10 +62,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     out_a, out_b = str(tmp_path / "killed"), str(tmp_path / "clean")
     args = ["run", str(src), "--date", "2026-11-02", "--shard-chars", "20000", "--actors", "1"]
     staging = os.path.join(out_a, "_staging", "date=2026-11-02")
-    # run in its own process group so the kill also takes its local Ray and Prefect server, as a crash would
+    # the runs share the session's Ray and Prefect server (the kill of a run's own Ray and temporary
+    # Prefect server is tested in test_orphans); its own process group is killed, as a crash would
     p = subprocess.Popen(
         CLI + args + ["--out", out_a],
-        env=_env(),
+        env=cli_env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -82,11 +83,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     p.wait()
     assert read_manifest(out_a, "2026-11-02") is None  # not committed
     resumed = subprocess.run(
-        CLI + args + ["--out", out_a], env=_env(), capture_output=True, text=True, timeout=600
+        CLI + args + ["--out", out_a], env=cli_env, capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     clean = subprocess.run(
-        CLI + args + ["--out", out_b], env=_env(), capture_output=True, text=True, timeout=600
+        CLI + args + ["--out", out_b], env=cli_env, capture_output=True, text=True, timeout=600
     )
     assert clean.returncode == 0, clean.stderr[-2000:]
 
