@@ -266,6 +266,9 @@ def add_backfill_arguments(parser: argparse.ArgumentParser) -> None:
 def backfill_main(ns: argparse.Namespace) -> int:
     """`xlmflow backfill`: 0 when every date is committed, skipped or has no input; 1 if any failed."""
     from flows.daily import render_input
+    from xlmflow import reaper
+
+    reaper.start()  # a killed backfill takes its temporary Prefect server and local Ray with it
 
     # bad dates or a template without {date} are a ConfigError for the CLI, before any run starts
     render_input(ns.input, date_range(ns.start, ns.end)[0])
