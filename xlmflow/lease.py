@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from xlmflow import storage
 from xlmflow.errors import FatalError
+from xlmflow.reaper import proc_start
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,7 @@ class LocalBackend:
 
     def _write(self, body: dict) -> str:
         token = uuid.uuid4().hex
-        tmp = f"{self.path}.tmp-{token[:8]}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({**body, "token": token}, f)
-        os.replace(tmp, self.path)
+        storage.write_bytes(self.path, json.dumps({**body, "token": token}).encode())  # temp + rename
         return token
 
     def create(self, body: dict) -> str:
@@ -213,20 +211,11 @@ def backend_for(out: str, date: str) -> S3Backend | LocalBackend:
 # ---- owner liveness ----------------------------------------------------------------------------------------
 
 
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _owner_alive(body: dict) -> bool:
     """False only when we can prove it: the owner ran on this host and its process is gone (or reused)."""
     if body.get("host") != socket.gethostname() or not os.path.isdir("/proc"):
         return True
-    start = _proc_start(int(body.get("pid", 0)))
+    start = proc_start(int(body.get("pid", 0)))
     return start is not None and start == body.get("pid_start", start)
 
 
@@ -253,7 +242,7 @@ class PartitionLease:
             "run_id": self.run_id,
             "host": socket.gethostname(),
             "pid": pid,
-            "pid_start": _proc_start(pid),
+            "pid_start": proc_start(pid),
             "ttl_s": self.ttl,
             "acquired_at": getattr(self, "_acquired_at", None),
         }

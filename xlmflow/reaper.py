@@ -55,6 +55,12 @@ def _stat(pid: int) -> tuple[int, int, bytes] | None:
     return int(fields[1]), int(fields[19]), fields[0]
 
 
+def proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None when it is gone (or not on Linux)."""
+    st = _stat(pid)
+    return st[1] if st else None
+
+
 def _table() -> dict[int, tuple[int, int, bytes]]:
     table = {}
     for name in os.listdir("/proc"):
