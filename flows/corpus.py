@@ -74,9 +74,11 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
     """The partition run proper; called with the lease held."""
     from tasks import collect, fingerprint, report, steps
     from tasks.shard import staging_root
+    from xlmflow import delta
 
     day = settings.date.isoformat()
     result = {"date": day, "out": settings.out, "manifest": None}
+    delta.refuse_legacy(settings.out)
     existing = collect.read_manifest(settings.out, day)
     if existing and not settings.force:
         diff = fingerprint.changes(existing.get("input_fingerprint"), fingerprint.current(settings.inputs))
@@ -97,6 +99,8 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
             f" (removed {removed} stray files)" if removed else "",
         )
         return {**result, "status": "skipped", "manifest": existing}
+    # the tables' versions now: the commit refuses if another run commits this date meanwhile
+    table_versions = delta.snapshot(settings.out, collect.datasets_for(settings.tasks, settings.mode))
     # files a failed or killed run left behind (ours alone to remove: we hold the partition)
     removed = collect.remove_debris(settings.out, day, existing, settings.config_hash())
     if removed:
@@ -107,6 +111,7 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
         "code_version": _code_version(),
         "started_at": dt.datetime.now(dt.UTC).isoformat(),
         "flow_run_id": _flow_run_id(),
+        "table_versions_at_start": table_versions,
     }
     staging = staging_root(settings.out, day, settings.config_hash())
     stages: dict[str, float] = {}

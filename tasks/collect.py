@@ -1,14 +1,14 @@
-"""Collect shard results into Parquet datasets and commit the partition with a manifest written last.
+"""Collect shard results into the Delta tables and commit the partition with a manifest written last.
 
 Commit protocol (same on local disk and S3, where there is no rename):
 1. data files are written under names unique to this run (`part-<run>-<n>.parquet`), never overwritten;
-2. the manifest `OUT/_manifests/date=D.json` is written last, in one atomic PUT/rename: the partition is
-   committed exactly when it exists, and it lists the partition's files;
-3. files of the partition that the manifest does not list (a replaced run, a crashed attempt) are then
-   deleted, and the run's staging area with them.
-All of it happens while the run holds the partition's lease (xlmflow.lease), and the manifest write is
-fenced by it: no other run of the partition writes, commits or cleans up meanwhile. Readers that go
-through the manifest (`xlmflow.read`) never see a mix of old and new files.
+2. each dataset's table gets one Delta commit that removes the date's previous files and adds the new
+   ones (xlmflow.delta), in a fixed order, each against the version the run saw when it started;
+3. the manifest `OUT/_manifests/date=D.json` is written last, in one atomic PUT/rename: the partition is
+   committed exactly when it exists; it pins the table version of every dataset it committed.
+Superseded files stay until `xlmflow vacuum`, so a reader of an older version can finish. All of it
+happens while the run holds the partition's lease (xlmflow.lease); the table commits are fenced by it.
+Readers that go through the manifest (`xlmflow.read`) never see a mix of two runs' tables.
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
+import re
+import time
 
-from xlmflow import schemas, storage
+from xlmflow import delta, schemas, storage
 from xlmflow.errors import FatalError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the datasets are Delta tables and the manifest pins their versions
+# part files are named by the first 8 hex digits of the run that wrote them
+_PART_NAME = re.compile(r"^part-([0-9a-f]{8})-\d+\.parquet$")
 
 
 def manifest_uri(out: str, date: str) -> str:
@@ -33,9 +37,21 @@ def partition_dir(out: str, dataset: str, date: str) -> str:
     return storage.join(out, dataset, f"date={date}")
 
 
+def run_manifest_uri(out: str, date: str, run_id: str) -> str:
+    """Every committed run's manifest is also kept here: what `xlmflow restore` brings back."""
+    return storage.join(out, "_manifests", "_runs", f"date={date}", f"{run_id}.json")
+
+
 def read_manifest(out: str, date: str) -> dict | None:
     uri = manifest_uri(out, date)
     return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    """The archive copy first, then the current one: the commit point."""
+    date = manifest["date"]
+    storage.write_json(run_manifest_uri(out, date, manifest["run_id"]), manifest)
+    storage.write_json(manifest_uri(out, date), manifest)
 
 
 def datasets_for(tasks: tuple[str, ...], mode: str) -> list[str]:
@@ -57,6 +73,7 @@ class _PartWriter:
         self.buf: list = []
         self.size = 0
         self.files: list[dict] = []
+        self.schema = None  # of the files written (embeddings' width is known only from the data)
 
     def add(self, table) -> None:  # noqa: ANN001
         if table.num_rows == 0:
@@ -74,8 +91,14 @@ class _PartWriter:
         table = pa.concat_tables(self.buf) if self.buf else force_empty
         uri = storage.join(self.dir, f"part-{self.run}-{len(self.files):05d}.parquet")
         nbytes = storage.write_table_parquet(uri, table)
+        self.schema = table.schema
         self.files.append(
-            {"path": uri[len(self.out.rstrip("/")) + 1 :], "rows": table.num_rows, "bytes": nbytes}
+            {
+                "path": uri[len(self.out.rstrip("/")) + 1 :],
+                "rows": table.num_rows,
+                "bytes": nbytes,
+                "mtime": int(time.time() * 1000),
+            }
         )
         self.buf, self.size = [], 0
 
@@ -90,10 +113,11 @@ def collect_partition(
     staging: str,
     run: dict,
     fence=None,  # noqa: ANN001 - callable raising if this run no longer holds the partition
+    base_versions: dict | None = None,
 ) -> dict:
-    """Write the Parquet datasets and the manifest; returns the manifest.
+    """Write the Parquet files, commit them to the Delta tables, write the manifest; returns it.
 
-    A run that fails anywhere before its manifest lands removes the part files it wrote.
+    `base_versions`: each table's version when the run started (xlmflow.delta.snapshot).
     """
     date = settings.date.isoformat()
     names = datasets_for(settings.tasks, settings.mode)
@@ -104,17 +128,67 @@ def collect_partition(
         manifest = _write_datasets(
             settings, shards, done, failed, ingest_counts, ingest_rejects, staging, run, writers
         )
-        if fence:
-            fence()  # renews the lease right before the commit point, or refuses to commit
-        storage.write_json(manifest_uri(settings.out, date), manifest)  # the commit point
     except BaseException:
-        # our part files are unreachable without our manifest: do not leave them in the partition
-        # (unless the PUT did land and only its answer was lost)
-        if not _committed_by(settings.out, date, run["run_id"]):
-            storage.remove([storage.join(settings.out, f["path"]) for w in writers.values() for f in w.files])
+        storage.remove([storage.join(settings.out, f["path"]) for w in writers.values() for f in w.files])
         raise
+    files = {n: w.files for n, w in writers.items()}
+    schemas_ = {n: w.schema for n, w in writers.items()}
+    commit_tables(settings.out, date, files, schemas_, base_versions or {}, manifest, fence)
     cleanup_partition(settings.out, date, manifest)
     return manifest
+
+
+def commit_tables(
+    out: str,
+    date: str,
+    files: dict[str, list[dict]],
+    file_schemas: dict,
+    base_versions: dict,
+    manifest: dict,
+    fence=None,  # noqa: ANN001
+) -> dict:
+    """Commit each dataset's files to its table (in `files` order), then the manifest that pins them.
+
+    On failure the part files of tables this run did not commit are removed; those of tables it did
+    commit stay (that table version references them) until a later run replaces them.
+    """
+    versions: dict[str, int] = {}
+    meta = commit_metadata(manifest)
+    try:
+        for name, fs in files.items():
+            if file_schemas.get(name) is None and not delta.has_table(out, name):
+                continue  # nothing was ever written for this dataset: no table to create
+            if fence:
+                fence()  # renews the lease before each commit, or refuses to commit
+            delta.ensure_table(out, name, file_schemas.get(name) or delta.open_table(out, name).schema())
+            versions[name] = delta.commit_partition(out, name, date, fs, base_versions.get(name), meta)
+            log.info("partition %s: committed table %s version %d", date, name, versions[name])
+        manifest["tables"] = versions
+        if fence:
+            fence()
+        write_manifest(out, manifest)  # the commit point
+    except BaseException:
+        if not _committed_by(out, date, manifest["run_id"]):
+            storage.remove(
+                [storage.join(out, f["path"]) for n, fs in files.items() if n not in versions for f in fs]
+            )
+        raise
+    return manifest
+
+
+def commit_metadata(manifest: dict) -> dict:
+    """What goes with each table commit: enough to list and account for the run without the manifest."""
+    import hashlib
+    import json
+
+    keys = ("run_id", "date", "config_hash", "flow_run_id", "code_version", "finished_at", "models", "counts")
+    fp = json.dumps(manifest.get("input_fingerprint") or [], sort_keys=True).encode()
+    return {
+        "operation": "write",
+        **{k: manifest.get(k) for k in keys if k in manifest},
+        "input_files": len(manifest.get("input_fingerprint") or []),
+        "input_fingerprint_sha256": hashlib.sha256(fp).hexdigest(),
+    }
 
 
 def _write_datasets(
@@ -218,23 +292,42 @@ def _shard_failed_rejects(shard: dict, error: str) -> list[dict]:
 DATASETS = ("documents", "pairs", "qe", "entities", "embeddings", "rejects")
 
 
-def _unlisted(out: str, date: str, manifest: dict | None) -> list[str]:
-    """Files under the partition's dataset directories that the manifest does not list."""
-    files = manifest["files"] if manifest else {}
-    listed = {storage.join(out, f["path"]) for fs in files.values() for f in fs}
+def _committed_runs(out: str, name: str) -> set[str]:
+    """8-hex run prefixes of every run whose files some version of the table references."""
+    runs = set()
+    for h in delta.history(out, name):
+        runs.update(r[:8] for r in [h.get("run_id") or "", *h.get("runs", [])] if r)
+    return runs
+
+
+def _debris(out: str, date: str) -> list[str]:
+    """Part files of the date that no commit of their table ever added: what runs left that failed or
+    were killed before they committed that table. Files any table version references are kept (vacuum
+    decides about those), and so are files not named like ours."""
     stale = []
-    for n in sorted({*files, *DATASETS}):
-        stale += [u for u in storage.list_files(partition_dir(out, n, date)) if u not in listed]
+    for n in DATASETS:
+        found = storage.list_files(partition_dir(out, n, date))
+        if not found:
+            continue
+        keep = _committed_runs(out, n)
+        dt = delta.open_table(out, n)
+        live = {f["path"] for f in delta.partition_files(dt, date)} if dt is not None else set()
+        for uri in found:
+            base = uri.rsplit("/", 1)[-1]
+            m = _PART_NAME.match(base)
+            if m and m.group(1) not in keep and f"date={date}/{base}" not in live:
+                stale.append(uri)
     return stale
 
 
 def cleanup_partition(out: str, date: str, manifest: dict) -> int:
-    """After a commit: delete the partition's files the manifest does not list and the run's staging.
+    """After a commit: delete debris of failed runs and the committed configuration's staging.
 
     Only called with the partition's lease held, so no other run has files in flight here. Staging of
-    other configurations is left alone (a run of that configuration may resume from it).
+    other configurations is left alone (a run of that configuration may resume from it). Files of
+    superseded versions stay until `xlmflow vacuum`.
     """
-    stale = _unlisted(out, date, manifest)
+    stale = _debris(out, date)
     storage.remove(stale)
     if manifest.get("config_hash"):
         storage.remove([storage.join(out, "_staging", f"date={date}", manifest["config_hash"])])
@@ -243,18 +336,17 @@ def cleanup_partition(out: str, date: str, manifest: dict) -> int:
 
 
 def remove_debris(out: str, date: str, manifest: dict | None, config_hash: str) -> int:
-    """Before a run: delete what failed or killed runs left (unlisted part files, partial temp files).
+    """Before a run: delete what failed or killed runs left (uncommitted part files, partial temp files).
 
     Only called with the partition's lease held. The run's own staging is kept: finished shards in it
     are what a resumed run picks up.
     """
-    stale = _unlisted(out, date, manifest)
+    stale = _debris(out, date)
     storage.remove(stale)
     n = len(stale)
-    for prefix in (
-        storage.join(out, "_staging", f"date={date}", config_hash),
-        storage.join(out, "_manifests"),
-    ):
+    prefixes = [storage.join(out, "_staging", f"date={date}", config_hash), storage.join(out, "_manifests")]
+    prefixes += [partition_dir(out, d, date) for d in DATASETS]
+    for prefix in prefixes:
         n += storage.remove_stale_tmp(prefix)
     return n
 

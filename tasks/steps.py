@@ -76,10 +76,20 @@ def process_shards(
 
 @task(name="commit", cache_policy=NONE)
 def commit_partition(settings, shards, done, failed, ingest_res, staging, run, fence=None) -> dict:  # noqa: ANN001
-    """Write Parquet datasets and the manifest (last, fenced by the lease); delete superseded files and staging."""
+    """Write the Parquet files, commit them to the Delta tables (against the versions the run started
+    from, in run["table_versions_at_start"]), then the manifest; all fenced by the lease."""
     counts = {**ingest_res.counts(), "input_files": ingest_res.input_files}
     manifest = collect.collect_partition(
-        settings, shards, done, failed, counts, ingest_res.rejects, staging, run, fence
+        settings,
+        shards,
+        done,
+        failed,
+        counts,
+        ingest_res.rejects,
+        staging,
+        run,
+        fence,
+        run.get("table_versions_at_start"),
     )
     get_run_logger().info("commit: %s", manifest["counts"])
     return manifest

@@ -25,14 +25,35 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_server():
-    """A real S3 endpoint (moto server process-in-thread) that s3fs and pyarrow talk HTTP to."""
-    from moto.server import ThreadedMotoServer
+def moto_server(tmp_path_factory):
+    """A real S3 endpoint: a moto server in its own process, which s3fs, pyarrow and delta-rs talk HTTP to.
+
+    Not a thread of the test process: some delta-rs calls wait on HTTP while holding the GIL, and an
+    in-process server could then never answer them.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - lives for the session
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start (log: {log.name})") from None
+            time.sleep(0.2)
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -42,7 +63,9 @@ def moto_server():
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield endpoint
-    server.stop()
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

@@ -1,0 +1,311 @@
+"""The Delta layer alone (no Ray, no Prefect): commits of already written files, versions, concurrent
+writers, readers during commits, vacuum, history, restore and migration; on local disk and on a moto
+S3 server process. Tables are read back through deltalake, Polars and DuckDB, never our own listing.
+
+The partition lease is not taken here: these tests exercise the last line of defence, the Delta commit,
+as if the lease had been bypassed (or broken by hand while its run still lived).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from tasks import collect
+from xlmflow import delta, maintenance, schemas, storage
+from xlmflow.errors import ConfigError
+from xlmflow.read import read_partition
+
+DATE = "2026-11-01"
+
+
+@pytest.fixture(params=["local", "s3"])
+def out(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return storage.join(request.getfixturevalue("s3_bucket"), "curated")
+
+
+def _commit(
+    out: str, run: str, n_docs: int, n_rejects: int, base: dict | None = None, date: str = DATE
+) -> dict:
+    """Write one run's documents and rejects files and commit them (what collect_partition does)."""
+    docs = pa.table(
+        {
+            "doc_id": [f"{run}-{i}" for i in range(n_docs)],
+            "text": ["x"] * n_docs,
+            "lang": ["eng_Latn"] * n_docs,
+            "lang_score": pa.array([1.0] * n_docs, pa.float32()),
+            "n_chars": pa.array([1] * n_docs, pa.int32()),
+            "source": ["s"] * n_docs,
+            "source_row": list(range(n_docs)),
+            "lang_hint": [None] * n_docs,
+            "meta": ["{}"] * n_docs,
+        },
+        schema=schemas.DOCUMENTS,
+    )
+    rej = schemas.rejects_table(
+        [schemas.make_reject("s", n_docs + i, "empty_text", f"{run}") for i in range(n_rejects)]
+    )
+    writers = {n: collect._PartWriter(out, n, date, run, 1 << 30) for n in ("documents", "rejects")}
+    writers["documents"].add(docs)
+    writers["rejects"].add(rej)
+    for w in writers.values():
+        w.flush()
+    manifest = {
+        "manifest_version": collect.MANIFEST_VERSION,
+        "date": date,
+        "run_id": run,
+        "files": {n: w.files for n, w in writers.items()},
+        "counts": {"input_rows": n_docs + n_rejects, "documents": n_docs, "rejects": n_rejects},
+    }
+    if base is None:
+        base = delta.snapshot(out, list(writers))
+    return collect.commit_tables(
+        out,
+        date,
+        {n: w.files for n, w in writers.items()},
+        {n: w.schema for n, w in writers.items()},
+        base,
+        manifest,
+    )
+
+
+def _run_hex(i: int) -> str:
+    return f"{i:08x}" + "0" * 24
+
+
+def _opts(out: str) -> dict | None:
+    return delta.storage_options(delta.table_uri(out, "documents"))
+
+
+def _ids(table) -> set[str]:  # noqa: ANN001
+    return set(pa.table(table).column("doc_id").to_pylist())
+
+
+def test_commit_force_and_versions_any_engine_reads(out):
+    a = _commit(out, _run_hex(1), 30, 3)
+    assert a["tables"] == {"documents": 1, "rejects": 1}  # version 0 is the table's creation
+    uri = delta.table_uri(out, "documents")
+    dt = DeltaTable(uri, storage_options=_opts(out))
+    assert dt.protocol().min_reader_version == 1 and dt.protocol().min_writer_version == 2
+    assert dt.metadata().partition_columns == ["date"]
+    # deltalake, Polars and DuckDB (over the pyarrow dataset) read exactly the committed rows
+    assert _ids(dt.to_pyarrow_table()) == {f"{_run_hex(1)}-{i}" for i in range(30)}
+    frame = pl.read_delta(uri, storage_options=_opts(out))
+    assert frame.height == 30 and set(frame["date"].unique()) == {DATE}
+    con = duckdb.connect()
+    con.register("docs", dt.to_pyarrow_dataset())
+    assert con.sql("select count(*) from docs where date = '2026-11-01'").fetchall()[0][0] == 30
+
+    # a --force run: a new version replaces the date's files; the old version stays readable by number
+    b = _commit(out, _run_hex(2), 50, 5)
+    assert b["tables"] == {"documents": 2, "rejects": 2}
+    assert read_partition(out, "documents", DATE).num_rows == 50
+    assert _ids(DeltaTable(uri, version=1, storage_options=_opts(out)).to_pyarrow_table()) == {
+        f"{_run_hex(1)}-{i}" for i in range(30)
+    }
+    assert pl.read_delta(uri, version=2, storage_options=_opts(out)).height == 50
+    # what a plain glob sees: both runs' files (removed-but-not-vacuumed), i.e. 80 rows, not 50
+    assert len(storage.list_files(collect.partition_dir(out, "documents", DATE))) == 2
+
+    # commit metadata carries the run's accounting; history lists both runs for the date
+    runs = maintenance.runs_of(out, DATE)
+    assert [(r["run_id"], r["operation"], r["current"]) for r in runs] == [
+        (_run_hex(1), "write", False),
+        (_run_hex(2), "write", True),
+    ]
+    assert runs[1]["tables"] == {"documents": 2, "rejects": 2}
+    assert runs[1]["counts"] == {"input_rows": 55, "documents": 50, "rejects": 5}
+
+
+def test_other_dates_commit_concurrently_without_conflict(tmp_path):
+    out = str(tmp_path / "out")
+    _commit(out, _run_hex(1), 5, 1, date="2026-11-01")
+    base = delta.snapshot(out, ["documents", "rejects"])
+    _commit(out, _run_hex(2), 6, 1, date="2026-11-02")  # lands after `base` was read
+    m = _commit(out, _run_hex(3), 7, 1, base=base, date="2026-11-03")  # a different date: no conflict
+    assert m["tables"] == {"documents": 3, "rejects": 3}
+    for date, n in (("2026-11-01", 5), ("2026-11-02", 6), ("2026-11-03", 7)):
+        assert read_partition(out, "documents", date).num_rows == n
+
+
+def _racer(out: str, run: str, n: int, base: dict, barrier, results, env: dict) -> None:  # noqa: ANN001
+    os.environ.update(env)
+    try:
+        barrier.wait(60)
+        _commit(out, run, n, 1, base=base)
+        results.put((run, "ok", ""))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put((run, type(exc).__name__, str(exc) + traceback.format_exc()))
+
+
+def test_two_concurrent_force_runs_one_complete_version(out):
+    _commit(out, _run_hex(1), 10, 1)
+    base = delta.snapshot(out, ["documents", "rejects"])  # both racers started from this snapshot
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    procs = [
+        ctx.Process(target=_racer, args=(out, _run_hex(i), 20 + i, base, barrier, results, env))
+        for i in (2, 3)
+    ]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    ok = [g for g in got if g[1] == "ok"]
+    lost = [g for g in got if g[1] != "ok"]
+    assert len(ok) == 1 and len(lost) == 1, got
+    assert lost[0][1] == "CommitConflictError", lost[0][2]
+    assert f"committed at version 2 by run {ok[0][0]}" in lost[0][2]
+    winner = ok[0][0]
+    m = collect.read_manifest(out, DATE)
+    assert m["run_id"] == winner and m["tables"] == {"documents": 2, "rejects": 2}
+    # the latest version of every table holds the winner's files only, and nothing else was committed
+    for name in ("documents", "rejects"):
+        dt = DeltaTable(delta.table_uri(out, name), storage_options=_opts(out))
+        assert dt.version() == 2
+        assert {f["path"].split("/")[-1][5:13] for f in delta.partition_files(dt, DATE)} == {winner[:8]}
+    assert _ids(read_partition(out, "documents", DATE)) == {
+        f"{winner}-{i}" for i in range(int(winner[7]) + 20)
+    }
+    # the loser committed nothing, and removed the files it had written
+    loser = lost[0][0][:8]
+    assert not [u for u in storage.list_files(out) if f"part-{loser}" in u]
+
+
+def _writer(out: str, rounds: int, env: dict, results) -> None:  # noqa: ANN001
+    os.environ.update(env)
+    try:
+        for k in range(2, rounds + 2):
+            _commit(out, _run_hex(k), 20 + 10 * (k % 2), k % 2 + 1)
+            time.sleep(0.05)
+        results.put("done")
+    except Exception:  # noqa: BLE001
+        results.put(traceback.format_exc())
+
+
+def test_reader_on_pinned_snapshot_sees_old_or_new_never_a_mix(out):
+    """A reader looping through the manifest while runs commit: each read is one run's complete
+    partition (ids, row count, and its rejects from the same run), and it sees more than one run."""
+    _commit(out, _run_hex(1), 30, 2)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    w = ctx.Process(target=_writer, args=(out, 6, env, results))
+    w.start()
+    seen = set()
+    deadline = time.monotonic() + 180
+    while w.is_alive() and time.monotonic() < deadline:
+        m = collect.read_manifest(out, DATE)
+        docs = delta.read_partition(out, "documents", DATE, m["tables"]["documents"])
+        rej = delta.read_partition(out, "rejects", DATE, m["tables"]["rejects"])
+        k = int(m["run_id"][:8], 16)
+        run = m["run_id"]
+        n = 20 + 10 * (k % 2) if k > 1 else 30
+        assert _ids(docs) == {f"{run}-{i}" for i in range(n)}, (k, docs.num_rows)
+        assert set(pa.table(rej).column("detail").to_pylist()) == {run}
+        assert rej.num_rows == (k % 2 + 1 if k > 1 else 2)
+        seen.add(k)
+    w.join(60)
+    assert results.get(timeout=5) == "done"
+    assert len(seen) >= 2, seen
+
+
+def test_vacuum_keeps_retained_versions_and_held_partitions(tmp_path):
+    from xlmflow.lease import PartitionLease
+
+    out = str(tmp_path / "out")
+    a = _commit(out, _run_hex(1), 10, 1)
+    _commit(out, _run_hex(2), 12, 1)
+    debris = collect.partition_dir(out, "documents", DATE) + "/part-0000dead-00000.parquet"
+    storage.write_bytes(debris, b"never committed")
+    a_files = [storage.join(out, f["path"]) for fs in a["files"].values() for f in fs]
+
+    assert maintenance.vacuum(out, retain_hours=1) == {"documents": [], "rejects": []}
+    assert all(os.path.exists(p) for p in a_files)
+    # a run holds the date: no retention under an hour, and its date is skipped at any retention
+    lease = PartitionLease(out, DATE, "f" * 32, ttl=60).acquire(5)
+    try:
+        with pytest.raises(ConfigError, match="hold partitions 2026-11-01"):
+            maintenance.vacuum(out, retain_hours=0)
+    finally:
+        lease.release()
+    removed = maintenance.vacuum(out, retain_hours=0)
+    assert sorted(removed["documents"] + removed["rejects"]) == sorted(
+        p.split("/", 1)[1] for fs in a["files"].values() for p in [f["path"] for f in fs]
+    )
+    assert not any(os.path.exists(p) for p in a_files)
+    assert os.path.exists(debris)  # never committed: the next run of the date removes it, not vacuum
+    assert read_partition(out, "documents", DATE).num_rows == 12
+
+
+def test_restore_brings_back_a_run_in_every_table(out):
+    _commit(out, _run_hex(1), 10, 1)
+    _commit(out, _run_hex(2), 12, 2)
+    m = maintenance.restore(out, DATE, _run_hex(1))
+    assert m["run_id"] == _run_hex(1) and m["tables"] == {"documents": 3, "rejects": 3}
+    assert collect.read_manifest(out, DATE)["tables"] == m["tables"]
+    assert _ids(read_partition(out, "documents", DATE)) == {f"{_run_hex(1)}-{i}" for i in range(10)}
+    assert read_partition(out, "rejects", DATE).num_rows == 1
+    runs = maintenance.runs_of(out, DATE)
+    assert [(r["operation"], r["run_id"][:8], r["current"]) for r in runs] == [
+        ("write", "00000001", False),
+        ("write", "00000002", False),
+        ("restore", "00000001", True),
+    ]
+    with pytest.raises(ConfigError, match="xlmflow history"):
+        maintenance.restore(out, DATE, "nosuchrun")
+
+
+def test_schema_evolves_only_by_nullable_columns(tmp_path):
+    out = str(tmp_path / "out")
+    _commit(out, _run_hex(1), 3, 1)
+    wider = schemas.DOCUMENTS.append(pa.field("topic", pa.string()))
+    delta.ensure_table(out, "documents", wider)
+    latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
+    assert latest.column("topic").null_count == 3  # files written before the column read it as null
+    assert "topic" not in read_partition(out, "documents", DATE).column_names  # the pinned version
+    retyped = wider.set(wider.get_field_index("n_chars"), pa.field("n_chars", pa.string()))
+    with pytest.raises(ConfigError, match="'n_chars' is"):
+        delta.ensure_table(out, "documents", retyped)
+    with pytest.raises(ConfigError, match="'topic' is missing"):
+        delta.ensure_table(out, "documents", schemas.DOCUMENTS)
+
+
+def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
+    out = str(tmp_path / "out")
+    run = _run_hex(7)
+    files = {}
+    for name, table in (
+        ("documents", pa.table({"doc_id": ["a", "b"]})),
+        ("rejects", schemas.rejects_table([schemas.make_reject("s", 2, "empty_text", "")])),
+    ):
+        rel = f"{name}/date={DATE}/part-{run[:8]}-00000.parquet"
+        n = storage.write_table_parquet(storage.join(out, rel), table)
+        files[name] = [{"path": rel, "rows": table.num_rows, "bytes": n}]
+    old = {"manifest_version": 1, "date": DATE, "run_id": run, "files": files, "counts": {"documents": 2}}
+    storage.write_json(collect.manifest_uri(out, DATE), old)
+
+    with pytest.raises(ConfigError, match=f"xlmflow migrate --out {out}"):
+        delta.refuse_legacy(out)
+    assert maintenance.migrate(out) == {"documents": 1, "rejects": 1}
+    delta.refuse_legacy(out)  # converted: runs may go on
+    m = collect.read_manifest(out, DATE)
+    assert m["tables"] == {"documents": 0, "rejects": 0}
+    assert _ids(DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()) == {"a", "b"}
+    assert read_partition(out, "rejects", DATE).num_rows == 1
+    assert [r["operation"] for r in maintenance.runs_of(out, DATE)] == ["migrate"]
+    # a later run replaces the migrated partition like any other
+    _commit(out, _run_hex(8), 4, 1)
+    assert read_partition(out, "documents", DATE).num_rows == 4

@@ -1,0 +1,306 @@
+"""Every output dataset is a Delta Lake table at OUT/<dataset>/, partitioned by `date` (delta-rs).
+
+Data files are written first (by whoever produced them) and then committed without being rewritten:
+one transaction per table of `remove` actions for the date's current files and `add` actions for the
+new ones. Optimistic concurrency, made strict: the run remembers each table's version when it starts;
+at commit it reads every commit made since and refuses if any of them touched its date (another run of
+the partition got there first), then commits at exactly the next version (a conditional PUT on S3, no
+DynamoDB). A commit that lands in between sends it back to look again, so runs of *other* dates never
+fail it, and runs of the *same* date never interleave their files.
+
+Tables keep to reader version 1 / writer version 2 (no deletion vectors, column mapping or timestampNtz),
+which Spark, Trino, Athena, DuckDB and Polars all read. Schemas evolve only by adding nullable columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from xlmflow import storage
+from xlmflow.errors import ConfigError, FatalError
+
+PARTITION = "date"
+LOG_DIR = "_delta_log"
+META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata (a JSON string)
+COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
+
+
+class CommitConflictError(FatalError):
+    """Another run committed the same partition to a table after this run read its snapshot."""
+
+
+def table_uri(out: str, name: str) -> str:
+    uri = storage.join(out, name)
+    return uri if storage.is_remote(uri) else os.path.abspath(uri)
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """delta-rs (object_store) options for s3:// URIs, from the same sources s3fs and boto3 use.
+
+    delta-rs reads AWS_* variables but not ~/.aws files or profiles, so credentials come from boto3's
+    chain (env, profile, SSO, instance metadata). The values are secrets: never log this dict.
+    """
+    if not storage.is_remote(uri):
+        return None
+    import boto3
+
+    session = boto3.Session()
+    opts = {"AWS_REGION": session.region_name or os.environ.get("AWS_REGION") or "us-east-1"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["AWS_ALLOW_HTTP"] = "true"
+    creds = session.get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        opts["AWS_ACCESS_KEY_ID"], opts["AWS_SECRET_ACCESS_KEY"] = frozen.access_key, frozen.secret_key
+        if frozen.token:
+            opts["AWS_SESSION_TOKEN"] = frozen.token
+    return opts
+
+
+def open_table(out: str, name: str, version: int | None = None):  # noqa: ANN201 - deltalake is lazy
+    """The table at `version` (latest when None), or None when there is no table yet."""
+    from deltalake import DeltaTable
+
+    uri = table_uri(out, name)
+    opts = storage_options(uri)
+    if not DeltaTable.is_deltatable(uri, storage_options=opts):
+        return None
+    return DeltaTable(uri, version=version, storage_options=opts)
+
+
+def snapshot(out: str, names: list[str]) -> dict[str, int | None]:
+    """Each table's current version (None: no table yet): what a run commits against."""
+    tables = {n: open_table(out, n) for n in names}
+    return {n: (t.version() if t is not None else None) for n, t in tables.items()}
+
+
+def has_table(out: str, name: str) -> bool:
+    return storage.exists(storage.join(out, name, LOG_DIR))
+
+
+def legacy_manifests(out: str) -> list[str]:
+    """Manifests of OUT written before outputs became Delta tables (they pin no table versions).
+
+    Manifests are all of one layout (a run refuses a legacy OUT, and migrate converts all of them), so
+    the first one decides; a whole listing is only read to name them all.
+    """
+    root = storage.join(out, "_manifests")
+    fs, path = storage.fresh(root)
+    try:
+        names = sorted(p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith("date="))
+    except FileNotFoundError:
+        return []
+    if not names:
+        return []
+    first = storage.read_json(storage.join(root, names[0].rsplit("/", 1)[-1]))
+    if "tables" in first:
+        return []
+    return [storage.join(root, n.rsplit("/", 1)[-1]) for n in names]
+
+
+def table_schema(file_schema) -> Any:  # noqa: ANN001
+    """The Delta schema of a dataset: its file columns (fixed-size lists become arrays) plus `date`."""
+    import pyarrow as pa
+    from deltalake import Schema
+
+    fields = [f for f in file_schema if f.name != PARTITION] + [pa.field(PARTITION, pa.string())]
+    return Schema.from_arrow(pa.schema(fields))
+
+
+def _type(field) -> str:  # noqa: ANN001
+    return json.dumps(json.loads(field.to_json())["type"], sort_keys=True)
+
+
+def ensure_table(out: str, name: str, file_schema) -> None:  # noqa: ANN001
+    """Create the table if it is missing; add the nullable columns this run writes and it lacks.
+
+    Anything else that differs (a column dropped, retyped or made required) is refused: readers of
+    older versions and other engines rely on the columns they know.
+    """
+    from deltalake import DeltaTable
+
+    want = table_schema(file_schema)
+    uri = table_uri(out, name)
+    opts = storage_options(uri)
+    dt = open_table(out, name)
+    if dt is None:
+        try:
+            DeltaTable.create(uri, want, partition_by=[PARTITION], mode="error", storage_options=opts)
+            return
+        except Exception:  # noqa: BLE001 - another run may have created it at the same moment
+            dt = open_table(out, name)
+            if dt is None:
+                raise
+    have = {f.name: f for f in dt.schema().fields}
+    if dt.metadata().partition_columns != [PARTITION]:
+        raise ConfigError(f"{uri} is a Delta table not partitioned by {PARTITION!r}; use another --out")
+    wanted = {f.name: f for f in want.fields}
+    problems = [f"column {c!r} is missing" for c in have if c not in wanted]
+    problems += [
+        f"column {c!r} is {_type(have[c])} in the table, {_type(f)} in this run"
+        for c, f in wanted.items()
+        if c in have and _type(have[c]) != _type(f)
+    ]
+    problems += [
+        f"new column {c!r} is not nullable" for c, f in wanted.items() if c not in have and not f.nullable
+    ]
+    if problems:
+        raise ConfigError(
+            f"the schema of table {uri} cannot change this way: {'; '.join(problems)}. Tables only gain "
+            "nullable columns; write to a new --out (or a new table name) for other changes"
+        )
+    new = [f for c, f in wanted.items() if c not in have]
+    if new:
+        dt.alter.add_columns(new)
+
+
+def partition_files(dt, date: str) -> list[dict]:  # noqa: ANN001
+    """The add actions of one date in a table version: path (relative to the table), size, rows."""
+    import pyarrow as pa
+
+    t = pa.table(dt.get_add_actions(flatten=True))
+    if t.num_rows == 0:
+        return []
+    rows = t.select(["path", "size_bytes", "modification_time", "num_records", f"partition.{PARTITION}"])
+    out = []
+    for r in rows.to_pylist():
+        if r[f"partition.{PARTITION}"] == date:
+            mtime = r["modification_time"]
+            out.append(
+                {
+                    "path": r["path"],
+                    "size": r["size_bytes"],
+                    "mtime": int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(mtime),
+                    "rows": r["num_records"],
+                }
+            )
+    return out
+
+
+def read_log_entry(out: str, name: str, version: int) -> list[dict]:
+    """The actions of one commit (`_delta_log/<version>.json`), as the Delta protocol defines them."""
+    raw = storage.read_bytes(storage.join(out, name, LOG_DIR, f"{version:020d}.json"))
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
+def commit_meta(entry: list[dict]) -> dict:
+    """This project's metadata of a commit (empty for commits made by other tools)."""
+    for action in entry:
+        info = action.get("commitInfo")
+        if info and META_KEY in info:
+            try:
+                return json.loads(info[META_KEY])
+            except (TypeError, ValueError):
+                return {}
+    return {}
+
+
+def _touching(out: str, name: str, date: str, first: int, last: int) -> tuple[int, dict] | None:
+    for v in range(first, last + 1):
+        entry = read_log_entry(out, name, v)
+        for action in entry:
+            act = action.get("add") or action.get("remove")
+            if act and (act.get("partitionValues") or {}).get(PARTITION) == date:
+                return v, commit_meta(entry)
+    return None
+
+
+def commit_partition(
+    out: str, name: str, date: str, files: list[dict], base_version: int | None, meta: dict
+) -> int:
+    """Replace the date's files in table `name` by `files` in one commit; returns its version.
+
+    `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms)}. `base_version`: the table's
+    version when the run started (None: there was no table). Raises CommitConflictError when a commit
+    since then touched the same date.
+    """
+    from deltalake.exceptions import CommitFailedError
+    from deltalake.transaction import AddAction, CommitProperties, RemoveAction
+
+    prefix = name.strip("/") + "/"
+    adds = [
+        AddAction(
+            f["path"][len(prefix) :] if f["path"].startswith(prefix) else f["path"],
+            f["bytes"],
+            {PARTITION: date},
+            f.get("mtime") or int(time.time() * 1000),
+            True,
+            json.dumps({"numRecords": f["rows"]}),
+        )
+        for f in files
+    ]
+    props = CommitProperties(custom_metadata={META_KEY: json.dumps(meta)}, max_commit_retries=0)
+    seen = -1 if base_version is None else base_version
+    for _ in range(COMMIT_ATTEMPTS):
+        dt = open_table(out, name)
+        latest = dt.version()
+        hit = _touching(out, name, date, seen + 1, latest)
+        if hit:
+            v, other = hit
+            raise CommitConflictError(
+                f"table {name}: partition {date} was committed at version {v} by run "
+                f"{other.get('run_id', '(unknown tool)')} after this run started; this run committed "
+                "nothing more. The partition is that run's; rerun with --force to replace it"
+            )
+        now = int(time.time() * 1000)
+        removes = [
+            RemoveAction(f["path"], True, now, f["size"], {PARTITION: date})
+            for f in partition_files(dt, date)
+        ]
+        try:
+            dt.create_write_transaction(
+                removes + adds,
+                mode="append",
+                schema=dt.schema(),
+                partition_by=[PARTITION],
+                commit_properties=props,
+            )
+            return latest + 1
+        except CommitFailedError:
+            seen = latest  # version latest+1 went to someone else: look at what it did
+    raise CommitConflictError(
+        f"table {name}: {COMMIT_ATTEMPTS} commits of other runs landed while this one tried to commit "
+        f"{date}; rerun the same command"
+    )
+
+
+def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN201
+    """Rows of one date in one table version (the `date` column included)."""
+    dt = open_table(out, name, version)
+    if dt is None:
+        raise FatalError(f"no Delta table at {table_uri(out, name)}")
+    return dt.to_pyarrow_table(partitions=[(PARTITION, "=", date)])
+
+
+def history(out: str, name: str) -> list[dict]:
+    """This project's commits of a table, oldest first: {version, timestamp, operation, **metadata}."""
+    dt = open_table(out, name)
+    if dt is None:
+        return []
+    rows = []
+    for h in dt.history():
+        raw = h.get(META_KEY)
+        if not raw:
+            continue
+        try:
+            meta = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        rows.append({"version": h["version"], "timestamp": h.get("timestamp"), **meta})
+    return sorted(rows, key=lambda r: r["version"])
+
+
+def refuse_legacy(out: str) -> None:
+    """Never mix layouts: an OUT written as plain Parquet directories must be migrated first."""
+    if legacy_manifests(out):
+        raise ConfigError(
+            f"{out} holds partitions written as plain Parquet directories, before outputs became Delta "
+            f"tables. Convert them in place (the files are kept, one Delta commit per dataset) with: "
+            f"xlmflow migrate --out {out}"
+        )

@@ -1,0 +1,261 @@
+"""Table maintenance: vacuum superseded files, list a date's runs, restore one, migrate an old layout.
+
+Every operation that changes a partition (restore) holds the partition's lease like a run does; vacuum
+never deletes under a date whose lease is held.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+
+from xlmflow import delta, storage
+from xlmflow.errors import ConfigError, FatalError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETAIN_HOURS = 168  # Delta's own default (delta.deletedFileRetentionDuration, 7 days)
+MIN_RETAIN_HOURS_WHILE_HELD = 1
+
+
+def _datasets() -> tuple[str, ...]:
+    from tasks.collect import DATASETS
+
+    return DATASETS
+
+
+def held_dates(out: str) -> list[str]:
+    """Dates whose partition lease is held right now (not expired)."""
+    from xlmflow import lease
+
+    fs, path = storage.fresh(storage.join(out, "_leases"))
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    dates = []
+    for n in names:
+        base = n.rsplit("/", 1)[-1]
+        if base.startswith("date=") and base.endswith(".json"):
+            date = base[len("date=") : -len(".json")]
+            seen = lease.show(out, date)
+            if seen is not None and not seen.expired:
+                dates.append(date)
+    return sorted(dates)
+
+
+def vacuum(
+    out: str, retain_hours: float = DEFAULT_RETAIN_HOURS, dry_run: bool = False
+) -> dict[str, list[str]]:
+    """Delete files that versions older than `retain_hours` alone reference; returns them per table.
+
+    A file is deleted only when it was removed from its table more than `retain_hours` ago (Delta's
+    tombstones) and no current version references it; files never committed are left to the next run
+    of their date. Dates whose lease is held are skipped.
+    """
+    if retain_hours < 0 or retain_hours != int(retain_hours):
+        raise ConfigError("--retain-hours must be a whole number of hours, 0 or more")
+    held = held_dates(out)
+    if held and retain_hours < MIN_RETAIN_HOURS_WHILE_HELD:
+        raise ConfigError(
+            f"runs hold partitions {', '.join(held)} right now; a retention under "
+            f"{MIN_RETAIN_HOURS_WHILE_HELD} h could delete files their readers still use. Wait for them, "
+            "or vacuum with --retain-hours 1 or more"
+        )
+    removed: dict[str, list[str]] = {}
+    for name in _datasets():
+        dt_ = delta.open_table(out, name)
+        if dt_ is None:
+            continue
+        # delta-rs lists the expired tombstones (its lite mode never touches untracked files); the
+        # deletion is ours so that held dates can be skipped
+        stale = dt_.vacuum(retention_hours=int(retain_hours), dry_run=True, enforce_retention_duration=False)
+        rel = [s.split(f"/{name}/", 1)[-1] if "://" in s or s.startswith("/") else s for s in stale]
+        keep = [r for r in rel if any(r.startswith(f"{delta.PARTITION}={d}/") for d in held)]
+        gone = sorted(set(rel) - set(keep))
+        if keep:
+            log.info("vacuum %s: skipped %d files of partitions whose lease is held", name, len(keep))
+        if not dry_run:
+            storage.remove([storage.join(out, name, r) for r in gone])
+        removed[name] = gone
+    return removed
+
+
+def runs_of(out: str, date: str) -> list[dict]:
+    """The runs committed for `date`, oldest first, from the tables' commit metadata.
+
+    Each: run_id, operation (write, restore, migrate), tables {name: version}, counts, time, current
+    (the manifest pins exactly these versions), complete (the run's manifest was written).
+    """
+    from tasks.collect import read_manifest, run_manifest_uri
+
+    runs: dict[tuple, dict] = {}
+    for name in _datasets():
+        for h in delta.history(out, name):
+            op = h.get("operation", "write")
+            if op == "migrate":
+                run_id = (h.get("partitions") or {}).get(date)
+            elif h.get("date") == date:
+                run_id = h.get("run_id")
+            else:
+                continue
+            if not run_id:
+                continue
+            key = (op, run_id, h.get("restore_id"))
+            r = runs.setdefault(
+                key,
+                {
+                    "run_id": run_id,
+                    "operation": op,
+                    "tables": {},
+                    "counts": h.get("counts"),
+                    "ms": h["timestamp"],
+                },
+            )
+            r["tables"][name] = h["version"]
+            r["ms"] = min(r["ms"], h["timestamp"] or r["ms"])
+    current = read_manifest(out, date)
+    pinned = (current or {}).get("tables")
+    rows = []
+    for r in sorted(runs.values(), key=lambda r: r["ms"]):
+        r["time"] = dt.datetime.fromtimestamp(r.pop("ms") / 1000, dt.UTC).isoformat(timespec="seconds")
+        r["current"] = pinned == r["tables"]
+        r["complete"] = r["current"] or storage.exists(run_manifest_uri(out, date, r["run_id"]))
+        if r["counts"] is None and r["complete"]:
+            r["counts"] = storage.read_json(run_manifest_uri(out, date, r["run_id"])).get("counts")
+        rows.append(r)
+    return rows
+
+
+def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_ttl: float = 120) -> dict:
+    """Make `run_id`'s committed files the date's current files in every table; returns the manifest.
+
+    New commits of remove/add actions (the tables' other dates are untouched), then a manifest pinning
+    them. Tables the run did not write lose the date's files.
+    """
+    from tasks.collect import manifest_uri, read_manifest, run_manifest_uri
+    from xlmflow.lease import PartitionLease
+
+    uri = run_manifest_uri(out, date, run_id)
+    if not storage.exists(uri):
+        raise ConfigError(
+            f"no committed run {run_id} for {date} in {out}; `xlmflow history --out {out} --date {date}` "
+            "lists the runs that can be restored"
+        )
+    old = storage.read_json(uri)
+    restore_id = uuid.uuid4().hex
+    lease = PartitionLease(out, date, restore_id, lease_ttl)
+    lease.acquire(lock_timeout, on_wait=log.warning)
+    try:
+        current = read_manifest(out, date) or {}
+        wanted: dict[str, list[dict]] = {}
+        for name, version in (old.get("tables") or {}).items():
+            table = delta.open_table(out, name, version)
+            files = [
+                {"path": f"{name}/{f['path']}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
+                for f in delta.partition_files(table, date)
+            ]
+            gone = [f["path"] for f in files if not storage.exists(storage.join(out, f["path"]))]
+            if gone:
+                raise FatalError(
+                    f"run {run_id} of {date} cannot be restored: vacuum deleted {len(gone)} of its files "
+                    f"(e.g. {gone[0]}); rerun the date with --force instead"
+                )
+            wanted[name] = files
+        for name in current.get("tables") or {}:
+            wanted.setdefault(name, [])  # a dataset the restored run did not have: empty the date
+        meta = {
+            "operation": "restore",
+            "run_id": run_id,
+            "restore_id": restore_id,
+            "date": date,
+            "counts": old.get("counts"),
+            "replaced_run": current.get("run_id"),
+        }
+        versions = {}
+        for name, files in wanted.items():
+            lease.check()
+            base = delta.open_table(out, name).version()
+            v = delta.commit_partition(out, name, date, files, base, meta)
+            if name in (old.get("tables") or {}):
+                versions[name] = v
+        lease.check()
+        manifest = {
+            **old,
+            "tables": versions,
+            "restored": {
+                "at": dt.datetime.now(dt.UTC).isoformat(),
+                "restore_id": restore_id,
+                "replaced_run": current.get("run_id"),
+            },
+        }
+        # the current manifest only: the run's archived manifest stays what the run committed
+        storage.write_json(manifest_uri(out, date), manifest)
+        return manifest
+    finally:
+        lease.release()
+
+
+def migrate(out: str) -> dict[str, int]:
+    """Convert an OUT of plain Parquet directories + manifests into Delta tables, keeping every file.
+
+    One commit per dataset (version 0, add actions of the files the manifests list); then each
+    manifest is rewritten to pin those versions. Returns files committed per dataset.
+    """
+    import pyarrow.parquet as pq
+
+    from tasks.collect import MANIFEST_VERSION, write_manifest
+
+    paths = delta.legacy_manifests(out)
+    if not paths:
+        raise ConfigError(f"{out} has no partitions in the old layout: nothing to migrate")
+    held = held_dates(out)
+    if held:
+        raise ConfigError(f"runs hold partitions {', '.join(held)}; migrate when no run is active")
+    manifests = [storage.read_json(p) for p in paths]
+    done: dict[str, int] = {}
+    for name in _datasets():
+        listed = [(m["date"], m["run_id"], f) for m in manifests for f in m.get("files", {}).get(name, [])]
+        if not listed:
+            continue
+        if delta.has_table(out, name):
+            raise ConfigError(f"{storage.join(out, name)} is already a Delta table; the layouts cannot mix")
+        adds = []
+        schema = None
+        for date, _run, f in listed:
+            fs, path = storage.fresh(storage.join(out, f["path"]))
+            info = fs.info(path)
+            if schema is None:
+                with fs.open(path, "rb") as fh:
+                    schema = pq.read_schema(fh)
+            mtime = info.get("LastModified") or info.get("mtime") or time.time()
+            adds.append(_add_action(name, f, date, int(info["size"]), mtime))
+        from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+        meta = {"operation": "migrate", "partitions": {m["date"]: m["run_id"] for m in manifests}}
+        uri = delta.table_uri(out, name)
+        create_table_with_add_actions(
+            uri,
+            delta.table_schema(schema),
+            adds,
+            mode="error",
+            partition_by=[delta.PARTITION],
+            storage_options=delta.storage_options(uri),
+            commit_properties=CommitProperties(custom_metadata={delta.META_KEY: json.dumps(meta)}),
+        )
+        done[name] = len(adds)
+    for m in manifests:
+        tables = {n: 0 for n in done if m.get("files", {}).get(n)}
+        write_manifest(out, {**m, "manifest_version": MANIFEST_VERSION, "tables": tables, "migrated": True})
+    return done
+
+
+def _add_action(name: str, f: dict, date: str, size: int, mtime) -> object:  # noqa: ANN001
+    from deltalake.transaction import AddAction
+
+    ms = int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(float(mtime) * 1000)
+    rel = f["path"][len(name) + 1 :]
+    return AddAction(rel, size, {delta.PARTITION: date}, ms, True, json.dumps({"numRecords": f["rows"]}))
