@@ -1,8 +1,9 @@
 """End to end: the partition flow on a real local Ray and a real (temporary) Prefect API.
 
-Covers the contract users rely on: outputs readable by DuckDB, every input row accounted for in the
-manifest, reruns are no-ops, --force replaces the partition whole, S3 behaves like local disk, and a
-shard whose actor dies is retried with no duplicated output.
+Covers the contract users rely on: outputs are Delta tables that deltalake and DuckDB read, every input
+row accounted for in the manifest, reruns are no-ops, --force commits a new version whole (the old one
+stays readable until vacuum), S3 behaves like local disk, and a shard whose actor dies is retried with
+no duplicated output.
 """
 
 import json
@@ -10,10 +11,11 @@ import os
 
 import duckdb
 import pytest
+from deltalake import DeltaTable
 
 from flows.corpus import corpus_flow
 from tasks.collect import manifest_uri
-from xlmflow import storage
+from xlmflow import delta, maintenance, storage
 
 pytestmark = pytest.mark.slow
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
@@ -40,9 +42,20 @@ def corpus(tmp_path):
     return str(path), len(good)
 
 
+# doc ids and (source_row, reason) of rejects for this input, as the plain-Parquet layout wrote them
+EXPECTED = os.path.join(os.path.dirname(__file__), "data", "expected_flow_ids.json")
+
+
 def _read(out: str, dataset: str, date: str, manifest: dict):
-    files = [storage.join(out, f["path"]) for f in manifest["files"][dataset]]
-    return duckdb.sql(f"select * from read_parquet({files!r})")
+    """The committed partition as DuckDB reads it: over the pyarrow dataset of the pinned table version."""
+    dt = DeltaTable(
+        delta.table_uri(out, dataset),
+        version=manifest["tables"][dataset],
+        storage_options=delta.storage_options(delta.table_uri(out, dataset)),
+    )
+    con = duckdb.connect()
+    con.register("t", dt.to_pyarrow_dataset())
+    return con.sql(f"select * from t where date = '{date}'")
 
 
 def _run(corpus_path, out, **kw):
@@ -62,15 +75,19 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert c["documents"] == n_good and c["rejects"] == len(BAD_LINES) + 1
     assert set(c["rejects_by_reason"]) >= {"invalid_json", "missing_text", "empty_text", "duplicate"}
     assert m["shards"]["total"] > 3 and not m["shards"]["failed"]
-    # outputs: DuckDB reads the partition directory directly; it holds exactly the manifest's files
-    docs = duckdb.sql(f"select * from read_parquet('{out}/documents/date=2026-11-01/*.parquet')")
+    # outputs: Delta tables; DuckDB reads the pinned version, the same rows the plain layout wrote
+    docs = _read(out, "documents", "2026-11-01", m)
     assert docs.count("*").fetchall()[0][0] == n_good
     cols = set(docs.columns)
-    assert {"doc_id", "text", "lang", "lang_score", "n_chars", "source", "source_row"} <= cols
+    assert {"doc_id", "text", "lang", "lang_score", "n_chars", "source", "source_row", "date"} <= cols
     eng = docs.filter("doc_id = 'udhr:a1:p1:eng_Latn'").fetchall()
     assert len(eng) == 1 and eng[0][docs.columns.index("lang")] == "eng_Latn"
     rej = _read(out, "rejects", "2026-11-01", m)
     assert {"source", "source_row", "reason", "detail", "raw"} <= set(rej.columns)
+    with open(EXPECTED) as f:
+        expected = json.load(f)
+    assert sorted(r[0] for r in docs.select("doc_id").fetchall()) == expected["documents"]
+    assert sorted([r[0], r[1]] for r in rej.select("source_row, reason").fetchall()) == expected["rejects"]
     assert os.path.exists(manifest_uri(out, "2026-11-01"))
     assert not os.path.exists(os.path.join(out, "_staging", "date=2026-11-01"))
 
@@ -78,14 +95,23 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     again = _run(path, out)
     assert again["status"] == "skipped" and again["manifest"]["run_id"] == m["run_id"]
 
-    # --force: recomputed and replaced whole; no file of the old run is left
+    # --force: a new version of every table; the previous one stays readable by number until vacuum
     forced = _run(path, out, force=True)
     m2 = forced["manifest"]
     assert forced["status"] == "committed" and m2["run_id"] != m["run_id"]
     assert m2["counts"] == m["counts"]
-    on_disk = sorted(p for p in storage.list_files(out) if "/_manifests/" not in p)
-    listed = sorted(storage.join(out, f["path"]) for fs in m2["files"].values() for f in fs)
-    assert on_disk == listed
+    assert all(m2["tables"][n] == m["tables"][n] + 1 for n in m["tables"])
+    assert _read(out, "documents", "2026-11-01", m).count("*").fetchall()[0][0] == n_good
+
+    def parts() -> list[str]:
+        return sorted(p for p in storage.list_files(out) if p.endswith(".parquet"))
+
+    def listed(*ms: dict) -> list[str]:
+        return sorted(storage.join(out, f["path"]) for x in ms for fs in x["files"].values() for f in fs)
+
+    assert parts() == listed(m, m2)  # superseded files are kept (a plain glob would see both runs)
+    maintenance.vacuum(out, retain_hours=0)
+    assert parts() == listed(m2)
 
 
 def test_same_on_s3(prefect_harness, ray_local, corpus, s3_bucket):
@@ -102,8 +128,8 @@ def test_same_on_s3(prefect_harness, ray_local, corpus, s3_bucket):
     assert storage.list_files(storage.join(out, "_staging")) == []
     assert _run(src, out)["status"] == "skipped"
     forced = _run(src, out, force=True)["manifest"]
-    files = sorted(storage.list_files(storage.join(out, "documents")))
-    assert files == sorted(storage.join(out, f["path"]) for f in forced["files"]["documents"])
+    assert forced["tables"] == {n: v + 1 for n, v in m["tables"].items()}
+    assert _read(out, "documents", "2026-11-01", forced).count("*").fetchall()[0][0] == n_good
 
 
 def test_actor_death_retries_shard_without_duplicates(prefect_harness, ray_local, corpus, tmp_path):

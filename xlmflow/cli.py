@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lease_parser(sub)
 
+    from xlmflow.tables_cli import add_tables_parsers
+
+    add_tables_parsers(sub)
+
     m = sub.add_parser("models", help="model utilities").add_subparsers(dest="models_cmd", required=True)
     t = m.add_parser("tiny", help="write a tiny random XLM-R checkpoint with the real tokenizer (offline)")
     t.add_argument("--task", choices=["ner", "embed", "qe"], required=True)

@@ -1,0 +1,82 @@
+"""`xlmflow vacuum|history|restore|migrate`: maintain the output Delta tables."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    v = sub.add_parser("vacuum", help="delete superseded files older than the retention (all tables)")
+    v.add_argument("--retain-hours", type=float, default=None, help="default 168 (7 days, as Delta's)")
+    v.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    v.set_defaults(func=_vacuum)
+    h = sub.add_parser("history", help="the runs committed for a date: run id, table versions, counts")
+    h.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    h.set_defaults(func=_history)
+    r = sub.add_parser("restore", help="make an earlier run's output the date's current partition again")
+    r.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    r.add_argument("--run", required=True, help="run id, as `xlmflow history` lists it")
+    r.add_argument("--lock-timeout", type=float, default=300, help="seconds to wait for a run of the date")
+    r.set_defaults(func=_restore)
+    m = sub.add_parser("migrate", help="convert an output of plain Parquet directories into Delta tables")
+    m.set_defaults(func=_migrate)
+    for p in (v, h, r, m):
+        p.add_argument("--out", required=True, help="output root: a directory or s3://bucket/prefix")
+
+
+def _out(a: argparse.Namespace) -> str:
+    from xlmflow.settings import make_settings
+
+    return make_settings(inputs=(), out=a.out).out  # the run's own spelling of --out
+
+
+def _vacuum(a: argparse.Namespace) -> int:
+    from xlmflow import maintenance
+
+    hours = maintenance.DEFAULT_RETAIN_HOURS if a.retain_hours is None else a.retain_hours
+    removed = maintenance.vacuum(_out(a), hours, dry_run=a.dry_run)
+    verb = "would delete" if a.dry_run else "deleted"
+    for name, files in removed.items():
+        print(f"{name}: {verb} {len(files)} files removed from the table more than {hours:g} h ago")
+    if not removed:
+        print("no tables to vacuum")
+    return 0
+
+
+def _history(a: argparse.Namespace) -> int:
+    from xlmflow import maintenance
+
+    runs = maintenance.runs_of(_out(a), a.date)
+    if not runs:
+        print(f"partition {a.date}: no committed runs")
+        return 0
+    print(
+        f"{'time (UTC)':25} {'run id':32} {'operation':9} {'state':10} {'documents':>9} {'rejects':>7}  versions"
+    )
+    for r in runs:
+        c = r["counts"] or {}
+        state = "current" if r["current"] else ("replaced" if r["complete"] else "incomplete")
+        versions = " ".join(f"{n}={v}" for n, v in r["tables"].items())
+        print(
+            f"{r['time']:25} {r['run_id']:32} {r['operation']:9} {state:10} "
+            f"{c.get('documents', ''):>9} {c.get('rejects', ''):>7}  {versions}"
+        )
+    return 0
+
+
+def _restore(a: argparse.Namespace) -> int:
+    from xlmflow import maintenance
+
+    m = maintenance.restore(_out(a), a.date, a.run, lock_timeout=a.lock_timeout)
+    versions = " ".join(f"{n}={v}" for n, v in m["tables"].items())
+    print(f"partition {a.date}: run {a.run} is current again ({versions})")
+    return 0
+
+
+def _migrate(a: argparse.Namespace) -> int:
+    from xlmflow import maintenance
+
+    done = maintenance.migrate(_out(a))
+    for name, n in done.items():
+        print(f"{name}: {n} files committed as version 0 of a Delta table (files kept in place)")
+    return 0
