@@ -91,6 +91,16 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
                 "; ".join(diff),
             )
             return {**result, "status": "inputs_changed", "manifest": existing, "changes": diff}
+        realigned = collect.realign_tables(
+            settings.out, day, existing
+        )  # a --force run that crashed mid-commit
+        if realigned:
+            logger.warning(
+                "partition %s: tables %s held rows of a run that crashed before its manifest; they hold "
+                "the committed run's rows again",
+                day,
+                ", ".join(realigned),
+            )
         removed = collect.cleanup_partition(settings.out, day, existing)  # leftovers of a crash after commit
         logger.info(
             "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",

@@ -11,6 +11,7 @@ OUT=${XLMFLOW_OUT:-./out}
 OUT="$OUT" .venv/bin/python - <<'PY'
 import os
 import duckdb
-docs = os.path.join(os.environ["OUT"], "documents/date=2026-11-01/*.parquet")
-print(duckdb.sql(f"select lang, count(*) n from read_parquet('{docs}') group by 1 order by 2 desc limit 8"))
+from deltalake import DeltaTable
+docs = DeltaTable(os.path.abspath(os.path.join(os.environ["OUT"], "documents"))).to_pyarrow_dataset()
+print(duckdb.sql("select lang, count(*) n from docs where date = '2026-11-01' group by 1 order by 2 desc limit 8"))
 PY

@@ -134,7 +134,7 @@ def collect_partition(
     files = {n: w.files for n, w in writers.items()}
     schemas_ = {n: w.schema for n, w in writers.items()}
     commit_tables(settings.out, date, files, schemas_, base_versions or {}, manifest, fence)
-    cleanup_partition(settings.out, date, manifest)
+    cleanup_partition(settings.out, date, manifest, debris=False)  # removed before the run started
     return manifest
 
 
@@ -160,8 +160,9 @@ def commit_tables(
                 continue  # nothing was ever written for this dataset: no table to create
             if fence:
                 fence()  # renews the lease before each commit, or refuses to commit
-            delta.ensure_table(out, name, file_schemas.get(name) or delta.open_table(out, name).schema())
-            versions[name] = delta.commit_partition(out, name, date, fs, base_versions.get(name), meta)
+            schema = file_schemas.get(name) or delta.file_schema(delta.open_table(out, name))
+            table = delta.ensure_table(out, name, schema)
+            versions[name] = delta.commit_partition(out, name, date, fs, base_versions.get(name), meta, table)
             log.info("partition %s: committed table %s version %d", date, name, versions[name])
         manifest["tables"] = versions
         if fence:
@@ -174,6 +175,27 @@ def commit_tables(
             )
         raise
     return manifest
+
+
+def realign_tables(out: str, date: str, manifest: dict) -> list[str]:
+    """Make each table's latest files for `date` the ones the manifest pins; returns the tables changed.
+
+    Needed only after a run crashed between its table commits and its manifest: those tables then hold
+    rows of a run that never completed. Called with the partition's lease held.
+    """
+    changed = []
+    for name, version in (manifest.get("tables") or {}).items():
+        table = delta.open_table(out, name)
+        if table is None or table.version() == version:
+            continue
+        latest = {f["path"] for f in delta.partition_files(table, date)}
+        pinned = delta.files_for_commit(out, name, date, version)
+        if latest == {f["path"].split("/", 1)[1] for f in pinned}:
+            continue
+        meta = {**commit_metadata(manifest), "operation": "realign", "realigned_to_version": version}
+        delta.commit_partition(out, name, date, pinned, table.version(), meta, table)
+        changed.append(name)
+    return changed
 
 
 def commit_metadata(manifest: dict) -> dict:
@@ -320,14 +342,14 @@ def _debris(out: str, date: str) -> list[str]:
     return stale
 
 
-def cleanup_partition(out: str, date: str, manifest: dict) -> int:
+def cleanup_partition(out: str, date: str, manifest: dict, debris: bool = True) -> int:
     """After a commit: delete debris of failed runs and the committed configuration's staging.
 
     Only called with the partition's lease held, so no other run has files in flight here. Staging of
     other configurations is left alone (a run of that configuration may resume from it). Files of
     superseded versions stay until `xlmflow vacuum`.
     """
-    stale = _debris(out, date)
+    stale = _debris(out, date) if debris else []
     storage.remove(stale)
     if manifest.get("config_hash"):
         storage.remove([storage.join(out, "_staging", f"date={date}", manifest["config_hash"])])

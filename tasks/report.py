@@ -75,6 +75,9 @@ def summary_rows(manifest: dict) -> list[dict]:
         {"section": "reject_reason", "key": k, "value": v} for k, v in c.get("rejects_by_reason", {}).items()
     ]
     rows += [
+        {"section": "delta_version", "key": k, "value": v} for k, v in (manifest.get("tables") or {}).items()
+    ]
+    rows += [
         {"section": "entity_label", "key": k, "value": v}
         for k, v in manifest.get("entity_labels", {}).items()
     ]
@@ -143,14 +146,22 @@ def markdown_report(manifest: dict, out: str) -> str:
             else []
         ),
         "",
-        "## Outputs",
+        "## Outputs (Delta tables)",
         "",
-        "| dataset | files | rows |",
-        "|---|---|---|",
+        "| dataset | table | version | files | rows |",
+        "|---|---|---|---|---|",
     ]
+    tables = manifest.get("tables") or {}
     for name, files in manifest["files"].items():
-        where = storage.join(out, name, f"date={manifest['date']}") + "/"
-        lines.append(f"| {name} (`{where}`) | {len(files)} | {sum(f['rows'] for f in files)} |")
+        version = tables.get(name, "—")
+        where = storage.join(out, name)
+        lines.append(f"| {name} | `{where}` | {version} | {len(files)} | {sum(f['rows'] for f in files)} |")
+    if tables:
+        lines += [
+            "",
+            "Read this run's output with `DeltaTable(table, version=V)` for the versions above "
+            f"(`xlmflow history --out {out} --date {manifest['date']}` lists every run of the date).",
+        ]
     if manifest.get("throughput"):
         lines += ["", "## Throughput", ""] + [f"- {k}: {v}" for k, v in manifest["throughput"].items()]
     if manifest["shards"]["failed"]:

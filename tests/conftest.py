@@ -18,6 +18,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "parallel.jsonl")
 
 
+def duck(out: str, dataset: str, date: str, con=None):  # noqa: ANN001, ANN201
+    """The committed partition of `dataset` as DuckDB reads it: a view named `dataset` over the pyarrow
+    dataset of the Delta table version the date's manifest pins (deltalake, not our own file listing)."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    from tasks.collect import read_manifest
+    from xlmflow import delta
+
+    version = read_manifest(out, date)["tables"][dataset]
+    uri = delta.table_uri(out, dataset)
+    ds = DeltaTable(uri, version=version, storage_options=delta.storage_options(uri)).to_pyarrow_dataset()
+    con = con or duckdb.connect()
+    con.register(f"{dataset}_all", ds)
+    con.sql(f"create or replace temp view {dataset} as select * from {dataset}_all where date = '{date}'")
+    return con
+
+
+def files_ever_committed(out: str, dataset: str, date: str) -> set[str]:
+    """URIs of every file some version of the table holds for `date` (superseded ones included)."""
+    from xlmflow import delta, storage
+
+    table = delta.open_table(out, dataset)
+    if table is None:
+        return set()
+    return {
+        storage.join(out, dataset, f["path"])
+        for v in range(table.version() + 1)
+        for f in delta.partition_files(delta.open_table(out, dataset, v), date)
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

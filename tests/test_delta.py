@@ -309,3 +309,25 @@ def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
     # a later run replaces the migrated partition like any other
     _commit(out, _run_hex(8), 4, 1)
     assert read_partition(out, "documents", DATE).num_rows == 4
+
+
+def test_crash_between_table_commits_is_realigned_by_the_next_run(tmp_path):
+    """A --force run killed after committing `documents` but before `rejects` and its manifest: the
+    manifest still pins the old run everywhere; the next (no-op) run puts the old files back in
+    `documents`, so single-table readers agree with the manifest again."""
+    out = str(tmp_path / "out")
+    a = _commit(out, _run_hex(1), 10, 1)
+    crashed = _run_hex(2)
+    w = collect._PartWriter(out, "documents", DATE, crashed, 1 << 30)
+    w.add(read_partition(out, "documents", DATE).drop(["date"]).slice(0, 4))
+    w.flush()
+    delta.commit_partition(out, "documents", DATE, w.files, a["tables"]["documents"], {"run_id": crashed})
+    assert DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table().num_rows == 4
+    assert collect.read_manifest(out, DATE)["run_id"] == _run_hex(1)  # readers of the manifest: unaffected
+
+    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == ["documents"]
+    latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
+    assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
+    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == []  # nothing left to do
+    # the crashed run's file is referenced by a table version: kept for vacuum, not removed as debris
+    assert collect.remove_debris(out, DATE, a, "cfg") == 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 import subprocess
 import sys
@@ -102,13 +101,13 @@ def test_max_file_bytes_and_an_over_long_txt(tmp_path, cli_env):
     assert (c["input_rows"], c["documents"], c["rejects"]) == (13, 11, 2)
     assert c["rejects_by_reason"] == {"file_too_large": 1, "too_long": 1}
 
-    import duckdb
+    from tests.conftest import duck
 
-    m = read_manifest(out, DATE)
-    files = [os.path.join(out, f["path"]) for f in m["files"]["rejects"]]
-    got = duckdb.sql(
-        f"select regexp_extract(source, '[^/]+$'), source_row, reason, detail from read_parquet({files!r}) order by 1"
-    ).fetchall()
+    got = (
+        duck(out, "rejects", DATE)
+        .sql("select regexp_extract(source, '[^/]+$'), source_row, reason, detail from rejects order by 1")
+        .fetchall()
+    )
     assert [g[:3] for g in got] == [("a.jsonl", 11, "file_too_large"), ("big.txt", 0, "too_long")]
     assert f"max_file_bytes={cut}" in got[0][3] and "--max-file-bytes" in got[0][3]
     assert "--max-record-bytes" in got[1][3]

@@ -94,6 +94,9 @@ def test_triggered_run_completes_with_artifacts(prefect_stack, tmp_path_factory)
     assert {"table", "markdown", "progress"} <= set(by_type), [(a.key, a.type) for a in arts]
     assert by_type["progress"].data == 100.0
     assert "2026-11-01" in by_type["markdown"].data
+    # the report links the Delta table versions the run committed (version 1: 0 is the table's creation)
+    assert "| documents | `" in by_type["markdown"].data and "/documents` | 1 |" in by_type["markdown"].data
+    assert "delta_version" in str(by_type["table"].data)
     # the table's numbers are the partition's: the run read the 5 documents we wrote
     assert "5" in str(by_type["table"].data)
 
@@ -247,9 +250,10 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
     runs = {r.name: r for r in flow_runs_named(prefect_stack, [f"corpus-{d}" for d in (ok, missing, broken)])}
     assert runs[f"corpus-{ok}"].state.is_completed() and runs[f"corpus-{missing}"].state.is_completed()
     assert runs[f"corpus-{broken}"].state.is_failed()
-    # --max-concurrent 2: never three partition runs at once (the runs' own start/end times on the server)
+    # --max-concurrent 2: never three partition runs at once (the runs' own start/end times on the server;
+    # whether two overlap depends on how fast the broken date fails)
     edges = sorted([(r.start_time, 1) for r in runs.values()] + [(r.end_time, -1) for r in runs.values()])
-    assert max(itertools.accumulate(step for _, step in edges)) == 2
+    assert max(itertools.accumulate(step for _, step in edges)) <= 2
 
 
 @pytest.mark.server

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, duck
 from xlmflow.schemas import QE, STAGED_PAIRS
 from xlmflow.settings import make_settings
 
@@ -222,10 +222,8 @@ BAD_PAIRS = [
 
 @pytest.mark.slow
 def test_flow_end_to_end_accounts_for_every_pair(prefect_harness, ray_local, corpus, cache, tmp_path):
-    import duckdb
 
     from flows.corpus import corpus_flow
-    from xlmflow import storage
 
     good = [
         {"id": f"{uid}|{lang}", "src": corpus[(uid, "eng_Latn")], "mt": corpus[(uid, lang)], "mt_lang": lang}
@@ -260,11 +258,10 @@ def test_flow_end_to_end_accounts_for_every_pair(prefect_harness, ray_local, cor
     assert sum(c["by_lang"].values()) == c["qe"] and c["by_lang"]["eng_Latn->eng_Latn"] == 1  # the copy
 
     def read(name: str):
-        files = [storage.join(out, f["path"]) for f in m["files"][name]]
-        return duckdb.sql(f"select * from read_parquet({files!r})")
+        return duck(out, name, m["date"]).sql(f"select * from {name}")
 
     qe = read("qe")
-    assert set(QE.names) <= set(qe.columns)  # (+ the hive partition column `date`)
+    assert set(QE.names) <= set(qe.columns)  # (+ the table's partition column `date`)
     rows = {r[0]: dict(zip(qe.columns, r, strict=True)) for r in qe.fetchall()}
     pair_ids = {r[0] for r in read("pairs").select("pair_id").fetchall()}
     assert set(rows) == pair_ids == {p["id"] for p in good}

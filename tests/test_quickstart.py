@@ -8,8 +8,9 @@ import json
 import os
 import subprocess
 
-import duckdb
 import pytest
+
+from tests.conftest import duck
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 pytestmark = pytest.mark.slow
@@ -39,12 +40,14 @@ def test_quickstart_runs_lid_ner_embed_end_to_end(tmp_path):
     assert {"documents", "entities", "embeddings"} <= set(m["files"])
     assert {"ner", "embed", "lid"} <= set(m["models"])
 
-    def q(sql: str):
-        return duckdb.sql(sql.replace("{out}", out)).fetchall()
+    con = None
+    for name in ("documents", "entities", "embeddings"):
+        con = duck(out, name, "2026-11-01", con)
 
-    docs = "read_parquet('{out}/documents/date=2026-11-01/*.parquet')"
-    ents = "read_parquet('{out}/entities/date=2026-11-01/*.parquet')"
-    embs = "read_parquet('{out}/embeddings/date=2026-11-01/*.parquet')"
+    def q(sql: str):
+        return con.sql(sql).fetchall()
+
+    docs, ents, embs = "documents", "entities", "embeddings"
     # one unit-norm embedding per document, nothing extra
     [(n_docs, n_emb, n_missing)] = q(
         f"select (select count(*) from {docs}), (select count(*) from {embs}), "

@@ -6,10 +6,10 @@ import subprocess
 import sys
 import time
 
-import duckdb
 import pytest
 
 from tasks.collect import read_manifest
+from tests.conftest import duck
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
 CLI = [sys.executable, "-m", "xlmflow.cli"]
@@ -92,9 +92,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, cli_env):
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     def rows(out, ds):
-        m = read_manifest(out, "2026-11-02")
-        files = [os.path.join(out, f["path"]) for f in m["files"][ds]]
-        return sorted(duckdb.sql(f"select * from read_parquet({files!r})").fetchall())
+        return sorted(duck(out, ds, "2026-11-02").sql(f"select * from {ds}").fetchall())
 
     assert rows(out_a, "documents") == rows(out_b, "documents")
     assert rows(out_a, "rejects") == rows(out_b, "rejects")
@@ -102,5 +100,5 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, cli_env):
     assert ma["counts"] == mb["counts"]
     # no leftover files of the killed attempt in the committed partition
     listed = {os.path.join(out_a, f["path"]) for fs in ma["files"].values() for f in fs}
-    on_disk = {os.path.join(d, f) for d, _, fs in os.walk(out_a) for f in fs if "_manifests" not in d}
+    on_disk = {os.path.join(d, f) for d, _, fs in os.walk(out_a) for f in fs if f.endswith(".parquet")}
     assert on_disk == listed

@@ -37,6 +37,12 @@ def table_uri(out: str, name: str) -> str:
     return uri if storage.is_remote(uri) else os.path.abspath(uri)
 
 
+# a boto3 session costs ~70 ms to build; temporary credentials are refreshed well before they expire
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION")
+_OPTIONS_TTL_S = 300
+_options_cache: dict[tuple, tuple[float, dict]] = {}
+
+
 def storage_options(uri: str) -> dict[str, str] | None:
     """delta-rs (object_store) options for s3:// URIs, from the same sources s3fs and boto3 use.
 
@@ -45,6 +51,10 @@ def storage_options(uri: str) -> dict[str, str] | None:
     """
     if not storage.is_remote(uri):
         return None
+    key = tuple(os.environ.get(k) for k in _AWS_ENV)
+    hit = _options_cache.get(key)
+    if hit and time.monotonic() - hit[0] < _OPTIONS_TTL_S:
+        return dict(hit[1])
     import boto3
 
     session = boto3.Session()
@@ -60,18 +70,20 @@ def storage_options(uri: str) -> dict[str, str] | None:
         opts["AWS_ACCESS_KEY_ID"], opts["AWS_SECRET_ACCESS_KEY"] = frozen.access_key, frozen.secret_key
         if frozen.token:
             opts["AWS_SESSION_TOKEN"] = frozen.token
+    _options_cache[key] = (time.monotonic(), dict(opts))
     return opts
 
 
 def open_table(out: str, name: str, version: int | None = None):  # noqa: ANN201 - deltalake is lazy
     """The table at `version` (latest when None), or None when there is no table yet."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
     uri = table_uri(out, name)
-    opts = storage_options(uri)
-    if not DeltaTable.is_deltatable(uri, storage_options=opts):
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage_options(uri))
+    except TableNotFoundError:
         return None
-    return DeltaTable(uri, version=version, storage_options=opts)
 
 
 def snapshot(out: str, names: list[str]) -> dict[str, int | None]:
@@ -113,12 +125,21 @@ def table_schema(file_schema) -> Any:  # noqa: ANN001
     return Schema.from_arrow(pa.schema(fields))
 
 
+def file_schema(dt):  # noqa: ANN001, ANN201
+    """The pyarrow schema of a table's data files (its columns but `date`)."""
+    import pyarrow as pa
+
+    schema = pa.schema(dt.schema().to_arrow())
+    return pa.schema([f for f in schema if f.name != PARTITION])
+
+
 def _type(field) -> str:  # noqa: ANN001
     return json.dumps(json.loads(field.to_json())["type"], sort_keys=True)
 
 
-def ensure_table(out: str, name: str, file_schema) -> None:  # noqa: ANN001
-    """Create the table if it is missing; add the nullable columns this run writes and it lacks.
+def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
+    """Create the table if it is missing; add the nullable columns this run writes and it lacks;
+    returns the table at its latest version.
 
     Anything else that differs (a column dropped, retyped or made required) is refused: readers of
     older versions and other engines rely on the columns they know.
@@ -131,8 +152,7 @@ def ensure_table(out: str, name: str, file_schema) -> None:  # noqa: ANN001
     dt = open_table(out, name)
     if dt is None:
         try:
-            DeltaTable.create(uri, want, partition_by=[PARTITION], mode="error", storage_options=opts)
-            return
+            return DeltaTable.create(uri, want, partition_by=[PARTITION], mode="error", storage_options=opts)
         except Exception:  # noqa: BLE001 - another run may have created it at the same moment
             dt = open_table(out, name)
             if dt is None:
@@ -158,6 +178,7 @@ def ensure_table(out: str, name: str, file_schema) -> None:  # noqa: ANN001
     new = [f for c, f in wanted.items() if c not in have]
     if new:
         dt.alter.add_columns(new)
+    return dt
 
 
 def partition_files(dt, date: str) -> list[dict]:  # noqa: ANN001
@@ -181,6 +202,15 @@ def partition_files(dt, date: str) -> list[dict]:  # noqa: ANN001
                 }
             )
     return out
+
+
+def files_for_commit(out: str, name: str, date: str, version: int) -> list[dict]:
+    """The date's files in a table version, in the shape `commit_partition` takes (paths under OUT)."""
+    table = open_table(out, name, version)
+    return [
+        {"path": f"{name}/{f['path']}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
+        for f in partition_files(table, date)
+    ]
 
 
 def read_log_entry(out: str, name: str, version: int) -> list[dict]:
@@ -212,13 +242,13 @@ def _touching(out: str, name: str, date: str, first: int, last: int) -> tuple[in
 
 
 def commit_partition(
-    out: str, name: str, date: str, files: list[dict], base_version: int | None, meta: dict
-) -> int:
+    out: str, name: str, date: str, files: list[dict], base_version: int | None, meta: dict, table=None
+) -> int:  # noqa: ANN001
     """Replace the date's files in table `name` by `files` in one commit; returns its version.
 
     `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms)}. `base_version`: the table's
     version when the run started (None: there was no table). Raises CommitConflictError when a commit
-    since then touched the same date.
+    since then touched the same date. `table`: the table freshly loaded, if the caller has it.
     """
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import AddAction, CommitProperties, RemoveAction
@@ -237,8 +267,10 @@ def commit_partition(
     ]
     props = CommitProperties(custom_metadata={META_KEY: json.dumps(meta)}, max_commit_retries=0)
     seen = -1 if base_version is None else base_version
-    for _ in range(COMMIT_ATTEMPTS):
-        dt = open_table(out, name)
+    dt = table if table is not None else open_table(out, name)
+    for attempt in range(COMMIT_ATTEMPTS):
+        if attempt:
+            dt.update_incremental()
         latest = dt.version()
         hit = _touching(out, name, date, seen + 1, latest)
         if hit:

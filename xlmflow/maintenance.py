@@ -153,11 +153,7 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
         current = read_manifest(out, date) or {}
         wanted: dict[str, list[dict]] = {}
         for name, version in (old.get("tables") or {}).items():
-            table = delta.open_table(out, name, version)
-            files = [
-                {"path": f"{name}/{f['path']}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
-                for f in delta.partition_files(table, date)
-            ]
+            files = delta.files_for_commit(out, name, date, version)
             gone = [f["path"] for f in files if not storage.exists(storage.join(out, f["path"]))]
             if gone:
                 raise FatalError(
