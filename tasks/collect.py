@@ -224,6 +224,7 @@ def _write_datasets(
     counts: collections.Counter[str] = collections.Counter()
     by_reason: collections.Counter[str] = collections.Counter(r["reason"] for r in ingest_rejects)
     by_lang: collections.Counter[str] = collections.Counter()
+    decided: collections.Counter[str] = collections.Counter()  # which language detector answered
     writers["rejects"].add(schemas.rejects_table(ingest_rejects))
     counts["rejects"] += len(ingest_rejects)
     for shard in shards:
@@ -237,6 +238,8 @@ def _write_datasets(
         stats = done[sid]
         by_reason.update(stats["rejects_by_reason"])
         by_lang.update(stats["by_lang"])
+        lid_counters = (stats.get("processors", {}).get("lid") or {}).get("counters", {})
+        decided.update({k.removeprefix("decided_by_"): v for k, v in lid_counters.items()})
         for n in names:
             uri = storage.join(results_uri(staging, sid), f"{n}.arrow")
             if n in stats["counts"] or n == "rejects":
@@ -261,6 +264,7 @@ def _write_datasets(
         "rejects": n_rejects,
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "by_lang": dict(sorted(by_lang.items())),
+        **({"lid_decided_by": dict(sorted(decided.items()))} if decided else {}),
         **{n: counts[n] for n in names if n not in (main, "rejects")},
     }
     if manifest_counts["input_rows"] != counts[main] + n_rejects or counts["rejects"] != n_rejects:

@@ -331,3 +331,24 @@ def test_crash_between_table_commits_is_realigned_by_the_next_run(tmp_path):
     assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == []  # nothing left to do
     # the crashed run's file is referenced by a table version: kept for vacuum, not removed as debris
     assert collect.remove_debris(out, DATE, a, "cfg") == 0
+
+
+def test_history_restore_vacuum_commands(tmp_path, capsys):
+    from xlmflow.cli import main
+
+    out = str(tmp_path / "out")
+    _commit(out, _run_hex(1), 10, 1)
+    _commit(out, _run_hex(2), 12, 2)
+    assert main(["history", "--out", out, "--date", DATE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["time", "(UTC)", "run"]
+    assert _run_hex(1) in lines[1] and "replaced" in lines[1] and "documents=1 rejects=1" in lines[1]
+    assert _run_hex(2) in lines[2] and "current" in lines[2] and " 12 " in lines[2]
+    assert main(["restore", "--out", out, "--date", DATE, "--run", _run_hex(1)]) == 0
+    assert f"run {_run_hex(1)} is current again (documents=3 rejects=3)" in capsys.readouterr().out
+    assert main(["vacuum", "--out", out, "--retain-hours", "0", "--dry-run"]) == 0
+    assert "documents: would delete 1 files" in capsys.readouterr().out
+    assert main(["restore", "--out", out, "--date", DATE, "--run", "feedbeef"]) == 2  # a config error
+    assert "xlmflow history" in capsys.readouterr().err
+    assert main(["migrate", "--out", out]) == 2
+    assert "nothing to migrate" in capsys.readouterr().err

@@ -75,6 +75,9 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert c["documents"] == n_good and c["rejects"] == len(BAD_LINES) + 1
     assert set(c["rejects_by_reason"]) >= {"invalid_json", "missing_text", "empty_text", "duplicate"}
     assert m["shards"]["total"] > 3 and not m["shards"]["failed"]
+    # which language detector decided each document (CLD2 most, the script alone some)
+    assert sum(c["lid_decided_by"].values()) == n_good and c["lid_decided_by"]["cld2"] > n_good / 2
+    assert m["models"]["lid"]["detectors"]["fast"]["name"] == "cld2"
     # outputs: Delta tables; DuckDB reads the pinned version, the same rows the plain layout wrote
     docs = _read(out, "documents", "2026-11-01", m)
     assert docs.count("*").fetchall()[0][0] == n_good

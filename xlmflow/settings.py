@@ -146,6 +146,10 @@ class RunSettings(BaseModel):
                 "lock_timeout",
             },
         )
+        if "lid" in self.tasks or self.mode == "pairs":
+            from ray_cluster.langid import detector_version
+
+            keep["lid_detector"] = detector_version()  # new labels only with --force
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

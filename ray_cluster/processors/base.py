@@ -9,6 +9,7 @@ rejects (reason `processing_error`) and the rest of the shard goes on.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 class BatchOutput:
     columns: dict[str, pa.Array] = field(default_factory=dict)
     datasets: dict[str, pa.Table] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # summed per shard, then into the manifest
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Processor:
         kept: list[pa.Table] = []
         datasets: dict[str, list[pa.Table]] = {}
         rejects: list[dict] = []
+        self._counters: collections.Counter[str] = collections.Counter()
         for off in range(0, table.num_rows, self.batch_rows):
             self._run(table.slice(off, self.batch_rows), kept, datasets, rejects)
         out = pa.concat_tables(kept) if kept else table.slice(0, 0)
@@ -76,6 +79,7 @@ class Processor:
             "rows_out": out.num_rows,
             "rejects": len(rejects),
             "seconds": time.perf_counter() - t0,
+            "counters": dict(self._counters),
         }
         return ShardOutput(out, datasets, rejects, stats)
 
@@ -112,6 +116,7 @@ class Processor:
             else:
                 batch = batch.append_column(name, col)
         kept.append(batch)
+        self._counters.update(res.counters)
         for name, t in res.datasets.items():
             datasets.setdefault(name, []).append(t)
 

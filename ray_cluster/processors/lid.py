@@ -18,20 +18,21 @@ class LidProcessor(Processor):
     def setup(self, device: str) -> None:
         from ray_cluster.langid import LanguageIdentifier
 
-        self.lid = LanguageIdentifier(preload=True)  # ~10-25 s, once per actor; CPU only
+        # CLD2 decides most texts; lingua's models load only if some text needs the slow path
+        self.lid = LanguageIdentifier()
 
     def model_info(self) -> dict:
-        from ray_cluster.langid import LanguageIdentifier
-
-        return LanguageIdentifier.info()
+        return self.lid.info()
 
     def process_batch(self, batch: pa.Table) -> BatchOutput:
         import pyarrow as pa
 
+        before = self.lid.decided.copy()
         found = self.lid.detect(batch.column("text").to_pylist())
         return BatchOutput(
+            counters={f"decided_by_{k}": v for k, v in (self.lid.decided - before).items()},
             columns={
                 "lang": pa.array([lang for lang, _ in found], pa.string()),
                 "lang_score": pa.array([score for _, score in found], pa.float32()),
-            }
+            },
         )

@@ -130,14 +130,12 @@ class QeProcessor(Processor):
                 "--qe-method cosine for a sentence encoder"
             )
         self.engine = Engine(lm, device, max_batch_tokens=s.max_batch_tokens, stride=s.stride)
-        self.lid = LanguageIdentifier(preload=True)  # lingua's models are cached per process
+        self.lid = LanguageIdentifier()  # CLD2 first; lingua only for what CLD2 cannot decide
 
     def model_info(self) -> dict:
-        from ray_cluster.langid import LanguageIdentifier
-
         s = self.settings
         order = {"order": s.qe_order} if s.qe_method == "regression" else {"pooling": "mean"}
-        return {**self.engine.lm.info, "method": s.qe_method, **order, "lid": LanguageIdentifier.info()}
+        return {**self.engine.lm.info, "method": s.qe_method, **order, "lid": self.lid.info()}
 
     def process_batch(self, batch: pa.Table) -> BatchOutput:
         import pyarrow as pa
