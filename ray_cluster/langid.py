@@ -406,11 +406,16 @@ class LanguageIdentifier:
         return self._detector
 
     def info(self) -> dict:
-        return {"detectors": {"fast": {"name": "cld2", "package": "pycld2", "version": _version("pycld2")},
-                              "fallback": {"name": "lingua", "package": "lingua-language-detector",
-                                           "version": _lingua_version()}} if self.fast else
-                {"fallback": {"name": "lingua", "package": "lingua-language-detector", "version": _lingua_version()}},
-                "detector_version": detector_version(), "rules": "ray_cluster.langid",
+        detectors = {
+            "fallback": {
+                "name": "lingua",
+                "package": "lingua-language-detector",
+                "version": _lingua_version(),
+            }
+        }
+        if self.fast:
+            detectors["fast"] = {"name": "cld2", "package": "pycld2", "version": _version("pycld2")}
+        return {"detectors": detectors, "detector_version": detector_version(), "rules": "ray_cluster.langid",
                 "min_conf": MIN_CONF, "group_margin": GROUP_MARGIN}  # fmt: skip
 
     def detect(self, texts: Sequence[str]) -> list[tuple[str, float]]:

@@ -24,10 +24,11 @@ def duck(out: str, dataset: str, date: str, con=None):  # noqa: ANN001, ANN201
     import duckdb
     from deltalake import DeltaTable
 
-    from tasks.collect import read_manifest
     from xlmflow import delta
+    from xlmflow.read import pinned_version
 
-    version = read_manifest(out, date)["tables"][dataset]
+    version = pinned_version(out, dataset, date)
+    assert version is not None, f"{dataset} of {date} is not committed in {out}"
     uri = delta.table_uri(out, dataset)
     ds = DeltaTable(uri, version=version, storage_options=delta.storage_options(uri)).to_pyarrow_dataset()
     con = con or duckdb.connect()

@@ -74,21 +74,25 @@ def storage_options(uri: str) -> dict[str, str] | None:
     return opts
 
 
-def open_table(out: str, name: str, version: int | None = None):  # noqa: ANN201 - deltalake is lazy
-    """The table at `version` (latest when None), or None when there is no table yet."""
+def open_table(out: str, name: str, version: int | None = None, without_files: bool = False):  # noqa: ANN201
+    """The table at `version` (latest when None), or None when there is no table yet.
+
+    `without_files`: skip loading the file list (enough for the version and the history)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     uri = table_uri(out, name)
     try:
-        return DeltaTable(uri, version=version, storage_options=storage_options(uri))
+        return DeltaTable(
+            uri, version=version, storage_options=storage_options(uri), without_files=without_files
+        )
     except TableNotFoundError:
         return None
 
 
 def snapshot(out: str, names: list[str]) -> dict[str, int | None]:
     """Each table's current version (None: no table yet): what a run commits against."""
-    tables = {n: open_table(out, n) for n in names}
+    tables = {n: open_table(out, n, without_files=True) for n in names}
     return {n: (t.version() if t is not None else None) for n, t in tables.items()}
 
 
@@ -219,15 +223,19 @@ def read_log_entry(out: str, name: str, version: int) -> list[dict]:
     return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
 
 
+def _meta(info: dict) -> dict | None:
+    """This project's metadata in a commitInfo; None for commits made by other tools."""
+    try:
+        return json.loads(info[META_KEY]) if info.get(META_KEY) else None
+    except (TypeError, ValueError):
+        return None
+
+
 def commit_meta(entry: list[dict]) -> dict:
     """This project's metadata of a commit (empty for commits made by other tools)."""
     for action in entry:
-        info = action.get("commitInfo")
-        if info and META_KEY in info:
-            try:
-                return json.loads(info[META_KEY])
-            except (TypeError, ValueError):
-                return {}
+        if (meta := _meta(action.get("commitInfo") or {})) is not None:
+            return meta
     return {}
 
 
@@ -241,6 +249,13 @@ def _touching(out: str, name: str, date: str, first: int, last: int) -> tuple[in
     return None
 
 
+def add_action(path: str, size: int, date: str, mtime_ms: int, rows: int):  # noqa: ANN201
+    """The Delta `add` action of one data file of `date` (path relative to the table)."""
+    from deltalake.transaction import AddAction
+
+    return AddAction(path, size, {PARTITION: date}, mtime_ms, True, json.dumps({"numRecords": rows}))
+
+
 def commit_partition(
     out: str, name: str, date: str, files: list[dict], base_version: int | None, meta: dict, table=None
 ) -> int:  # noqa: ANN001
@@ -251,17 +266,16 @@ def commit_partition(
     since then touched the same date. `table`: the table freshly loaded, if the caller has it.
     """
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import AddAction, CommitProperties, RemoveAction
+    from deltalake.transaction import CommitProperties, RemoveAction
 
     prefix = name.strip("/") + "/"
     adds = [
-        AddAction(
+        add_action(
             f["path"][len(prefix) :] if f["path"].startswith(prefix) else f["path"],
             f["bytes"],
-            {PARTITION: date},
+            date,
             f.get("mtime") or int(time.time() * 1000),
-            True,
-            json.dumps({"numRecords": f["rows"]}),
+            f["rows"],
         )
         for f in files
     ]
@@ -312,19 +326,14 @@ def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN20
 
 def history(out: str, name: str) -> list[dict]:
     """This project's commits of a table, oldest first: {version, timestamp, operation, **metadata}."""
-    dt = open_table(out, name)
+    dt = open_table(out, name, without_files=True)
     if dt is None:
         return []
-    rows = []
-    for h in dt.history():
-        raw = h.get(META_KEY)
-        if not raw:
-            continue
-        try:
-            meta = json.loads(raw)
-        except (TypeError, ValueError):
-            continue
-        rows.append({"version": h["version"], "timestamp": h.get("timestamp"), **meta})
+    rows = [
+        {"version": h["version"], "timestamp": h.get("timestamp"), **meta}
+        for h in dt.history()
+        if (meta := _meta(h)) is not None
+    ]
     return sorted(rows, key=lambda r: r["version"])
 
 

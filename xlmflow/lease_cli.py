@@ -18,16 +18,17 @@ def add_lease_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparse
         c.set_defaults(func=fn)
 
 
-def _out(a: argparse.Namespace) -> str:
+def out_root(out: str, date: str | None = None) -> str:
+    """The run's own spelling of --out (and `date` checked the way a run checks it, when given)."""
     from xlmflow.settings import make_settings
 
-    return make_settings(inputs=(), out=a.out, date=a.date).out  # the run's own spelling of --out
+    return make_settings(inputs=(), out=out, **({"date": date} if date else {})).out
 
 
 def _show(a: argparse.Namespace) -> int:
     from xlmflow import lease
 
-    seen = lease.show(_out(a), a.date)
+    seen = lease.show(out_root(a.out, a.date), a.date)
     if seen is None:
         print(f"partition {a.date}: no lease (no run holds it)")
         return 0
@@ -39,7 +40,7 @@ def _show(a: argparse.Namespace) -> int:
 def _break(a: argparse.Namespace) -> int:
     from xlmflow import lease
 
-    seen = lease.break_lease(_out(a), a.date)
+    seen = lease.break_lease(out_root(a.out, a.date), a.date)
     if seen is None:
         print(f"partition {a.date}: no lease to break")
     else:

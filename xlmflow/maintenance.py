@@ -228,7 +228,8 @@ def migrate(out: str) -> dict[str, int]:
                 with fs.open(path, "rb") as fh:
                     schema = pq.read_schema(fh)
             mtime = info.get("LastModified") or info.get("mtime") or time.time()
-            adds.append(_add_action(name, f, date, int(info["size"]), mtime))
+            ms = int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(float(mtime) * 1000)
+            adds.append(delta.add_action(f["path"][len(name) + 1 :], int(info["size"]), date, ms, f["rows"]))
         from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
         meta = {"operation": "migrate", "partitions": {m["date"]: m["run_id"] for m in manifests}}
@@ -247,11 +248,3 @@ def migrate(out: str) -> dict[str, int]:
         tables = {n: 0 for n in done if m.get("files", {}).get(n)}
         write_manifest(out, {**m, "manifest_version": MANIFEST_VERSION, "tables": tables, "migrated": True})
     return done
-
-
-def _add_action(name: str, f: dict, date: str, size: int, mtime) -> object:  # noqa: ANN001
-    from deltalake.transaction import AddAction
-
-    ms = int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(float(mtime) * 1000)
-    rel = f["path"][len(name) + 1 :]
-    return AddAction(rel, size, {delta.PARTITION: date}, ms, True, json.dumps({"numRecords": f["rows"]}))

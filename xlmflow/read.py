@@ -24,12 +24,5 @@ def read_partition(out: str, dataset: str, date: str):  # noqa: ANN201 - pyarrow
 
     Columns are the dataset's columns plus `date` (the table's partition column).
     """
-    from tasks.collect import read_manifest
-
-    m = read_manifest(out, date)
-    if m is None:
-        return None
-    version = (m.get("tables") or {}).get(dataset)
-    if version is None:
-        return None
-    return delta.read_partition(out, dataset, date, version)
+    version = pinned_version(out, dataset, date)
+    return None if version is None else delta.read_partition(out, dataset, date, version)

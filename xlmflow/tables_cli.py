@@ -25,9 +25,9 @@ def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpar
 
 
 def _out(a: argparse.Namespace) -> str:
-    from xlmflow.settings import make_settings
+    from xlmflow.lease_cli import out_root
 
-    return make_settings(inputs=(), out=a.out).out  # the run's own spelling of --out
+    return out_root(a.out)
 
 
 def _vacuum(a: argparse.Namespace) -> int:
