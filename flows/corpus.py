@@ -1,4 +1,5 @@
-"""The partition flow: ingest -> shard -> process on Ray actors -> commit Parquet + manifest -> report."""
+"""The partition flow: ingest (split tasks, dedup) -> process on Ray actors -> commit (writer tasks, Delta
+commits, manifest) -> report. The driver plans and commits; the data stays on the cluster."""
 
 from __future__ import annotations
 
@@ -133,29 +134,30 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
         logger.info("stage %s took %.1fs", stage, stages[stage])
         return res
 
-    # fingerprint before reading: a file that changes while we read shows up as changed next time
-    run["input_fingerprint"] = fingerprint.current(settings.inputs)
-    ing = timed("ingest", steps.ingest_inputs, settings)
-    shards = timed("shard", steps.shard_records, ing.table, staging, settings)
     # the run's artifacts are created by the flow itself, so the UI lists them under the flow run
-    progress_id = report.create_progress_artifact(day)
-    done, failed, infos = timed("process", steps.process_shards, shards, staging, settings, progress_id)
+    read_id = report.create_progress_artifact(day, "ingest", f"input rows read for {day}")
+    progress_id = report.create_progress_artifact(day, "progress", f"documents processed for {day}")
+    ing = timed("ingest", steps.ingest_inputs, settings, staging, read_id)
+    # the listing the splits were planned from, taken before reading: a file that changes while we
+    # read shows up as changed next time
+    run["input_fingerprint"] = ing["listing"]
+    processed = timed("process", steps.process_shards, ing, settings, progress_id)
+    shards, done, _failed, infos, content = processed
     run["actors"] = infos
     run["models"] = infos[0]["models"] if infos else {}
     secs = time.perf_counter() - t0
+    accepted = sum(s["accepted"] for s in content)
     chars = sum(s["chars"] for s in shards)
     run["throughput"] = {
         "seconds": round(secs, 2),
-        "docs_per_s": round(ing.table.num_rows / secs, 1),
+        "docs_per_s": round(accepted / secs, 1),
         "chars_per_s": round(chars / secs, 1),
     }
-    run["stages"] = dict(stages)  # commit's own time is logged; it cannot be in the manifest it writes
+    # commit's own time is logged; it cannot be in the manifest it writes
+    run["stages"] = {**stages, **{f"ingest_{k}": v for k, v in ing["seconds"].items()}}
     _test_pause_before_commit(logger)
     lease.check()  # fence: a run that lost its lease while stalled must not write into the partition
-    manifest = timed(
-        "commit", steps.commit_partition, settings, shards, done, failed, ing, staging, run, lease.check
-    )
-    manifest.update(report.dataset_stats(manifest, settings.out))
+    manifest = timed("commit", steps.commit_partition, settings, ing, processed, run, lease.check)
     timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
     return {**result, "status": "committed", "manifest": manifest}
 

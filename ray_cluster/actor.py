@@ -44,6 +44,7 @@ class ShardWorker:
             gpu_ids = []
         return {
             "host": socket.gethostname(),
+            "node_id": _node_id(),
             "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "gpu_ids": gpu_ids,
@@ -77,23 +78,26 @@ class ShardWorker:
         main_name = "pairs" if self.settings.mode == "pairs" else "documents"
         main = _conform(table, schemas.PAIRS if main_name == "pairs" else schemas.DOCUMENTS)
         counts = {main_name: main.num_rows, "rejects": len(rejects)}
+        nbytes = {main_name: main.nbytes}
         # data objects first, the marker last: a shard is done only when all its files are whole
         storage.write_table_ipc(storage.join(out_dir, f"{main_name}.arrow"), main)
         storage.write_table_ipc(storage.join(out_dir, "rejects.arrow"), schemas.rejects_table(rejects))
         for name, parts in datasets.items():
             t = pa.concat_tables(parts)
-            counts[name] = t.num_rows
+            counts[name], nbytes[name] = t.num_rows, t.nbytes
             storage.write_table_ipc(storage.join(out_dir, f"{name}.arrow"), t)
         stats = {
             "shard_id": shard["shard_id"],
             "rows_in": shard["rows"],
             "chars": shard["chars"],
             "counts": counts,
+            "bytes": nbytes,  # in memory: what the writer tasks size their Parquet files by
             "rejects_by_reason": dict(collections.Counter(r["reason"] for r in rejects)),
             "by_lang": _lang_counts(main, datasets.get("qe")),
             "processors": per_proc,
             "seconds": round(time.perf_counter() - t0, 4),
             "actor": {
+                "node_id": _node_id(),
                 "pid": os.getpid(),
                 "device": self.device,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -123,6 +127,15 @@ def _lang_counts(table, qe_parts=None) -> dict:  # noqa: ANN001
     if "lang" not in table.column_names:
         return {}
     return dict(collections.Counter(x or "und" for x in table["lang"].to_pylist()))
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside Ray
+        return None
 
 
 def _pick_device(num_cpus: float) -> str:

@@ -70,7 +70,11 @@ class ShardPool:
                 pass
 
     def run(
-        self, shards: list[dict], staging: str, on_done: Callable[[dict], None] | None = None
+        self,
+        shards: list[dict],
+        staging: str,
+        on_done: Callable[[dict], None] | None = None,
+        feed=None,  # noqa: ANN001 - more shards as they are staged: .poll(waiting), .exhausted, .refs
     ) -> tuple[dict[str, dict], dict[str, str]]:
         """Process shards; returns (stats by shard id, error by shard id for shards whose actors kept dying).
 
@@ -88,6 +92,7 @@ class ShardPool:
         import ray
 
         pending = collections.deque(shards)
+        n_shards = len(shards)
         attempts: collections.Counter[str] = collections.Counter()
         inflight: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (actor, shard, load taken)
         probes: dict[ray.ObjectRef, int] = {}  # readiness probes of restarting actors
@@ -98,18 +103,23 @@ class ShardPool:
         failed: dict[str, str] = {}
         errors: dict[str, str] = {}
         cap = self.settings.max_inflight_per_actor
-        while pending or inflight:
+        while pending or inflight or (feed is not None and not feed.exhausted):
+            if feed is not None and not feed.exhausted:
+                new = feed.poll(len(pending))
+                n_shards += len(new)
+                pending.extend(new)
             self._submit(pending, attempts, inflight, load, alive, restarting, cap, staging)
             now = time.monotonic()
             for i, (_, due) in list(restarting.items()):
                 if due <= now and i not in probes.values():
                     probes[self.actors[i].info.remote()] = i
-            if not inflight and not probes and not restarting:
+            if not inflight and not probes and not restarting and (pending or not alive):
                 raise FatalError(
                     f"all shard actors died; {len(pending)} shards not processed; see the Ray logs"
                 )
-            ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=1.0)
-            if not ready:
+            staged = feed.refs if feed is not None else []
+            ready, _ = ray.wait([*inflight, *probes, *staged], num_returns=1, timeout=1.0)
+            if not ready or ready[0] in staged:
                 continue
             [ref] = ready
             if ref in probes:
@@ -140,7 +150,7 @@ class ShardPool:
         if errors:
             sid, msg = next(iter(errors.items()))
             raise FatalError(
-                f"{len(errors)} of {len(shards)} shards failed (first: {sid}: {msg}); the {len(done)} finished "
+                f"{len(errors)} of {n_shards} shards failed (first: {sid}: {msg}); the {len(done)} finished "
                 "shards are kept: fix the cause and rerun the same command to resume"
             )
         return done, failed

@@ -17,9 +17,8 @@ import collections
 import datetime as dt
 import logging
 import re
-import time
 
-from xlmflow import delta, schemas, storage
+from xlmflow import delta, storage
 from xlmflow.errors import FatalError
 
 log = logging.getLogger(__name__)
@@ -60,82 +59,70 @@ def datasets_for(tasks: tuple[str, ...], mode: str) -> list[str]:
     return names + ["rejects"]
 
 
-class _PartWriter:
-    """Buffers tables of one dataset and writes Parquet files of about `target_bytes` each."""
-
-    def __init__(self, out: str, dataset: str, date: str, run_id: str, target_bytes: int) -> None:
-        self.out, self.dir, self.run, self.target = (
-            out,
-            partition_dir(out, dataset, date),
-            run_id[:8],
-            target_bytes,
-        )
-        self.buf: list = []
-        self.size = 0
-        self.files: list[dict] = []
-        self.schema = None  # of the files written (embeddings' width is known only from the data)
-
-    def add(self, table) -> None:  # noqa: ANN001
-        if table.num_rows == 0:
-            return
-        self.buf.append(table)
-        self.size += table.nbytes  # in-memory size: an upper bound of the compressed file size
-        if self.size >= self.target:
-            self.flush()
-
-    def flush(self, force_empty=None) -> None:  # noqa: ANN001
-        import pyarrow as pa
-
-        if not self.buf and force_empty is None:
-            return
-        table = pa.concat_tables(self.buf) if self.buf else force_empty
-        uri = storage.join(self.dir, f"part-{self.run}-{len(self.files):05d}.parquet")
-        nbytes = storage.write_table_parquet(uri, table)
-        self.schema = table.schema
-        self.files.append(
-            {
-                "path": uri[len(self.out.rstrip("/")) + 1 :],
-                "rows": table.num_rows,
-                "bytes": nbytes,
-                "mtime": int(time.time() * 1000),
-            }
-        )
-        self.buf, self.size = [], 0
-
-
 def collect_partition(
-    settings,
+    settings,  # noqa: ANN001
+    ing: dict,
     shards: list[dict],
     done: dict[str, dict],
-    failed: dict[str, str],  # noqa: ANN001
-    ingest_counts: dict,
-    ingest_rejects,
-    staging: str,
+    failed: dict[str, str],
+    content: list[dict],
     run: dict,
     fence=None,  # noqa: ANN001 - callable raising if this run no longer holds the partition
     base_versions: dict | None = None,
 ) -> dict:
-    """Write the Parquet files, commit them to the Delta tables, write the manifest; returns it.
+    """Have writer tasks write the Parquet files, commit them to the Delta tables, write the manifest.
 
+    `ing`: ray_cluster.ingest_pipeline.read_inputs's result; `content`: the content reducers' summaries;
     `base_versions`: each table's version when the run started (xlmflow.delta.snapshot).
     """
+    import pyarrow as pa
+
+    from tasks.write import part_uri, plan_parts, write_part
+
     date = settings.date.isoformat()
     names = datasets_for(settings.tasks, settings.mode)
-    writers = {
-        n: _PartWriter(settings.out, n, date, run["run_id"], settings.target_file_bytes) for n in names
-    }
+    manifest, sources = _account(settings, ing, shards, done, failed, content, run, names)
+    calls = []
+    for n in names:
+        parts = plan_parts(sources[n], settings.target_file_bytes)
+        for i, part in enumerate(parts):
+            if part or n != "embeddings":  # every dataset gets a file, so readers find its schema on
+                calls.append(
+                    (settings.out, n, part_uri(settings.out, n, date, run["run_id"], i), part)
+                )  # empty days
     try:
-        manifest = _write_datasets(
-            settings, shards, done, failed, ingest_counts, ingest_rejects, staging, run, writers
-        )
+        results = ing["runner"].run_all(write_part, calls)
     except BaseException:
-        storage.remove([storage.join(settings.out, f["path"]) for w in writers.values() for f in w.files])
+        storage.remove([c[2] for c in calls])
         raise
-    files = {n: w.files for n, w in writers.items()}
-    schemas_ = {n: w.schema for n, w in writers.items()}
+    by_name: dict[str, list[dict]] = {n: [] for n in names}
+    for call, r in zip(calls, results, strict=True):
+        by_name[call[1]].append(r)
+    files = {n: [r["file"] for r in rs] for n, rs in by_name.items()}
+    schemas_ = {
+        n: pa.ipc.read_schema(pa.py_buffer(rs[0]["schema"])) if rs else None for n, rs in by_name.items()
+    }
+    written = {n: sum(f["rows"] for f in fs) for n, fs in files.items()}
+    main = "pairs" if settings.mode == "pairs" else "documents"
+    c = manifest["counts"]
+    if written[main] != c["documents"] or written["rejects"] != c["rejects"]:
+        storage.remove([c[2] for c in calls])
+        raise FatalError(  # never commit a partition that loses or invents rows
+            f"the files written do not reconcile with the counts: {written} vs {c}; the partition was not "
+            "committed (this is a bug, please report)"
+        )
+    manifest["files"] = files
+    manifest["nodes"]["writers"] = sorted({r["node_id"] for r in results if r.get("node_id")})
+    manifest.update(report_stats(by_name))
     commit_tables(settings.out, date, files, schemas_, base_versions or {}, manifest, fence)
     cleanup_partition(settings.out, date, manifest, debris=False)  # removed before the run started
     return manifest
+
+
+def report_stats(by_name: dict[str, list[dict]]) -> dict:
+    from tasks.report import dataset_stats
+
+    return dataset_stats(by_name)
 
 
 def commit_tables(
@@ -213,27 +200,37 @@ def commit_metadata(manifest: dict) -> dict:
     }
 
 
-def _write_datasets(
-    settings, shards, done, failed, ingest_counts, ingest_rejects, staging, run, writers
-) -> dict:  # noqa: ANN001
-    """Write every dataset's Parquet files through `writers`; returns the manifest to commit."""
+def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[dict, dict]:  # noqa: ANN001
+    """The manifest (counts reconciled from the task summaries) and each dataset's staged sources,
+    as (source, estimated bytes) for the writer tasks."""
     from ray_cluster.actor import results_uri
 
     date = settings.date.isoformat()
-    names = list(writers)
+    staging = ing["staging"]
+    sources: dict[str, list[tuple[dict, int]]] = {n: [] for n in names}
     counts: collections.Counter[str] = collections.Counter()
-    by_reason: collections.Counter[str] = collections.Counter(r["reason"] for r in ingest_rejects)
+    by_reason: collections.Counter[str] = collections.Counter()
     by_lang: collections.Counter[str] = collections.Counter()
     decided: collections.Counter[str] = collections.Counter()  # which language detector answered
-    writers["rejects"].add(schemas.rejects_table(ingest_rejects))
-    counts["rejects"] += len(ingest_rejects)
-    for shard in shards:
+    for s in ing["splits"]:
+        by_reason.update(s["rejects_by_reason"])
+        if s["rejects"]:
+            offsets = {k: ing["pieces"][int(k)]["offset"] for k in s["spans"]}
+            src = {"kind": "split_rejects", "uri": s["uris"]["rejects"],
+                   "index": s["index_by_bucket"]["rejects"][0], "offsets": offsets}  # fmt: skip
+            sources["rejects"].append((src, 300 * s["rejects"]))
+    for summary in content:
+        by_reason.update(summary["rejects_by_reason"])
+        if summary["rejects"]:
+            src = {"kind": "batches", "uri": summary["rejects_uri"], "index": summary["rejects_index"]}
+            sources["rejects"].append((src, 300 * summary["rejects"]))
+    for shard in sorted(shards, key=lambda s: s["first_row"]):
         sid = shard["shard_id"]
         if sid in failed:
-            rows = _shard_failed_rejects(shard, failed[sid])
-            by_reason.update(r["reason"] for r in rows)
-            writers["rejects"].add(schemas.rejects_table(rows))
-            counts["rejects"] += len(rows)
+            by_reason["shard_failed"] += shard["rows"]
+            sources["rejects"].append(
+                ({"kind": "failed", "shard": shard, "error": failed[sid]}, 300 * shard["rows"])
+            )
             continue
         stats = done[sid]
         by_reason.update(stats["rejects_by_reason"])
@@ -241,25 +238,18 @@ def _write_datasets(
         lid_counters = (stats.get("processors", {}).get("lid") or {}).get("counters", {})
         decided.update({k.removeprefix("decided_by_"): v for k, v in lid_counters.items()})
         for n in names:
-            uri = storage.join(results_uri(staging, sid), f"{n}.arrow")
-            if n in stats["counts"] or n == "rejects":
-                t = storage.read_table_ipc(uri)
-                counts[n] += t.num_rows
-                writers[n].add(t)
-    empty = {
-        "documents": schemas.DOCUMENTS,
-        "pairs": schemas.PAIRS,
-        "qe": schemas.QE,
-        "entities": schemas.ENTITIES,
-        "rejects": schemas.REJECTS,
-    }
-    for n, w in writers.items():
-        # every dataset of the run gets at least one file, so readers find its schema on empty days
-        w.flush(force_empty=empty[n].empty_table() if not w.files and n in empty else None)
+            rows = stats["counts"].get(n, 0)
+            counts[n] += rows
+            if rows:
+                uri = storage.join(results_uri(staging, sid), f"{n}.arrow")
+                sources[n].append(
+                    ({"kind": "ipc", "uri": uri}, (stats.get("bytes") or {}).get(n, 300 * rows))
+                )
     main = "pairs" if settings.mode == "pairs" else "documents"
+    input_rows = sum(s["input_rows"] for s in ing["splits"])
     n_rejects = sum(by_reason.values())
     manifest_counts = {
-        "input_rows": ingest_counts["input_rows"],
+        "input_rows": input_rows,
         "documents": counts[main],
         "rejects": n_rejects,
         "rejects_by_reason": dict(sorted(by_reason.items())),
@@ -267,29 +257,33 @@ def _write_datasets(
         **({"lid_decided_by": dict(sorted(decided.items()))} if decided else {}),
         **{n: counts[n] for n in names if n not in (main, "rejects")},
     }
-    if manifest_counts["input_rows"] != counts[main] + n_rejects or counts["rejects"] != n_rejects:
-        # never commit a partition that loses or invents rows
-        raise FatalError(
-            f"row accounting does not reconcile: {manifest_counts}, rejects written "
-            f"{counts['rejects']}; the partition was not committed (this is a bug, please report)"
+    if input_rows != counts[main] + n_rejects:
+        raise FatalError(  # never commit a partition that loses or invents rows
+            f"row accounting does not reconcile: {manifest_counts}; the partition was not committed "
+            "(this is a bug, please report)"
         )
-    finished = dt.datetime.now(dt.UTC)
-    is_empty = manifest_counts["input_rows"] == 0
+    is_empty = input_rows == 0
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "date": date,
         **run,
-        "finished_at": finished.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": settings.config_hash(),
         "settings": settings.model_dump(mode="json", exclude={"out"}),
-        "input_files": ingest_counts.get("input_files", []),
-        "files": {n: w.files for n, w in writers.items()},
+        "input_files": [e["path"] for e in ing["listing"]],
         "counts": manifest_counts,
         "shards": {"total": len(shards), "failed": sorted(failed)},
+        "ingest": {"splits": len(ing["splits"]), "dedup_buckets": ing["plan"].buckets},
+        "nodes": {
+            "ingest": sorted({s["node_id"] for s in ing["splits"] if s.get("node_id")}),
+            "actors": sorted(
+                {d["actor"]["node_id"] for d in done.values() if d.get("actor", {}).get("node_id")}
+            ),
+        },
         "empty": is_empty,
         **({"note": "the inputs held no rows: this partition is committed empty"} if is_empty else {}),
     }
-    return manifest
+    return manifest, sources
 
 
 def _committed_by(out: str, date: str, run_id: str) -> bool:
@@ -298,21 +292,6 @@ def _committed_by(out: str, date: str, run_id: str) -> bool:
     except Exception:  # noqa: BLE001 - unknown: keep the files, the next run's cleanup decides
         return True
     return bool(m and m.get("run_id") == run_id)
-
-
-def _shard_failed_rejects(shard: dict, error: str) -> list[dict]:
-    t = storage.read_table_ipc(shard["uri"])
-    text_col = "text" if "text" in t.column_names else "src"
-    return [
-        schemas.make_reject(
-            r["source"],
-            r["source_row"],
-            "shard_failed",
-            f"shard {shard['shard_id']} failed after retries: {error}; rerun with --force",
-            r[text_col],
-        )
-        for r in t.select(["source", "source_row", text_col]).to_pylist()
-    ]
 
 
 DATASETS = ("documents", "pairs", "qe", "entities", "embeddings", "rejects")

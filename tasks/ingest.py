@@ -9,8 +9,13 @@ Choices a user of the staged tables can rely on:
   src + "\\t" + normalized mt), so the same input gives the same ids on every run.
 - normalized = NFC, whitespace runs -> one space, stripped. It is used for ids and dedup only; the staged
   text is the input text unchanged, and `n_chars` = len(text).
-- Dedup is global over all inputs in sorted file order, first row wins: same normalized content ->
-  `duplicate`; same id with other content -> `duplicate_id`. Every staged id is unique.
+- Dedup is global over all inputs in sorted file order, in two stages (tasks.dedup): first the id
+  stage over all rows (the first row with an id wins; a later row with that id is `duplicate_id` when
+  its content differs, `duplicate` when it is the same), then the content stage over the rows left
+  (the first row of each normalized content wins, the others are `duplicate`). Every staged id is
+  unique. The work is split (tasks.splits): each split task reads its pieces, validates, normalizes,
+  hashes and writes its rows to staging bucketed by content and by id, with its rejects; the dedup
+  reducers decide and write the shards. None of the data passes through the driver.
 - Row numbers and formats: see tasks.readers. A file that cannot be parsed at all is one
   `unreadable_file` reject (source_row null) and counts as one input row; a file that breaks after
   some rows keeps them and adds one `truncated_input` reject. So input_rows == accepted + rejects.
@@ -27,16 +32,17 @@ import csv
 import hashlib
 import json
 import logging
+import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tasks.readers import SUPPORTED, Bad, format_of, read_records
-from xlmflow import schemas
+from tasks.readers import SUPPORTED, Bad, format_of, read_piece, read_records
+from xlmflow import schemas, storage
 from xlmflow.errors import FatalError
 from xlmflow.settings import RunSettings
 from xlmflow.storage import fs_for, is_remote
@@ -50,8 +56,10 @@ _FORMAT_ERRORS = (ValueError, OSError, EOFError, csv.Error, zlib.error, pa.Arrow
 
 @dataclass
 class IngestResult:
-    table: pa.Table  # schemas.STAGED_DOCS or schemas.STAGED_PAIRS
-    rejects: list[dict]  # schemas.make_reject rows
+    """The whole ingest of a partition in one process (`ingest`): for tests and small inputs."""
+
+    table: pa.Table  # schemas.STAGED_DOCS or schemas.STAGED_PAIRS, in input order
+    rejects: list[dict]  # schemas.make_reject rows, in input order
     input_rows: int  # == table.num_rows + len(rejects)
     input_files: list[str]
 
@@ -114,28 +122,123 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def ingest(settings: RunSettings) -> IngestResult:
-    """Read settings.inputs into one staged table (settings.mode) plus rejects; deterministic."""
-    files = expand_inputs(settings.inputs)
-    st = _Staging(settings.mode, settings.max_text_chars)
-    for uri in files:
-        _read_file(st, uri, settings.record_byte_limit, settings.max_file_bytes)
-    table = pa.Table.from_pydict(st.cols, schema=st.schema)
-    res = IngestResult(table, st.rejects, st.input_rows, files)
+def ingest(settings: RunSettings, staging: str | None = None) -> IngestResult:
+    """The staged ingest (split tasks, then both dedup stages) run in this process, read back as one
+    table in input order. Runs use the same steps as Ray tasks (ray_cluster.ingest_pipeline) and never
+    read the staged data back; this is for tests and for looking at what a small input stages to."""
+    import tempfile
+
+    from tasks import dedup
+    from tasks.splits import list_inputs, plan_splits
+
+    listing = list_inputs(settings.inputs)
+    plan = plan_splits(listing, settings.split_bytes, settings.max_file_bytes, settings.dedup_buckets)
+    payload = settings.model_dump_json()
+    with tempfile.TemporaryDirectory(prefix="xlmflow-ingest-") as tmp:
+        root = staging or tmp
+        summaries = [read_split(s.to_dict(), plan.buckets, payload, root) for s in plan.splits]
+        pieces = dedup.piece_table(plan, summaries)
+        losers = [dedup.reduce_ids(b, summaries, pieces, plan.buckets, root) for b in range(plan.buckets)]
+        parts = [
+            dedup.reduce_content(c, summaries, losers, pieces, payload, root) for c in range(plan.buckets)
+        ]
+        tables = [storage.read_table_ipc(s["uri"]) for p in parts for s in p["shards"]]
+        rejects = [r for s in summaries for r in read_split_rejects(s, pieces)]
+        rejects += [r for p in parts for r in dedup.read_rejects(p)]
+    schema = schemas.STAGED_DOCS if settings.mode == "docs" else schemas.STAGED_PAIRS
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    files = [e["path"] for e in listing]
+    order = {u: i for i, u in enumerate(files)}
+    if table.num_rows:
+        keys = list(
+            zip([order[s] for s in table["source"].to_pylist()], table["source_row"].to_pylist(), strict=True)
+        )
+        table = table.take(sorted(range(len(keys)), key=keys.__getitem__))
+    rejects.sort(key=lambda r: (order[r["source"]], -1 if r["source_row"] is None else r["source_row"]))
+    res = IngestResult(table, rejects, sum(s["input_rows"] for s in summaries), files)
     if res.input_rows != table.num_rows + len(res.rejects):  # the accounting rule; a bug if it breaks
         raise RuntimeError(f"ingest lost rows: {res.counts()}")
-    log.info("ingest: %s", res.counts())
     return res
 
 
-def _read_file(st: _Staging, uri: str, max_record_bytes: int, max_file_bytes: int) -> None:
+def split_dir(staging: str, split_id: str) -> str:
+    return storage.join(staging, "ingest", "splits", split_id)
+
+
+def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> dict:
+    """The ingest task of one split: read its pieces, validate, hash, and write its rows bucketed by
+    content and by id, plus its rejects, to staging; returns a small summary. Idempotent: a split
+    whose summary exists is not read again."""
+    settings = RunSettings.model_validate_json(settings_json)
+    out = split_dir(staging, split["split_id"])
+    done = storage.join(out, "_SUCCESS.json")
+    if storage.exists(done):
+        return storage.read_json(done)
+    t0 = time.perf_counter()
+    st = _SplitStaging(settings.mode, settings.max_text_chars, buckets, out)
+    spans: dict[str, int] = {}
+    try:
+        for piece in split["pieces"]:
+            spans[str(piece["index"])] = _read_piece(st, piece, settings)
+        index = st.close()
+    except BaseException:
+        st.abort()
+        raise
+    summary = {
+        "split_id": split["split_id"],
+        "index": split["index"],
+        "input_rows": st.input_rows,
+        "accepted": st.accepted,
+        "rejects": st.n_rejects,
+        "rejects_by_reason": dict(sorted(st.by_reason.items())),
+        "spans": spans,
+        "uris": st.uris,
+        "index_by_bucket": index,
+        "node_id": _node_id(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if summary["input_rows"] != summary["accepted"] + summary["rejects"]:
+        raise RuntimeError(f"split {split['split_id']} lost rows: {summary}")
+    storage.write_json(done, summary)
+    return summary
+
+
+def read_split_rejects(summary: dict, pieces: list[dict]) -> Iterator[dict]:
+    """A split's rejects, with source_row as the row in the whole file."""
+    from tasks.staged import read_bucket
+
+    for batch in read_bucket(summary["uris"]["rejects"], summary["index_by_bucket"]["rejects"][0]):
+        for r in batch.to_pylist():
+            p = r.pop("_piece")
+            if r["source_row"] is not None:
+                r["source_row"] += pieces[p]["offset"]
+            yield r
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside Ray
+        return None
+
+
+def _read_piece(st: _SplitStaging, piece: dict, settings: RunSettings) -> int:
+    """Feed one piece's records; returns its span (the lines of a JSON lines range, else 0)."""
+    uri, pi = piece["uri"], piece["index"]
     before = st.input_rows
-    it = read_records(uri, max_record_bytes=max_record_bytes, max_file_bytes=max_file_bytes)
+    span = [0]
+    limits = {"max_record_bytes": settings.record_byte_limit, "max_file_bytes": settings.max_file_bytes}
+    if piece["start"] is None:
+        it = read_records(uri, **limits)
+    else:
+        it = read_piece(uri, piece["start"], piece["end"], span=span, **limits)
     while True:
         try:
             rec = next(it)  # only the reader's own errors are caught, never those of st.feed
         except StopIteration:
-            return
+            return span[0]
         except _FATAL_IO as exc:
             raise FatalError(
                 f"cannot read {uri}: {exc}; check that it exists and that you have access"
@@ -145,14 +248,18 @@ def _read_file(st: _Staging, uri: str, max_record_bytes: int, max_file_bytes: in
                 # an errno means the storage failed (s3fs: EBUSY/EIO after its retries), not the
                 # file's format: stop the run instead of committing the file's rows as rejects
                 raise FatalError(f"cannot read {uri}: {exc}; the storage kept failing after retries") from exc
+            if piece["start"] is not None:  # planned from its size: a format error means it changed
+                raise FatalError(
+                    f"cannot read {uri} from byte {piece['start']}: {exc}; did it change?"
+                ) from exc
             got = st.input_rows - before
             msg = f"{type(exc).__name__}: {exc}"
             if got:
-                st.feed(uri, None, Bad("truncated_input", f"file breaks after {got} rows: {msg}"), "")
+                st.feed(uri, pi, None, Bad("truncated_input", f"file breaks after {got} rows: {msg}"), "")
             else:
-                st.feed(uri, None, Bad("unreadable_file", f"cannot parse the file: {msg}"), "")
-            return
-        st.feed(uri, *rec)
+                st.feed(uri, pi, None, Bad("unreadable_file", f"cannot parse the file: {msg}"), "")
+            return span[0]
+        st.feed(uri, pi, *rec)
 
 
 def _as_str(v: object) -> str | None:
@@ -186,55 +293,69 @@ def _string_field(value: dict, name: str) -> str | Bad:
     return v
 
 
-class _Staging:
-    """Column lists of accepted rows, rejects, and the id/content maps for dedup."""
+class _SplitStaging:
+    """Validates the rows of one split and writes them to staging, bucketed; no dedup here."""
 
-    def __init__(self, mode: str, max_chars: int) -> None:
+    def __init__(self, mode: str, max_chars: int, buckets: int, out: str) -> None:
+        from tasks.staged import BucketWriter
+
         self.docs = mode == "docs"
-        self.schema = schemas.STAGED_DOCS if self.docs else schemas.STAGED_PAIRS
-        self.id_col = self.schema.names[0]
         self.known = {"text", "id", "lang"} if self.docs else {"src", "mt", "id", "src_lang", "mt_lang"}
-        self.max_chars = max_chars
-        self.cols: dict[str, list] = {n: [] for n in self.schema.names}
-        self.rejects: list[dict] = []
-        self.input_rows = 0
-        self.by_digest: dict[bytes, int] = {}  # normalized content -> index of its accepted row
-        self.by_id: dict[str, bytes] = {}  # accepted id -> its content digest
+        self.max_chars, self.buckets = max_chars, buckets
+        self.uris = {k: storage.join(out, f"{k}.arrow") for k in ("rows", "keys", "rejects")}
+        self.writers = {
+            "rows": BucketWriter(self.uris["rows"], schemas.staged_rows_schema(mode), buckets),
+            "keys": BucketWriter(self.uris["keys"], schemas.DEDUP_KEYS, buckets),
+            "rejects": BucketWriter(self.uris["rejects"], schemas.STAGED_REJECTS, 1),
+        }
+        self.input_rows = self.accepted = self.n_rejects = 0
+        self.by_reason: Counter[str] = Counter()
 
-    def reject(self, source: str, row: int | None, reason: str, detail: str, raw: object) -> None:
-        self.rejects.append(schemas.make_reject(source, row, reason, detail, raw))
+    def close(self) -> dict[str, list[list[int]]]:
+        return {k: w.close() for k, w in self.writers.items()}
 
-    def feed(self, source: str, row: int | None, value: object, raw: bytes | str | None) -> None:
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+    def reject(self, source: str, piece: int, row: int | None, reason: str, detail: str, raw: object) -> None:
+        self.n_rejects += 1
+        self.by_reason[reason] += 1
+        r = schemas.make_reject(source, row, reason, detail, raw)
+        self.writers["rejects"].add(0, (*r.values(), piece))
+
+    def feed(self, source: str, piece: int, row: int | None, value: object, raw: bytes | str | None) -> None:
         self.input_rows += 1
         if type(value) is Bad:
-            return self.reject(source, row, value.reason, value.detail, raw)
+            return self.reject(source, piece, row, value.reason, value.detail, raw)
         if type(value) is not dict:
             t = _TYPE_NAMES.get(type(value), "null" if value is None else type(value).__name__)
-            return self.reject(source, row, "not_object", f"a JSON {t} is not an object", raw)
+            return self.reject(source, piece, row, "not_object", f"a JSON {t} is not an object", raw)
         res = self._docs(value) if self.docs else self._pairs(value)
         if type(res) is Bad:
-            return self.reject(source, row, res.reason, res.detail, _dumps(value) if raw is None else raw)
+            return self.reject(
+                source, piece, row, res.reason, res.detail, _dumps(value) if raw is None else raw
+            )
         rid, digest, payload = res
         rid = rid or "sha1:" + digest.hex()[:16]
-        prev = self.by_id.get(rid)
-        first = self.by_digest.get(digest if prev is None else prev)
-        if first is not None:
-            where = f"{self.cols['source'][first]} row {self.cols['source_row'][first]}"
-            if prev is not None and prev != digest:
-                reason, detail = "duplicate_id", f"id {rid!r} was already used by {where} with other content"
-            else:
-                reason, detail = "duplicate", f"same content as {where} ({self.cols[self.id_col][first]})"
-            return self.reject(source, row, reason, detail, _dumps(value) if raw is None else raw)
-        self.by_id[rid] = digest
-        self.by_digest[digest] = len(self.cols["source"])
         extra = {k: v for k, v in value.items() if k not in self.known}
-        cols = self.cols
-        cols[self.id_col].append(rid)
-        for name, v in payload:
-            cols[name].append(v)
-        cols["source"].append(source)
-        cols["source_row"].append(row)
-        cols["meta"].append(_dumps(extra) if extra else "{}")
+        excerpt = schemas.reject_raw(_dumps(value) if raw is None else raw)  # in case dedup rejects it
+        cbucket = int.from_bytes(digest[:4], "big") % self.buckets
+        self.writers["rows"].add(
+            cbucket,
+            (
+                rid,
+                *(v for _, v in payload),
+                source,
+                row,
+                _dumps(extra) if extra else "{}",
+                piece,
+                digest,
+                excerpt,
+            ),
+        )
+        self.writers["keys"].add(zlib.crc32(rid.encode()) % self.buckets, (rid, digest, piece, row, cbucket))
+        self.accepted += 1
 
     def _content(self, norm: str, value: dict, *fields: str) -> tuple[str | None, bytes, list] | Bad:
         """(id, digest, optional string fields), or unencodable_text for a lone surrogate in what we keep."""

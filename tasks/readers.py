@@ -562,7 +562,11 @@ def _csv_record(n: int, header: list[str], row: list[str] | _TooLong, delimiter:
 BATCH_BYTES = 64 << 20
 
 
-def _parquet(f: io.IOBase, record_limit: int, file_limit: int) -> Iterator[Record]:
+def _parquet(
+    f: io.IOBase, record_limit: int, file_limit: int, owned: tuple[int, int] | None = None
+) -> Iterator[Record]:
+    """`owned`: read only the row groups whose first page starts in this byte range (a file piece);
+    row numbers and the file limit still count every group before them."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(f)
@@ -571,6 +575,11 @@ def _parquet(f: io.IOBase, record_limit: int, file_limit: int) -> Iterator[Recor
         group = pf.metadata.row_group(i)
         rows, size = group.num_rows, group.total_byte_size
         if not rows:
+            continue
+        if owned and not owned[0] <= _group_start(group) < owned[1]:
+            if used + size > file_limit:
+                return  # the piece that owns this group says so
+            used, n = used + size, n + rows
             continue
         if used + size > file_limit:
             why = (
@@ -593,3 +602,112 @@ def _parquet(f: io.IOBase, record_limit: int, file_limit: int) -> Iterator[Recor
             for rec in b.to_pylist():
                 yield n, rec, None
                 n += 1
+
+
+def _group_start(group) -> int:  # noqa: ANN001
+    col = group.column(0)
+    first = col.dictionary_page_offset if col.has_dictionary_page else None
+    return min(x for x in (first, col.data_page_offset) if x is not None and x >= 0)
+
+
+# --- pieces of a file (input splits) ---------------------------------------------------------------
+
+
+def read_piece(
+    uri: str,
+    start: int,
+    end: int,
+    *,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    span: list[int],
+) -> Iterator[Record]:
+    """Records of one byte range [start, end) of a file, for reading one file on several workers.
+
+    JSON lines (uncompressed): the lines that *start* in the range, numbered 1.. within the range; the
+    caller adds the lines of the earlier ranges (`span[0]`, set once the records are read, is this
+    range's line count). Parquet: the row groups whose first page starts in the range, numbered by
+    their row in the whole file (the footer gives every group's row count), so `span[0]` is 0.
+    """
+    kind, comp = format_of(uri) or ("", None)
+    if comp or kind not in ("jsonl", "parquet"):
+        raise ValueError(f"{uri!r} cannot be read in pieces")
+    fs, path = fs_for(uri)
+    with fs.open(path, "rb") as f:
+        if kind == "parquet":
+            span[0] = 0
+            yield from _parquet(f, max_record_bytes, max_file_bytes, owned=(start, end))
+            return
+        counted = _Counted(_range_chunks(f, start, end))
+        src = _Source(iter(counted), max_file_bytes)
+        yield from _jsonl(_Lines(src, max_record_bytes), src)
+        span[0] = counted.lines
+
+
+class _Counted:
+    """Chunks passed through, counting the lines in them (a last line without a newline counts)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self.lines = chunks, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        last = b"\n"
+        for chunk in self._chunks:
+            if chunk:
+                self.lines += chunk.count(b"\n")
+                last = chunk[-1:]
+                yield chunk
+        if last != b"\n":
+            self.lines += 1
+
+
+def _range_chunks(f: io.IOBase, start: int, end: int) -> Iterator[bytes]:
+    """The bytes of the lines that start in [start, end): from the first line start at or after `start`
+    to the end of the line that holds byte end-1."""
+    pos = start
+    buf = b""
+    if start > 0:
+        f.seek(start - 1)
+        if f.read(1) != b"\n":  # mid-line: that line belongs to the range before
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    return
+                i = chunk.find(b"\n")
+                if i >= 0:
+                    pos, buf = pos + i + 1, chunk[i + 1 :]
+                    break
+                pos += len(chunk)
+    else:
+        f.seek(0)
+    if pos >= end:
+        return
+    last = b"\n"
+    while True:
+        if not buf:
+            buf = f.read(CHUNK)
+            if not buf:
+                return
+        if pos + len(buf) < end:
+            pos += len(buf)
+            last = buf[-1:]
+            yield buf
+            buf = b""
+            continue
+        head, buf = buf[: end - pos], buf[end - pos :]
+        if head:
+            last = head[-1:]
+            yield head
+        break
+    # finish the line that holds byte end-1, unless it ended right there
+    while last != b"\n":
+        if not buf:
+            buf = f.read(CHUNK)
+            if not buf:
+                return
+        i = buf.find(b"\n")
+        if i >= 0:
+            yield buf[: i + 1]
+            return
+        yield buf
+        buf = b""

@@ -11,47 +11,67 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
-    """A terminal progress bar plus a Prefect progress artifact, both updated as shards finish."""
+    """A terminal progress bar plus a Prefect progress artifact, updated as work items finish.
 
-    def __init__(self, total_shards: int, total_rows: int, date: str, artifact_id=None) -> None:  # noqa: ANN001
-        """`artifact_id`: the run's progress artifact (see create_progress_artifact), None for none."""
+    Ingest (split tasks) and processing (shards) each get their own: a run shows how far it has read
+    its input separately from how far the models are."""
+
+    def __init__(self, total_rows: int, desc: str, artifact_id=None, unit: str = "doc") -> None:  # noqa: ANN001
+        """`artifact_id`: a progress artifact of the run (create_progress_artifact), None for none."""
         from tqdm import tqdm
 
-        self.total = max(1, total_shards)
+        self.total = max(1, total_rows)
         self.done = 0
         self.bar = tqdm(
-            total=total_rows,
-            unit="doc",
-            desc=f"partition {date}",
-            file=sys.stderr,
-            mininterval=1.0,
-            disable=None,
+            total=total_rows, unit=unit, desc=desc, file=sys.stderr, mininterval=1.0, disable=None
         )
         self.artifact_id = artifact_id
+        self._shown = -1.0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        self._publish()
 
     def shard_done(self, stats: dict) -> None:
-        self.done += 1
-        self.bar.update(stats["rows_in"])
-        if self.artifact_id is not None:
-            try:
-                from prefect.artifacts import update_progress_artifact
+        self.advance(stats["rows_in"])
 
-                update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("progress update failed: %s", exc)
+    def shrink(self, n: int) -> None:
+        """`n` rows of the total will never come (dedup rejected them after the total was set)."""
+        if n:
+            self.total = max(1, self.total - n)
+            self.bar.total = max(0, (self.bar.total or 0) - n)
+            self.bar.refresh()
+            self._publish()
+
+    def _publish(self) -> None:
+        if self.artifact_id is None:
+            return
+        pct = min(100.0, round(100.0 * self.done / self.total, 1))
+        if pct == self._shown:
+            return
+        self._shown = pct
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self.artifact_id, progress=pct)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("progress update failed: %s", exc)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def create_progress_artifact(date: str):  # noqa: ANN201
-    """The run's progress artifact (0%), or None without a Prefect run. Created by the flow itself, so the
-    UI lists it under the flow run rather than under one of its task runs."""
+def create_progress_artifact(date: str, what: str = "progress", description: str | None = None):  # noqa: ANN201
+    """A progress artifact of the run (0%), or None without a Prefect run. Created by the flow itself, so
+    the UI lists it under the flow run rather than under one of its task runs."""
     try:
         from prefect.artifacts import create_progress_artifact as create
 
         return create(
-            progress=0.0, key=_key(f"corpus-{date}-progress"), description=f"shards committed for {date}"
+            progress=0.0,
+            key=_key(f"corpus-{date}-{what}"),
+            description=description or f"documents processed for {date}",
         )
     except Exception as exc:  # noqa: BLE001 - progress must never fail a run
         log.debug("no progress artifact: %s", exc)
@@ -93,42 +113,35 @@ def summary_rows(manifest: dict) -> list[dict]:
     return rows
 
 
-def dataset_stats(manifest: dict, out: str) -> dict:
-    """Entities per label and QE score quantiles, read back from the committed Parquet (columns only)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
+def dataset_stats(parts: dict[str, list[dict]]) -> dict:
+    """Entities per label and QE score quantiles, from what the writer tasks returned (no data read)."""
     extra: dict = {}
-    files = manifest["files"]
-    if files.get("entities"):
-        labels: dict[str, int] = {}
-        for f in files["entities"]:
-            t = _read_cols(storage.join(out, f["path"]), ["label"], pq)
-            for v in pc.value_counts(t["label"]).to_pylist():
-                labels[v["values"]] = labels.get(v["values"], 0) + v["counts"]
+    labels: dict[str, int] = {}
+    for r in parts.get("entities", []):
+        for k, v in (r.get("entity_labels") or {}).items():
+            labels[k] = labels.get(k, 0) + v
+    if labels:
         extra["entity_labels"] = dict(sorted(labels.items()))
-    if files.get("qe"):
-        import pyarrow as pa
-
-        scores = pa.concat_arrays(
-            [
-                _read_cols(storage.join(out, f["path"]), ["score"], pq)["score"].combine_chunks()
-                for f in files["qe"]
-            ]
-        )
-        if len(scores):
-            qs = pc.quantile(scores, q=[0.05, 0.25, 0.5, 0.75, 0.95]).to_pylist()
-            extra["qe_quantiles"] = {
-                f"p{int(q * 100):02d}": round(v, 4)
-                for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), qs, strict=True)
-            }
+    samples = [r["qe_scores"] for r in parts.get("qe", []) if r.get("qe_scores")]
+    if samples:
+        extra["qe_quantiles"] = _quantiles(samples, (0.05, 0.25, 0.5, 0.75, 0.95))
     return extra
 
 
-def _read_cols(uri: str, cols: list[str], pq):  # noqa: ANN001, ANN202
-    fs, path = storage.fs_for(uri)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=cols)
+def _quantiles(samples: list[dict], qs: tuple[float, ...]) -> dict:
+    """Quantiles over the parts' samples: exact when every part returned all its scores (parts of up
+    to tasks.write.QE_SAMPLE rows), else from each part's quantiles weighted by its row count."""
+    import numpy as np
+
+    values = np.concatenate([np.asarray(s["sample"], dtype=np.float64) for s in samples])
+    weights = np.concatenate([np.full(len(s["sample"]), s["n"] / max(1, len(s["sample"]))) for s in samples])
+    if all(len(s["sample"]) == s["n"] for s in samples):
+        got = np.quantile(values, qs)
+    else:
+        order = np.argsort(values)
+        cum = np.cumsum(weights[order])
+        got = [values[order][min(len(values) - 1, int(np.searchsorted(cum, q * cum[-1])))] for q in qs]
+    return {f"p{int(q * 100):02d}": round(float(v), 4) for q, v in zip(qs, got, strict=True)}
 
 
 def markdown_report(manifest: dict, out: str) -> str:

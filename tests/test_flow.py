@@ -141,7 +141,7 @@ def test_actor_death_retries_shard_without_duplicates(prefect_harness, ray_local
     path, n_good = corpus
     marker = tmp_path / "crashed"
     with open(CRASH_CONTROL, "w") as f:
-        json.dump({"shard_prefix": "00002", "marker": str(marker)}, f)
+        json.dump({"shard_prefix": "000-00002", "marker": str(marker)}, f)
     try:
         res = _run(path, str(tmp_path / "out"))
     finally:
@@ -165,7 +165,7 @@ def test_systemic_shard_error_fails_run_then_rerun_resumes(prefect_harness, ray_
     path, n_good = corpus
     out = str(tmp_path / "out")
     with open(CRASH_CONTROL, "w") as f:
-        json.dump({"shard_prefix": "00001", "marker": str(tmp_path / "raised"), "mode": "raise"}, f)
+        json.dump({"shard_prefix": "000-00001", "marker": str(tmp_path / "raised"), "mode": "raise"}, f)
     try:
         with pytest.raises(FatalError, match="rerun the same command to resume"):
             _run(path, out)

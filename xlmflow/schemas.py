@@ -102,17 +102,57 @@ QE = pa.schema(
 )
 
 
-def make_reject(source: str, source_row: int | None, reason: str, detail: str, raw: object = "") -> dict:
-    """One reject row; `raw` is truncated so a huge bad line cannot bloat the rejects dataset."""
+def reject_raw(raw: object) -> str:
+    """The excerpt of a rejected row kept in `raw`: truncated, so a huge bad line cannot bloat the
+    rejects dataset, and valid UTF-8 (lone surrogates cannot be written to Arrow/Parquet)."""
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+        raw = raw[: 4 * REJECT_RAW_CHARS + 4].decode("utf-8", errors="replace")
     raw = str(raw)
     if len(raw) > REJECT_RAW_CHARS:
         raw = raw[:REJECT_RAW_CHARS] + "…"
-    # lone surrogates cannot be written to Arrow/Parquet as UTF-8
-    raw = raw.encode("utf-8", errors="replace").decode("utf-8")
-    return {"source": source, "source_row": source_row, "reason": reason, "detail": detail, "raw": raw}
+    return raw.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def make_reject(source: str, source_row: int | None, reason: str, detail: str, raw: object = "") -> dict:
+    """One reject row."""
+    return {
+        "source": source,
+        "source_row": source_row,
+        "reason": reason,
+        "detail": detail,
+        "raw": reject_raw(raw),
+    }
 
 
 def rejects_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=REJECTS)
+
+
+# --- ingest staging (tasks.ingest, tasks.dedup): what split tasks hand to the dedup reducers ----------
+# Staged rows plus the piece they came from (source_row is still the row within the piece), the
+# SHA-1 of their normalized content, and the reject excerpt should dedup reject them.
+def staged_rows_schema(mode: str) -> pa.Schema:
+    base = STAGED_DOCS if mode == "docs" else STAGED_PAIRS
+    return (
+        base.append(pa.field("_piece", pa.int32()))
+        .append(pa.field("_digest", pa.binary(20)))
+        .append(pa.field("_raw", pa.string()))
+    )
+
+
+# one row per accepted row, bucketed by id: all the id stage of dedup needs
+DEDUP_KEYS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("digest", pa.binary(20)),
+        ("piece", pa.int32()),
+        ("row", pa.int64()),
+        ("cbucket", pa.int32()),
+    ]
+)
+# rows the id stage rejected, bucketed by content bucket
+DEDUP_LOSERS = pa.schema(
+    [("piece", pa.int32()), ("row", pa.int64()), ("reason", pa.string()), ("detail", pa.string())]
+)
+# rejects of a split task: source_row is still the row within the piece
+STAGED_REJECTS = REJECTS.append(pa.field("_piece", pa.int32()))

@@ -46,6 +46,13 @@ class RunSettings(BaseModel):
         gt=0,
         description="Decompressed bytes read from one file; the rest is one file_too_large reject.",
     )
+    # splits and dedup (how the work is cut, not what it computes)
+    split_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Input bytes one ingest task reads (files are cut)."
+    )
+    dedup_buckets: int | None = Field(
+        default=None, gt=0, le=1024, description="Hash buckets of dedup (default: from the input size)."
+    )
     # sharding / output sizes
     shard_chars: int = Field(default=2_000_000, gt=0, description="Character budget of one Arrow shard.")
     target_file_bytes: int = Field(
@@ -144,8 +151,11 @@ class RunSettings(BaseModel):
                 "gpu_fraction",
                 "lease_ttl",
                 "lock_timeout",
+                "split_bytes",
+                "dedup_buckets",
             },
         )
+        keep["dedup_rule"] = "id-then-content"  # the staged two-stage rule (tasks.dedup)
         if "lid" in self.tasks or self.mode == "pairs":
             from ray_cluster.langid import detector_version
 

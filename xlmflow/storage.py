@@ -88,6 +88,41 @@ def write_bytes(uri: str, data: bytes) -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def writing(uri: str):  # noqa: ANN201
+    """A local path to write `uri` through, made visible whole when the block ends: locally the temp
+    file is renamed into place, on S3 it is uploaded in one PUT. Nothing is left on failure."""
+    import tempfile
+
+    fs, path = fs_for(uri)
+    if is_remote(uri):
+        fd, tmp = tempfile.mkstemp(prefix="xlmflow-")
+    else:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.close(fd)
+    try:
+        yield tmp
+        if is_remote(uri):
+            fs.put_file(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def open_input_file(uri: str):  # noqa: ANN201
+    """A random-access pyarrow file of `uri` (memory-mapped locally; ranged GETs on S3)."""
+    import pyarrow as pa
+
+    fs, path = fs_for(uri)
+    if not is_remote(uri):
+        return pa.memory_map(path)
+    return pa.PythonFile(fs.open(path, "rb"), mode="r")
+
+
 def remove_stale_tmp(prefix_uri: str) -> int:
     """Delete leftover `*.tmp-*` files of local writes under a prefix; returns how many were removed.
 

@@ -1,0 +1,149 @@
+"""Writer tasks: the final Parquet files of a dataset, written on the cluster from staged results.
+
+The driver groups the staged files of each dataset (shard results, rejects of the split tasks and of
+dedup, failed shards) into groups of about target_file_bytes and runs one `write_part` per group; it
+gets back the file's path, size, row count and schema, plus the few figures the report shows, and
+commits that file list. It never reads a dataset itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+
+from xlmflow import schemas, storage
+
+QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all of them, or quantiles
+
+
+def part_uri(out: str, dataset: str, date: str, run_id: str, index: int) -> str:
+    return storage.join(out, dataset, f"date={date}", f"part-{run_id[:8]}-{index:05d}.parquet")
+
+
+def _tables(src: dict) -> Iterator:
+    """The tables of one staged source."""
+    import pyarrow as pa
+
+    from tasks.staged import read_bucket
+
+    kind = src["kind"]
+    if kind == "ipc":
+        yield storage.read_table_ipc(src["uri"])
+    elif kind == "batches":
+        for b in read_bucket(src["uri"], src["index"]):
+            yield pa.Table.from_batches([b])
+    elif kind == "split_rejects":
+        offsets = {int(k): v for k, v in src["offsets"].items()}
+        for b in read_bucket(src["uri"], src["index"]):
+            rows = b.to_pylist()
+            for r in rows:
+                p = r.pop("_piece")
+                if r["source_row"] is not None:
+                    r["source_row"] += offsets[p]
+            yield schemas.rejects_table(rows)
+    elif kind == "failed":
+        yield schemas.rejects_table(shard_failed_rejects(src["shard"], src["error"]))
+    else:
+        raise ValueError(f"unknown staged source {kind!r}")
+
+
+def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
+    t = storage.read_table_ipc(shard["uri"])
+    text_col = "text" if "text" in t.column_names else "src"
+    return [
+        schemas.make_reject(
+            r["source"],
+            r["source_row"],
+            "shard_failed",
+            f"shard {shard['shard_id']} failed after retries: {error}; rerun with --force",
+            r[text_col],
+        )
+        for r in t.select(["source", "source_row", text_col]).to_pylist()
+    ]
+
+
+_EMPTY = {"documents": schemas.DOCUMENTS, "pairs": schemas.PAIRS, "qe": schemas.QE,
+          "entities": schemas.ENTITIES, "rejects": schemas.REJECTS}  # fmt: skip
+
+
+def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
+    """Write one Parquet file of `dataset` from staged sources (an empty one, with the dataset's schema,
+    when there are none); returns its file entry, schema and report figures."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.ingest import _node_id
+
+    t0 = time.perf_counter()
+    rows = 0
+    extra: dict = {}
+    labels: collections.Counter[str] = collections.Counter()
+    reasons: collections.Counter[str] = collections.Counter()
+    scores: list = []
+    schema = None
+    with storage.writing(uri) as path:
+        writer = None
+        try:
+            for src in sources:
+                for t in _tables(src):
+                    if not t.num_rows:
+                        continue
+                    if writer is None:
+                        schema = t.schema
+                        writer = pq.ParquetWriter(path, schema, compression="zstd")
+                    t = t.cast(schema) if t.schema != schema else t
+                    writer.write_table(t)
+                    rows += t.num_rows
+                    if dataset == "entities":
+                        labels.update(t["label"].to_pylist())
+                    elif dataset == "rejects":
+                        reasons.update(t["reason"].to_pylist())
+                    elif dataset == "qe":
+                        scores.append(t["score"])
+            if writer is None:
+                schema = _EMPTY[dataset]
+                writer = pq.ParquetWriter(path, schema, compression="zstd")
+                writer.write_table(schema.empty_table())
+        finally:
+            if writer is not None:
+                writer.close()
+        import os
+
+        size = os.path.getsize(path)
+    if labels:
+        extra["entity_labels"] = dict(labels)
+    if dataset == "rejects":
+        extra["rejects_by_reason"] = dict(reasons)
+    if scores:
+        import pyarrow.compute as pc
+
+        s = pc.drop_null(pa.chunked_array(scores))
+        if len(s) > QE_SAMPLE:
+            s = pc.quantile(s, q=[i / QE_SAMPLE for i in range(QE_SAMPLE + 1)])
+        extra["qe_scores"] = {"n": len(pc.drop_null(pa.chunked_array(scores))), "sample": s.to_pylist()}
+    return {
+        "file": {
+            "path": uri[len(out.rstrip("/")) + 1 :],
+            "rows": rows,
+            "bytes": size,
+            "mtime": int(time.time() * 1000),
+        },
+        "schema": schema.serialize().to_pybytes(),
+        "node_id": _node_id(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        **extra,
+    }
+
+
+def plan_parts(sources: list[tuple[dict, int]], target_bytes: int) -> list[list[dict]]:
+    """Group (source, estimated bytes) into parts of about target_bytes, in order; at least one part."""
+    parts: list[list[dict]] = [[]]
+    size = 0
+    for src, nbytes in sources:
+        if parts[-1] and size + nbytes > target_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(src)
+        size += nbytes
+    return parts
