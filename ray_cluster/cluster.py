@@ -39,6 +39,33 @@ def connect(address: str | None) -> None:
         raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from exc
 
 
+def check_out_reachable(out: str, shared: bool = False) -> None:
+    """Refuse a local --out when the cluster has nodes on other machines: their workers write the
+    output files, and this machine's disk is not theirs (unless --shared-out says it is mounted at the
+    same path on every node)."""
+    import ray
+
+    from xlmflow import storage
+
+    if storage.is_remote(out) or shared:
+        return
+    ips = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    msg = foreign_out_message(out, ips, ray.util.get_node_ip_address())
+    if msg:
+        raise ConfigError(msg)
+
+
+def foreign_out_message(out: str, node_ips: set[str], local_ip: str) -> str | None:
+    others = sorted(node_ips - {local_ip})
+    if not others:
+        return None
+    return (
+        f"--out {out} is a local path, but the Ray cluster has nodes on other machines ({', '.join(others[:3])}) "
+        "whose workers write the output files: use an s3:// --out, or pass --shared-out if this path is "
+        "mounted at the same place on every node"
+    )
+
+
 def plan_layout(actors: int | None, gpu_fraction: float = 1.0) -> Layout:
     """One actor per GPU (or 1/gpu_fraction per GPU) when the cluster has GPUs, else CPU actors.
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from xlmflow.errors import FatalError, XlmflowError
+from xlmflow.errors import FatalError
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,16 @@ class TaskRunner:
             raise FatalError("the Ray cluster has no node with CPUs for the ingest tasks; add a worker node")
         self.window = max(1, sum(c for _, c in nodes))
         self._nodes = itertools.cycle([nid for nid, _ in nodes])
-        self._remote: dict[Callable, object] = {}
+        self._call = None
 
     def submit(self, fn: Callable, *args: object):  # noqa: ANN201 - an ObjectRef
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        if fn not in self._remote:
-            self._remote[fn] = ray.remote(num_cpus=0, max_retries=MAX_RETRIES, retry_exceptions=False)(fn)
+        if self._call is None:
+            self._call = ray.remote(num_cpus=0, max_retries=MAX_RETRIES, retry_exceptions=False)(_call)
         strategy = NodeAffinitySchedulingStrategy(next(self._nodes), soft=True)
-        return self._remote[fn].options(scheduling_strategy=strategy, name=fn.__name__).remote(*args)
+        return self._call.options(scheduling_strategy=strategy, name=fn.__name__).remote(fn, *args)
 
     def run_all(
         self, fn: Callable, calls: list[tuple], on_done: Callable[[dict], None] | None = None
@@ -78,19 +78,30 @@ class TaskRunner:
         return results
 
 
+def _call(fn: Callable, *args: object) -> object:
+    """The body of every task: fn(*args), with a failure made portable (xlmflow.failures.portable)."""
+    from xlmflow.failures import portable
+
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        raise portable(exc) from exc
+
+
 def get(ref):  # noqa: ANN001, ANN201
-    """ray.get, with a task's own error re-raised as itself (ours) or as a FatalError with its message."""
+    """ray.get, with a task's own error re-raised as it was raised in the task."""
     import ray
 
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause
-        if isinstance(cause, XlmflowError):
-            raise type(cause)(str(cause)) from exc
-        raise FatalError(f"an ingest task failed: {type(cause).__name__}: {cause}") from exc
+        raise exc.cause from exc
     except ray.exceptions.RayError as exc:
-        raise FatalError(f"an ingest task was lost after {MAX_RETRIES} retries: {exc}") from exc
+        raise FatalError(
+            f"a {MAX_RETRIES + 1}th attempt of a task failed as the ones before ({type(exc).__name__}): "
+            f"{str(exc).strip().splitlines()[-1][:300]}; check the Ray cluster, then rerun the same command: "
+            "it resumes from finished work"
+        ) from exc
 
 
 class ContentFeed:

@@ -15,10 +15,11 @@ from tasks import collect, report
 @task(name="ingest", cache_policy=NONE)
 def ingest_inputs(settings, staging: str, progress_id=None) -> dict:  # noqa: ANN001
     """List and split the inputs, read them on the cluster, run the id stage of dedup."""
-    from ray_cluster.cluster import connect
+    from ray_cluster.cluster import check_out_reachable, connect
     from ray_cluster.ingest_pipeline import read_inputs
 
     connect(settings.ray_address)
+    check_out_reachable(settings.out, settings.shared_out)
     logger = get_run_logger()
     progress = None
 

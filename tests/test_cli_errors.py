@@ -309,6 +309,10 @@ def test_storage_errors_after_retries_are_one_line(cli_env, moto_server, s3_buck
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}",
             "AWS_MAX_ATTEMPTS": "2",
         }
+        if methods == ("GET",):
+            # the files are read by Ray tasks: a Ray of its own, started by the run, gives them the
+            # endpoint of this run's environment (the session's Ray workers have the direct one)
+            env.pop("RAY_ADDRESS")
         p, _ = _run(["run", f"{s3_bucket}/in/x.jsonl", "--out", str(tmp_path / "o")], env)
     finally:
         proxy.shutdown()

@@ -60,8 +60,12 @@ def option_dict(a: argparse.Namespace) -> dict:
         "max_file_bytes",
         "lease_ttl",
         "lock_timeout",
+        "dedup_buckets",
+        "shared_out",
     ]
     opts = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+    if getattr(a, "split_mb", None):
+        opts["split_bytes"] = max(1, int(a.split_mb * 1024 * 1024))
     if getattr(a, "target_file_mb", None):
         opts["target_file_bytes"] = int(a.target_file_mb * 1024 * 1024)
     return opts
@@ -160,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="recompute a committed partition and replace it")
     r.add_argument("--shard-chars", type=int, help="characters per shard (default 2,000,000)")
     r.add_argument("--target-file-mb", type=float, help="target Parquet file size in MB (default 128)")
+    r.add_argument("--split-mb", type=float, help="input MB one ingest task reads (default 64; files are cut)")
+    r.add_argument(
+        "--shared-out",
+        action="store_true",
+        default=None,
+        help="a local --out is mounted at the same path on every Ray node (else a remote cluster needs s3://)",
+    )
+    r.add_argument("--dedup-buckets", type=int, help="hash buckets of dedup (default: from the input size)")
     r.add_argument("--max-text-chars", type=int, help="longer texts are rejected as too_long")
     r.add_argument(
         "--max-record-bytes",

@@ -129,6 +129,21 @@ def explain(exc: BaseException, out: str | None = None) -> tuple[int, str]:
     )
 
 
+def portable(exc: BaseException) -> BaseException:
+    """The exception to raise out of a Ray task in place of `exc`: Ray pickles the exception a task
+    raised without its chain (__cause__), so the chain is read here, where it still exists, and a
+    failure whose meaning lies in it (storage after retries, no space, no bucket, anything unexpected)
+    travels as a FatalError carrying the same one-line message `explain` would give."""
+    if isinstance(exc, ConfigError | InputsChangedError | KeyboardInterrupt):
+        return exc
+    if isinstance(exc, XlmflowError) and len(list(_chain(exc))) == 1:
+        return exc
+    from xlmflow.errors import FatalError
+
+    _, msg = explain(exc)
+    return FatalError(msg.removeprefix("error: "))
+
+
 class _NoTraceback(logging.Formatter):
     """Formats a record as its inner formatter would, minus the traceback (kept for --debug)."""
 

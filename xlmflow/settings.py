@@ -33,6 +33,9 @@ class RunSettings(BaseModel):
         default=None, gt=0, description="Actors in the pool (default: one per GPU, else per 2 CPUs)."
     )
     force: bool = Field(default=False, description="Recompute a committed partition and replace it.")
+    shared_out: bool = Field(
+        default=False, description="A local --out is mounted at the same path on every Ray node."
+    )
 
     # ingest
     max_text_chars: int = Field(default=1_000_000, gt=0, description="Longer texts are rejected as too_long.")
@@ -153,6 +156,7 @@ class RunSettings(BaseModel):
                 "lock_timeout",
                 "split_bytes",
                 "dedup_buckets",
+                "shared_out",
             },
         )
         keep["dedup_rule"] = "id-then-content"  # the staged two-stage rule (tasks.dedup)

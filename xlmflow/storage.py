@@ -114,12 +114,13 @@ def writing(uri: str):  # noqa: ANN201
 
 
 def open_input_file(uri: str):  # noqa: ANN201
-    """A random-access pyarrow file of `uri` (memory-mapped locally; ranged GETs on S3)."""
+    """A random-access pyarrow file of `uri` (ranged reads; ranged GETs on S3). Not a memory map: its
+    pages would count in the reader's resident memory however little of the file it uses at a time."""
     import pyarrow as pa
 
     fs, path = fs_for(uri)
     if not is_remote(uri):
-        return pa.memory_map(path)
+        return pa.OSFile(path)
     return pa.PythonFile(fs.open(path, "rb"), mode="r")
 
 
