@@ -61,6 +61,7 @@ def _docs(n: int):  # noqa: ANN202
 
 def _write(out: str, docs, n_rejects: int) -> tuple[dict, dict, float]:  # noqa: ANN001
     from tasks import collect
+    from tasks.write import write_table
     from xlmflow import schemas
 
     run = uuid.uuid4().hex
@@ -68,20 +69,16 @@ def _write(out: str, docs, n_rejects: int) -> tuple[dict, dict, float]:  # noqa:
         [schemas.make_reject("bench.jsonl", i, "empty_text", "") for i in range(n_rejects)]
     )
     t = time.perf_counter()
-    writers = {n: collect._PartWriter(out, n, DATE, run, 64 * 1024 * 1024) for n in ("documents", "rejects")}
-    writers["documents"].add(docs)
-    writers["rejects"].add(rej)
-    for w in writers.values():
-        w.flush()
+    parts = {n: write_table(out, n, DATE, run, t) for n, t in (("documents", docs), ("rejects", rej))}
     secs = time.perf_counter() - t
     manifest = {
         "manifest_version": collect.MANIFEST_VERSION,
         "date": DATE,
         "run_id": run,
-        "files": {n: w.files for n, w in writers.items()},
+        "files": {n: [f] for n, (f, _) in parts.items()},
         "counts": {"input_rows": docs.num_rows + n_rejects, "documents": docs.num_rows, "rejects": n_rejects},
     }
-    return manifest, {n: w.schema for n, w in writers.items()}, secs
+    return manifest, {n: s for n, (_, s) in parts.items()}, secs
 
 
 def commit_manifest(out: str, manifest: dict, _schemas: dict) -> None:

@@ -156,6 +156,7 @@ def _maybe_crash_for_test(shard_id: str) -> None:
     The control file holds {"shard_prefix": ..., "marker": path, "mode": "exit"|"raise"}. "exit" (default):
     the first actor to reach a matching shard creates the marker and dies hard (as on an OOM kill or a
     lost node). "raise": every matching shard raises OSError, as storage without credentials would.
+    "hang": the first actor there writes its Ray node id to the marker and sleeps (a test removes the node).
     """
     ctl = os.environ.get("XLMFLOW_TEST_CRASH_FILE")
     if not ctl or not os.path.exists(ctl):
@@ -169,6 +170,12 @@ def _maybe_crash_for_test(shard_id: str) -> None:
     if spec.get("mode") == "raise":
         open(spec["marker"], "a").close()
         raise OSError(f"injected storage failure on shard {shard_id}")
+    if spec.get("mode") == "hang":  # the first actor there names its node and waits to be taken down
+        if not os.path.exists(spec["marker"]):
+            with open(spec["marker"], "w") as f:
+                f.write(_node_id() or "")
+            time.sleep(spec.get("seconds", 120))
+        return
     if not os.path.exists(spec["marker"]):
         open(spec["marker"], "w").close()
         os._exit(1)

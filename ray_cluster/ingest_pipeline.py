@@ -143,8 +143,14 @@ class ContentFeed:
         return shards
 
 
-def read_inputs(settings, staging: str, on_split: Callable[[dict], None] | None = None) -> dict:  # noqa: ANN001
-    """Plan and run the split tasks and the id stage; returns what the content stage and commit need."""
+def read_inputs(
+    settings,  # noqa: ANN001
+    staging: str,
+    on_plan: Callable[[int], None] | None = None,
+    on_split: Callable[[dict], None] | None = None,
+) -> dict:
+    """Plan and run the split tasks and the id stage; returns what the content stage and commit need.
+    `on_plan(number of splits)` is called once planned, `on_split(summary)` as each split finishes."""
     from tasks import dedup
     from tasks.ingest import read_split
     from tasks.splits import list_inputs, plan_splits
@@ -161,6 +167,8 @@ def read_inputs(settings, staging: str, on_split: Callable[[dict], None] | None 
         len(plan.splits),
         plan.buckets,
     )
+    if on_plan:
+        on_plan(len(plan.splits))
     runner = TaskRunner()
     payload = settings.model_dump_json()
     calls = [(s.to_dict(), plan.buckets, payload, root) for s in plan.splits]

@@ -21,16 +21,18 @@ def ingest_inputs(settings, staging: str, progress_id=None) -> dict:  # noqa: AN
     connect(settings.ray_address)
     check_out_reachable(settings.out, settings.shared_out)
     logger = get_run_logger()
-    progress = None
+    progress: list = []  # the bar, once the plan says how many splits there are
 
-    def on_split(summary: dict) -> None:
-        progress.advance(summary["input_rows"])  # type: ignore[union-attr]
+    def on_plan(n_splits: int) -> None:
+        progress.append(
+            report.Progress(n_splits, f"read {settings.date.isoformat()}", progress_id, unit="split")
+        )
 
-    progress = report.Progress(0, f"read {settings.date.isoformat()}", progress_id, unit="row")
     try:
-        ing = read_inputs(settings, staging, on_split)
+        ing = read_inputs(settings, staging, on_plan, lambda summary: progress[0].advance(1))
     finally:
-        progress.close()
+        for p in progress:
+            p.close()
     splits = ing["splits"]
     logger.info(
         "ingest: %d rows read by %d split tasks on %d nodes: %d accepted, %d rejected; dedup id stage: %d "

@@ -28,7 +28,9 @@ def _tables(src: dict) -> Iterator:
     from tasks.staged import read_bucket
 
     kind = src["kind"]
-    if kind == "ipc":
+    if kind == "table":  # in memory (tests, benchmarks)
+        yield src["table"]
+    elif kind == "ipc":
         yield storage.read_table_ipc(src["uri"])
     elif kind == "batches":
         for b in read_bucket(src["uri"], src["index"]):
@@ -134,6 +136,16 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
         "seconds": round(time.perf_counter() - t0, 3),
         **extra,
     }
+
+
+def write_table(out: str, dataset: str, date: str, run_id: str, table, index: int = 0) -> tuple[dict, object]:  # noqa: ANN001
+    """One in-memory table as a part file of `dataset`: (file entry, schema)."""
+    import pyarrow as pa
+
+    r = write_part(
+        out, dataset, part_uri(out, dataset, date, run_id, index), [{"kind": "table", "table": table}]
+    )
+    return r["file"], pa.ipc.read_schema(pa.py_buffer(r["schema"]))
 
 
 def plan_parts(sources: list[tuple[dict, int]], target_bytes: int) -> list[list[dict]]:

@@ -20,6 +20,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tasks import collect
+from tasks.write import write_table
 from xlmflow import delta, maintenance, schemas, storage
 from xlmflow.errors import ConfigError
 from xlmflow.read import read_partition
@@ -55,28 +56,18 @@ def _commit(
     rej = schemas.rejects_table(
         [schemas.make_reject("s", n_docs + i, "empty_text", f"{run}") for i in range(n_rejects)]
     )
-    writers = {n: collect._PartWriter(out, n, date, run, 1 << 30) for n in ("documents", "rejects")}
-    writers["documents"].add(docs)
-    writers["rejects"].add(rej)
-    for w in writers.values():
-        w.flush()
+    parts = {n: write_table(out, n, date, run, t) for n, t in (("documents", docs), ("rejects", rej))}
+    files = {n: [f] for n, (f, _) in parts.items()}
     manifest = {
         "manifest_version": collect.MANIFEST_VERSION,
         "date": date,
         "run_id": run,
-        "files": {n: w.files for n, w in writers.items()},
+        "files": files,
         "counts": {"input_rows": n_docs + n_rejects, "documents": n_docs, "rejects": n_rejects},
     }
     if base is None:
-        base = delta.snapshot(out, list(writers))
-    return collect.commit_tables(
-        out,
-        date,
-        {n: w.files for n, w in writers.items()},
-        {n: w.schema for n, w in writers.items()},
-        base,
-        manifest,
-    )
+        base = delta.snapshot(out, list(parts))
+    return collect.commit_tables(out, date, files, {n: s for n, (_, s) in parts.items()}, base, manifest)
 
 
 def _run_hex(i: int) -> str:
@@ -318,10 +309,10 @@ def test_crash_between_table_commits_is_realigned_by_the_next_run(tmp_path):
     out = str(tmp_path / "out")
     a = _commit(out, _run_hex(1), 10, 1)
     crashed = _run_hex(2)
-    w = collect._PartWriter(out, "documents", DATE, crashed, 1 << 30)
-    w.add(read_partition(out, "documents", DATE).drop(["date"]).slice(0, 4))
-    w.flush()
-    delta.commit_partition(out, "documents", DATE, w.files, a["tables"]["documents"], {"run_id": crashed})
+    f, _ = write_table(
+        out, "documents", DATE, crashed, read_partition(out, "documents", DATE).drop(["date"]).slice(0, 4)
+    )
+    delta.commit_partition(out, "documents", DATE, [f], a["tables"]["documents"], {"run_id": crashed})
     assert DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table().num_rows == 4
     assert collect.read_manifest(out, DATE)["run_id"] == _run_hex(1)  # readers of the manifest: unaffected
 

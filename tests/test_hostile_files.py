@@ -111,3 +111,34 @@ def test_max_file_bytes_and_an_over_long_txt(tmp_path, cli_env):
     assert [g[:3] for g in got] == [("a.jsonl", 11, "file_too_large"), ("big.txt", 0, "too_long")]
     assert f"max_file_bytes={cut}" in got[0][3] and "--max-file-bytes" in got[0][3]
     assert "--max-record-bytes" in got[1][3]
+
+
+@pytest.mark.slow
+def test_driver_memory_does_not_grow_with_the_partition(tmp_path, cli_env):
+    """The driver plans and commits; rows, rejects and dedup state live in Ray tasks and staging. Two
+    partitions, 5k and 150k input rows (the larger mostly duplicates and bad rows, so the models have
+    about as much to do): the driver's peak RSS must not follow the row count."""
+    peaks, counted = {}, {}
+    for n in (5_000, 150_000):
+        d = tmp_path / f"in{n}"
+        d.mkdir()
+        with open(d / "docs.jsonl", "w") as f:
+            for i in range(n):
+                if i < 5_000:
+                    f.write(json.dumps({"id": f"d{i}", "text": f"Satz Nummer {i}, ein kurzer Text."}) + "\n")
+                elif i % 2:
+                    f.write(
+                        json.dumps({"id": f"x{i}", "text": f"Satz Nummer {i % 5_000}, ein kurzer Text."})
+                        + "\n"
+                    )
+                else:
+                    f.write(json.dumps({"id": f"e{i}", "text": "   "}) + "\n")
+        out = str(tmp_path / f"out{n}")
+        p, peaks[n] = run_cli([str(d), "--out", out, "--split-mb", "1"], cli_env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        counted[n] = counts(out)
+    print("driver peak RSS MiB by input rows:", {n: round(v / 2**20) for n, v in peaks.items()})
+    assert counted[150_000]["documents"] == counted[5_000]["documents"] == 5_000
+    assert counted[150_000]["rejects_by_reason"] == {"duplicate": 72_500, "empty_text": 72_500}
+    # 30x the rows; the sequential driver grew ~1 KB per row (>100 MiB here)
+    assert peaks[150_000] - peaks[5_000] < 25 * 2**20, peaks

@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="recompute a committed partition and replace it")
     r.add_argument("--shard-chars", type=int, help="characters per shard (default 2,000,000)")
     r.add_argument("--target-file-mb", type=float, help="target Parquet file size in MB (default 128)")
-    r.add_argument("--split-mb", type=float, help="input MB one ingest task reads (default 64; files are cut)")
+    r.add_argument(
+        "--split-mb", type=float, help="input MB one ingest task reads (default 64; files are cut)"
+    )
     r.add_argument(
         "--shared-out",
         action="store_true",

@@ -1,0 +1,168 @@
+"""Runs on a Ray cluster of several nodes (ray.cluster_utils.Cluster: a head without CPUs and two worker
+nodes, all on this machine) through `xlmflow run --ray-address`: split tasks and actors run on both
+workers, losing a worker node mid-run loses and duplicates nothing, and losing the head ends the run
+with an error in bounded time after which a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasks.collect import read_manifest
+from tests.conftest import CORPUS, CRASH_CONTROL
+
+CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
+DATE = "2026-11-05"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("mn") / "docs.jsonl"
+    with open(CORPUS, encoding="utf-8") as f, open(path, "w", encoding="utf-8") as out:
+        for r in map(json.loads, f):
+            out.write(
+                json.dumps({"id": f"{r['id']}:{r['lang']}", "text": r["text"]}, ensure_ascii=False) + "\n"
+            )
+    return str(path)
+
+
+def _cluster(workers: int = 2):
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    for _ in range(workers):
+        c.add_node(num_cpus=2)
+    c.wait_for_nodes()
+    return c
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = _cluster()
+    yield c
+    c.shutdown()
+
+
+def _env(cli_env: dict) -> dict:
+    env = {k: v for k, v in cli_env.items() if k != "RAY_ADDRESS"}
+    env["XLMFLOW_TEST_CRASH_FILE"] = CRASH_CONTROL
+    return env
+
+
+def _args(corpus: str, out: str, address: str) -> list[str]:
+    return [corpus, "--out", out, "--date", DATE, "--ray-address", address, "--actors", "2",
+            "--split-mb", "0.25", "--dedup-buckets", "3", "--shard-chars", "60000"]  # fmt: skip
+
+
+def _docs(out: str) -> list[str]:
+    import duckdb
+
+    from tests.test_delta import duck
+
+    with duckdb.connect() as con:
+        return sorted(r[0] for r in duck(out, "documents", DATE, con).select("doc_id").fetchall())
+
+
+def _workers(c) -> set[str]:  # noqa: ANN001
+    return {n.node_id for n in c.worker_nodes}
+
+
+@pytest.mark.slow
+def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_env, corpus, tmp_path):
+    env = _env(cli_env)
+    clean = str(tmp_path / "clean")
+    p = subprocess.run(
+        CLI + _args(corpus, clean, cluster.address), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = read_manifest(clean, DATE)
+    assert m["ingest"]["splits"] > 2
+    assert set(m["nodes"]["ingest"]) == set(m["nodes"]["actors"]) == _workers(cluster)
+    assert cluster.head_node.node_id not in m["nodes"]["ingest"] + m["nodes"]["writers"]
+    want = _docs(clean)
+    assert len(want) == len(set(want)) == m["counts"]["documents"] > 4000
+
+    # a second run: the first actor to reach shard 001-00001 stops there, and its node is removed
+    marker = tmp_path / "hung"
+    with open(CRASH_CONTROL, "w") as f:
+        json.dump({"shard_prefix": "001-00001", "marker": str(marker), "mode": "hang", "seconds": 300}, f)
+    lossy = str(tmp_path / "lossy")
+    try:
+        proc = subprocess.Popen(CLI + _args(corpus, lossy, cluster.address), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 240
+        while not (marker.exists() and marker.read_text()) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), proc.communicate()[1][-3000:]
+        victim = next(n for n in cluster.worker_nodes if n.node_id == marker.read_text())
+        cluster.remove_node(victim, allow_graceful=False)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        os.remove(CRASH_CONTROL)
+    assert proc.returncode == 0, err[-3000:]
+    m2 = read_manifest(lossy, DATE)
+    assert _docs(lossy) == want
+    assert {k: v for k, v in m2["counts"].items()} == m["counts"]
+    assert not m2["shards"]["failed"]
+
+
+@pytest.mark.slow
+def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cli_env, corpus, tmp_path):
+    env = _env(cli_env) | {
+        "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
+        "XLMFLOW_TEST_PAUSE_BEFORE_COMMIT": str(tmp_path / "gate"),
+    }
+    (tmp_path / "gate").touch()  # the run stops before its commit, with every shard done
+    out = str(tmp_path / "out")
+    first = _cluster(workers=1)
+    try:
+        proc = subprocess.Popen(CLI + _args(corpus, out, first.address) + ["--actors", "1"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            staged = [
+                f for d, _, fs in os.walk(os.path.join(out, "_staging")) for f in fs if f == "_SUCCESS.json"
+            ]
+            if len(staged) > 5 and "test pause" in _peek(proc):
+                break
+            time.sleep(0.5)
+        t0 = time.time()
+        first.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - t0
+    finally:
+        first.shutdown()
+    assert proc.returncode != 0 and took < 90, (proc.returncode, took, err[-2000:])
+    assert "GCS" in err or "Ray" in err, err[-2000:]
+    assert read_manifest(out, DATE) is None
+
+    second = _cluster(workers=1)
+    try:
+        env.pop("XLMFLOW_TEST_PAUSE_BEFORE_COMMIT")
+        p = subprocess.run(CLI + _args(corpus, out, second.address) + ["--actors", "1"], env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        second.shutdown()
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "already done" in p.stderr  # finished shards were not redone
+    m = read_manifest(out, DATE)
+    assert m["counts"]["input_rows"] == m["counts"]["documents"] + m["counts"]["rejects"]
+
+
+def _peek(proc: subprocess.Popen) -> str:
+    """What the run has logged so far (stderr is read without blocking)."""
+    import fcntl
+
+    fd = proc.stderr.fileno()  # type: ignore[union-attr]
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        chunk = proc.stderr.read() or ""  # type: ignore[union-attr]
+    except (BlockingIOError, TypeError):
+        chunk = ""
+    proc._peeked = getattr(proc, "_peeked", "") + chunk  # type: ignore[attr-defined]
+    return proc._peeked  # type: ignore[attr-defined]
