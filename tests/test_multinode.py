@@ -122,8 +122,10 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
             time.sleep(0.2)
         assert marker.exists(), proc.communicate()[1][-3000:]
         victim = next(n for n in cluster.worker_nodes if n.node_id == marker.read_text())
+        t0 = time.time()
         cluster.remove_node(victim, allow_graceful=False)
         _, err = proc.communicate(timeout=300)
+        print(f"node removed: the run finished {time.time() - t0:.1f}s later")
     finally:
         os.remove(CRASH_CONTROL)
     assert proc.returncode == 0, err[-3000:]
@@ -135,32 +137,26 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
 
 @pytest.mark.slow
 def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env, corpus, tmp_path):
+    """Runs after the node-loss test, on what is left of the module's cluster, whose head it kills."""
     env = _env(cli_env) | {
         "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
         "XLMFLOW_TEST_PAUSE_BEFORE_COMMIT": str(tmp_path / "gate"),
     }
     (tmp_path / "gate").touch()  # the run stops before its commit, with every shard done
     out = str(tmp_path / "out")
-    first = _cluster(workers=1)
-    try:
-        proc = subprocess.Popen(CLI + _args(corpus, out, first.address) + ["--actors", "1"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            staged = [
-                f for d, _, fs in os.walk(os.path.join(out, "_staging")) for f in fs if f == "_SUCCESS.json"
-            ]
-            if len(staged) > 5 and "test pause" in _peek(proc):
-                break
-            time.sleep(0.5)
-        t0 = time.time()
-        first.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
-        _, err = proc.communicate(timeout=120)
-        took = time.time() - t0
-    finally:
-        first.shutdown()
-    assert proc.returncode != 0 and took < 90, (proc.returncode, took, err[-2000:])
-    assert "GCS" in err or "Ray" in err, err[-2000:]
+    proc = subprocess.Popen(CLI + _args(corpus, out, cluster.address) + ["--actors", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and "test pause" not in _peek(proc):
+        time.sleep(0.5)
+    t0 = time.time()
+    cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+    _, err = proc.communicate(timeout=120)
+    took = time.time() - t0
+    err = getattr(proc, "_peeked", "") + err
+    print(f"head killed: the run exited {proc.returncode} after {took:.1f}s")
+    assert proc.returncode != 0 and took < 60, (proc.returncode, took, err[-2000:])
+    assert "GCS" in err, err[-2000:]
     assert read_manifest(out, DATE) is None
 
     second = _cluster(workers=1)
@@ -170,10 +166,11 @@ def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     finally:
         second.shutdown()
+        _forget_address()
     assert p.returncode == 0, p.stderr[-3000:]
     assert "already done" in p.stderr  # finished shards were not redone
     m = read_manifest(out, DATE)
-    assert m["counts"]["input_rows"] == m["counts"]["documents"] + m["counts"]["rejects"]
+    assert m["counts"]["input_rows"] == m["counts"]["documents"] + m["counts"]["rejects"] > 4000
 
 
 def _peek(proc: subprocess.Popen) -> str:
