@@ -118,7 +118,11 @@ class ShardPool:
                     f"all shard actors died; {len(pending)} shards not processed; see the Ray logs"
                 )
             staged = feed.refs if feed is not None else []
-            ready, _ = ray.wait([*inflight, *probes, *staged], num_returns=1, timeout=1.0)
+            waits = [*inflight, *probes, *staged]
+            if not waits:  # only actors restarting: look again shortly
+                time.sleep(PROBE_INTERVAL_S)
+                continue
+            ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
             if not ready or ready[0] in staged:
                 continue
             [ref] = ready

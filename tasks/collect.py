@@ -90,10 +90,11 @@ def collect_partition(
                 calls.append(
                     (settings.out, n, part_uri(settings.out, n, date, run["run_id"], i), part)
                 )  # empty days
+    uris = [call[2] for call in calls]
     try:
         results = ing["runner"].run_all(write_part, calls)
     except BaseException:
-        storage.remove([c[2] for c in calls])
+        storage.remove(uris)
         raise
     by_name: dict[str, list[dict]] = {n: [] for n in names}
     for call, r in zip(calls, results, strict=True):
@@ -104,11 +105,11 @@ def collect_partition(
     }
     written = {n: sum(f["rows"] for f in fs) for n, fs in files.items()}
     main = "pairs" if settings.mode == "pairs" else "documents"
-    c = manifest["counts"]
-    if written[main] != c["documents"] or written["rejects"] != c["rejects"]:
-        storage.remove([c[2] for c in calls])
+    counts = manifest["counts"]
+    if written[main] != counts["documents"] or written["rejects"] != counts["rejects"]:
+        storage.remove(uris)
         raise FatalError(  # never commit a partition that loses or invents rows
-            f"the files written do not reconcile with the counts: {written} vs {c}; the partition was not "
+            f"the files written do not reconcile with the counts: {written} vs {counts}; the partition was not "
             "committed (this is a bug, please report)"
         )
     manifest["files"] = files

@@ -118,7 +118,7 @@ def open_input_file(uri: str):  # noqa: ANN201
     pages would count in the reader's resident memory however little of the file it uses at a time."""
     import pyarrow as pa
 
-    fs, path = fs_for(uri)
+    fs, path = fresh(uri)  # written by another process since this one last listed the prefix
     if not is_remote(uri):
         return pa.OSFile(path)
     return pa.PythonFile(fs.open(path, "rb"), mode="r")
