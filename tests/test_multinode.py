@@ -185,3 +185,11 @@ def _peek(proc: subprocess.Popen) -> str:
         chunk = ""
     proc._peeked = getattr(proc, "_peeked", "") + chunk  # type: ignore[attr-defined]
     return proc._peeked  # type: ignore[attr-defined]
+
+
+def test_a_local_out_with_nodes_elsewhere_is_refused():
+    from ray_cluster.cluster import foreign_out_message
+
+    assert foreign_out_message("/data/out", {"10.0.0.5"}, "10.0.0.5") is None  # every node is this machine
+    msg = foreign_out_message("/data/out", {"10.0.0.5", "10.0.0.7"}, "10.0.0.5")
+    assert msg and "10.0.0.7" in msg and "s3://" in msg and "--shared-out" in msg
