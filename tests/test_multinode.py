@@ -6,6 +6,7 @@ with an error in bounded time after which a rerun resumes."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ DATE = "2026-11-05"
 def corpus(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("mn") / "docs.jsonl"
     with open(CORPUS, encoding="utf-8") as f, open(path, "w", encoding="utf-8") as out:
-        for r in map(json.loads, f):
+        for r in itertools.islice(map(json.loads, f), 2500):
             out.write(
                 json.dumps({"id": f"{r['id']}:{r['lang']}", "text": r["text"]}, ensure_ascii=False) + "\n"
             )
@@ -79,7 +80,7 @@ def _env(cli_env: dict) -> dict:
 
 def _args(corpus: str, out: str, address: str) -> list[str]:
     return [corpus, "--out", out, "--date", DATE, "--ray-address", address, "--actors", "2",
-            "--split-mb", "0.25", "--dedup-buckets", "3", "--shard-chars", "60000"]  # fmt: skip
+            "--split-mb", "0.15", "--dedup-buckets", "3", "--shard-chars", "60000"]  # fmt: skip
 
 
 def _docs(out: str) -> list[tuple]:
@@ -107,7 +108,7 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
     assert set(m["nodes"]["ingest"]) == set(m["nodes"]["actors"]) == _workers(cluster)
     assert cluster.head_node.node_id not in m["nodes"]["ingest"] + m["nodes"]["writers"]
     want = _docs(clean)
-    assert len(want) == len(set(want)) == m["counts"]["documents"] > 4000
+    assert len(want) == len(set(want)) == m["counts"]["documents"] > 2000
 
     # a second run: the first actor to reach shard 001-00001 stops there, and its node is removed
     marker = tmp_path / "hung"
@@ -170,7 +171,7 @@ def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env,
     assert p.returncode == 0, p.stderr[-3000:]
     assert "already done" in p.stderr  # finished shards were not redone
     m = read_manifest(out, DATE)
-    assert m["counts"]["input_rows"] == m["counts"]["documents"] + m["counts"]["rejects"] > 4000
+    assert m["counts"]["input_rows"] == m["counts"]["documents"] + m["counts"]["rejects"] > 2000
 
 
 def _peek(proc: subprocess.Popen) -> str:
