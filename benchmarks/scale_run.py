@@ -50,7 +50,8 @@ def run_one(code: str, corpus: str, cpus: int, out: str) -> dict:
     port = 6390 + cpus
     subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
     subprocess.run(
-        [RAY, "start", "--head", f"--num-cpus={cpus}", f"--port={port}", "--include-dashboard=false"],
+        [RAY, "start", "--head", f"--num-cpus={cpus}", f"--port={port}", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1"],
         check=True, capture_output=True, env=env, cwd=code,
     )  # fmt: skip
     try:

@@ -36,7 +36,8 @@ def connect(address: str | None) -> None:
             # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface
             ray.init(include_dashboard=False, log_to_driver=True)
     except ConnectionError as exc:
-        raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from exc
+        # not chained: a ConnectionError would make it read as a storage failure
+        raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from None
 
 
 def check_out_reachable(out: str, shared: bool = False) -> None:
