@@ -50,14 +50,13 @@ def run_one(code: str, corpus: str, cpus: int, out: str) -> dict:
     port = 6390 + cpus
     subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
     subprocess.run(
-        [RAY, "start", "--head", f"--num-cpus={cpus}", f"--port={port}", "--include-dashboard=false",
-         "--node-ip-address=127.0.0.1"],
+        [RAY, "start", "--head", f"--num-cpus={cpus}", f"--port={port}", "--include-dashboard=false"],
         check=True, capture_output=True, env=env, cwd=code,
     )  # fmt: skip
     try:
         t0 = time.perf_counter()
         args = [PY, "-m", "xlmflow.cli", "run", corpus, "--out", out, "--tasks", "lid", "--date", "2026-11-30",
-                "--ray-address", f"127.0.0.1:{port}"]  # fmt: skip
+                "--ray-address", "auto"]  # fmt: skip
         p = subprocess.Popen(
             args, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
