@@ -16,7 +16,6 @@ run with its message.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from xlmflow.errors import FatalError
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # per task, for worker/node deaths (system failures), not for errors it raises
+NODES_TTL_S = 2.0
 
 
 def cpu_nodes() -> list[tuple[str, int]]:
@@ -44,8 +44,17 @@ class TaskRunner:
         if not nodes:
             raise FatalError("the Ray cluster has no node with CPUs for the ingest tasks; add a worker node")
         self.window = max(1, sum(c for _, c in nodes))
-        self._nodes = itertools.cycle([nid for nid, _ in nodes])
+        self._nodes, self._listed, self._turn = [nid for nid, _ in nodes], time.monotonic(), 0
         self._call = None
+
+    def _next_node(self) -> str:
+        """Round-robin over the nodes with CPUs, listed again every few seconds: a task aimed at a lost
+        node would land anywhere, the head (no CPUs) included."""
+        if time.monotonic() - self._listed > NODES_TTL_S:
+            self._nodes = [nid for nid, _ in cpu_nodes()] or self._nodes
+            self._listed = time.monotonic()
+        self._turn += 1
+        return self._nodes[self._turn % len(self._nodes)]
 
     def submit(self, fn: Callable, *args: object):  # noqa: ANN201 - an ObjectRef
         import ray
@@ -53,7 +62,7 @@ class TaskRunner:
 
         if self._call is None:
             self._call = ray.remote(num_cpus=0, max_retries=MAX_RETRIES, retry_exceptions=False)(_call)
-        strategy = NodeAffinitySchedulingStrategy(next(self._nodes), soft=True)
+        strategy = NodeAffinitySchedulingStrategy(self._next_node(), soft=True)
         return self._call.options(scheduling_strategy=strategy, name=fn.__name__).remote(fn, *args)
 
     def run_all(

@@ -277,8 +277,9 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         "ingest": {"splits": len(ing["splits"]), "dedup_buckets": ing["plan"].buckets},
         "nodes": {
             "ingest": sorted({s["node_id"] for s in ing["splits"] if s.get("node_id")}),
-            "actors": sorted(
-                {d["actor"]["node_id"] for d in done.values() if d.get("actor", {}).get("node_id")}
+            "actors": sorted(  # where the pool's actors started, and where shards were processed
+                {a["node_id"] for a in run.get("actors") or [] if a.get("node_id")}
+                | {d["actor"]["node_id"] for d in done.values() if d.get("actor", {}).get("node_id")}
             ),
         },
         "empty": is_empty,
