@@ -8,6 +8,7 @@ import os
 import socket
 import time
 
+from ray_cluster.cluster import node_id
 from xlmflow import storage
 from xlmflow.settings import RunSettings
 
@@ -44,7 +45,7 @@ class ShardWorker:
             gpu_ids = []
         return {
             "host": socket.gethostname(),
-            "node_id": _node_id(),
+            "node_id": node_id(),
             "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "gpu_ids": gpu_ids,
@@ -97,7 +98,7 @@ class ShardWorker:
             "processors": per_proc,
             "seconds": round(time.perf_counter() - t0, 4),
             "actor": {
-                "node_id": _node_id(),
+                "node_id": node_id(),
                 "pid": os.getpid(),
                 "device": self.device,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -127,15 +128,6 @@ def _lang_counts(table, qe_parts=None) -> dict:  # noqa: ANN001
     if "lang" not in table.column_names:
         return {}
     return dict(collections.Counter(x or "und" for x in table["lang"].to_pylist()))
-
-
-def _node_id() -> str | None:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - outside Ray
-        return None
 
 
 def _pick_device(num_cpus: float) -> str:
@@ -173,7 +165,7 @@ def _maybe_crash_for_test(shard_id: str) -> None:
     if spec.get("mode") == "hang":  # the first actor there names its node and waits to be taken down
         if not os.path.exists(spec["marker"]):
             with open(spec["marker"], "w") as f:
-                f.write(_node_id() or "")
+                f.write(node_id() or "")
             time.sleep(spec.get("seconds", 120))
         return
     if not os.path.exists(spec["marker"]):

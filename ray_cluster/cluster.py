@@ -40,6 +40,16 @@ def connect(address: str | None) -> None:
         raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from None
 
 
+def node_id() -> str | None:
+    """The Ray node this process runs on (recorded by tasks and actors), None outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside Ray
+        return None
+
+
 def check_out_reachable(out: str, shared: bool = False) -> None:
     """Refuse a local --out when the cluster has nodes on other machines: their workers write the
     output files, and this machine's disk is not theirs (unless --shared-out says it is mounted at the

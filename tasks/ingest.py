@@ -169,6 +169,8 @@ def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> d
     """The ingest task of one split: read its pieces, validate, hash, and write its rows bucketed by
     content and by id, plus its rejects, to staging; returns a small summary. Idempotent: a split
     whose summary exists is not read again."""
+    from ray_cluster import cluster
+
     settings = RunSettings.model_validate_json(settings_json)
     out = split_dir(staging, split["split_id"])
     done = storage.join(out, "_SUCCESS.json")
@@ -194,7 +196,7 @@ def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> d
         "spans": spans,
         "uris": st.uris,
         "index_by_bucket": index,
-        "node_id": _node_id(),
+        "node_id": cluster.node_id(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if summary["input_rows"] != summary["accepted"] + summary["rejects"]:
@@ -205,23 +207,20 @@ def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> d
 
 def read_split_rejects(summary: dict, pieces: list[dict]) -> Iterator[dict]:
     """A split's rejects, with source_row as the row in the whole file."""
+    offsets = {int(k): pieces[int(k)]["offset"] for k in summary["spans"]}
+    yield from staged_rejects(summary["uris"]["rejects"], summary["index_by_bucket"]["rejects"][0], offsets)
+
+
+def staged_rejects(uri: str, index: list[int], offsets: dict[int, int]) -> Iterator[dict]:
+    """Rejects a split task staged, with each piece's row offset added: rows in the whole file."""
     from tasks.staged import read_bucket
 
-    for batch in read_bucket(summary["uris"]["rejects"], summary["index_by_bucket"]["rejects"][0]):
+    for batch in read_bucket(uri, index):
         for r in batch.to_pylist():
             p = r.pop("_piece")
             if r["source_row"] is not None:
-                r["source_row"] += pieces[p]["offset"]
+                r["source_row"] += offsets[p]
             yield r
-
-
-def _node_id() -> str | None:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - outside Ray
-        return None
 
 
 def _read_piece(st: _SplitStaging, piece: dict, settings: RunSettings) -> int:

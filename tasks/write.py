@@ -18,7 +18,10 @@ QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all 
 
 
 def part_uri(out: str, dataset: str, date: str, run_id: str, index: int) -> str:
-    return storage.join(out, dataset, f"date={date}", f"part-{run_id[:8]}-{index:05d}.parquet")
+    """Named as tasks.collect's debris check expects (`part-<run 8 hex>-<n>.parquet`)."""
+    from tasks.collect import partition_dir
+
+    return storage.join(partition_dir(out, dataset, date), f"part-{run_id[:8]}-{index:05d}.parquet")
 
 
 def _tables(src: dict) -> Iterator:
@@ -36,14 +39,10 @@ def _tables(src: dict) -> Iterator:
         for b in read_bucket(src["uri"], src["index"]):
             yield pa.Table.from_batches([b])
     elif kind == "split_rejects":
+        from tasks.ingest import staged_rejects
+
         offsets = {int(k): v for k, v in src["offsets"].items()}
-        for b in read_bucket(src["uri"], src["index"]):
-            rows = b.to_pylist()
-            for r in rows:
-                p = r.pop("_piece")
-                if r["source_row"] is not None:
-                    r["source_row"] += offsets[p]
-            yield schemas.rejects_table(rows)
+        yield schemas.rejects_table(list(staged_rejects(src["uri"], src["index"], offsets)))
     elif kind == "failed":
         yield schemas.rejects_table(shard_failed_rejects(src["shard"], src["error"]))
     else:
@@ -75,7 +74,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.ingest import _node_id
+    from ray_cluster.cluster import node_id
 
     t0 = time.perf_counter()
     rows = 0
@@ -132,7 +131,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
             "mtime": int(time.time() * 1000),
         },
         "schema": schema.serialize().to_pybytes(),
-        "node_id": _node_id(),
+        "node_id": node_id(),
         "seconds": round(time.perf_counter() - t0, 3),
         **extra,
     }
