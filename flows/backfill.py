@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from xlmflow import storage
+from flows.params import lock_name  # noqa: F401 - the lock's name is part of this module's interface
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.manifest import read_manifest
+from xlmflow.settings import JobSettings
 
 STATUSES = ("committed", "skipped", "inputs_changed", "no_input", "failed")
-MODEL_PARAMS = ("ner_model", "embed_model", "qe_model", "qe_method")
 
 
 def date_range(start: str, end: str) -> list[str]:
@@ -36,34 +35,6 @@ def date_range(start: str, end: str) -> list[str]:
     return [(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
 
 
-def manifest_uri(out: str, date: str) -> str:
-    """Where the corpus flow commits a partition (written last, so its presence means committed)."""
-    return storage.join(out, "_manifests", f"date={date}.json")
-
-
-def lock_name(out: str, date: str) -> str:
-    """Concurrency-limit name of one partition (limit names may not contain '/', so the output is hashed)."""
-    return f"xlmflow-partition-{hashlib.sha1(out.encode()).hexdigest()[:12]}-{date}"
-
-
-@contextmanager
-def partition_lock(out: str, date: str) -> Iterator[None]:
-    """Hold the partition's global concurrency slot (limit 1) while it is computed; leases are renewed."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
-
-    name = lock_name(out, date)
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:  # another run of this partition created it first
-            pass
-    with concurrency(name, occupy=1, strict=True):
-        yield
-
-
 def _counts(manifest: dict | None) -> dict:
     """Top-level numbers of a manifest (rows, rejects, files, ...), whatever the corpus flow records."""
     if not manifest:
@@ -72,22 +43,20 @@ def _counts(manifest: dict | None) -> dict:
     return {k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def _read_manifest(out: str, date: str) -> dict | None:
-    uri = manifest_uri(out, date)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
 @task(name="partition", task_run_name="partition-{date}")
 def run_partition(date: str, params: dict, deployment: str | None, poll_interval: float = 5.0) -> dict:
-    """Run one date (as a deployment run or a subflow) and report its status; never raises."""
+    """Run one date (as a deployment run or a subflow) and report its status; never raises.
+
+    `params`: the partition flow's parameters but the date (inputs, settings as JSON, missing_input)."""
+    from flows.params import partition_lock
     from tasks import fingerprint
 
-    out, force = params["out"], params.get("force", False)
+    out, force = params["settings"]["out"], params["settings"].get("force", False)
     t0 = time.monotonic()
     row: dict = {"date": date, "status": "failed", "flow_run": None, "error": None, "counts": {}}
     try:
         with partition_lock(out, date):
-            manifest = None if force else _read_manifest(out, date)
+            manifest = None if force else read_manifest(out, date)
             changed = manifest is not None and fingerprint.changes(
                 manifest.get("input_fingerprint"), fingerprint.current(params["inputs"])
             )
@@ -116,7 +85,7 @@ def run_partition(date: str, params: dict, deployment: str | None, poll_interval
                     state = fr.state.name if fr.state else "unknown"
                     row["error"] = f"flow run {fr.name} ended {state}: {fr.state.message if fr.state else ''}"
                 else:
-                    manifest = _read_manifest(out, date)
+                    manifest = read_manifest(out, date)
                     # a completed run that left no manifest had no input (missing_input="skip")
                     row.update(status="committed" if manifest else "no_input", counts=_counts(manifest))
     except Exception as exc:  # a failed date must not stop the others; the table reports it
@@ -167,49 +136,35 @@ def _publish(rows: list[dict]) -> None:
 
 @flow(name="backfill", flow_run_name="backfill-{start}-to-{end}")
 def backfill_flow(
-    input_template: str,
-    out: str,
-    start: str,
-    end: str,
+    input_template: str | None = None,
+    settings: JobSettings | None = None,
+    start: str | None = None,
+    end: str | None = None,
     max_concurrent: int = 2,
-    force: bool = False,
-    tasks: str = "lid",
     deployment: str | None = None,
-    ray_address: str | None = None,
-    actors: int | None = None,
-    ner_model: str | None = None,
-    embed_model: str | None = None,
-    qe_model: str | None = None,
-    qe_method: str = "regression",
     poll_interval: float = 5.0,
+    **legacy: Any,
 ) -> list[dict]:
     """Process every date of [start, end]; fail (after all dates ran) if any date failed."""
     from prefect.futures import as_completed
 
-    from flows.daily import render_input
+    from flows.params import job_settings, render_input
 
+    job = job_settings(settings, legacy, "backfill")
+    if not (input_template and start and end):
+        raise ConfigError("flow 'backfill' needs input_template, start and end")
     if max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
     dates = date_range(start, end)
     render_input(input_template, dates[0])  # validates the template before anything starts
     if deployment is not None:
         _check_deployment(deployment)
-    if deployment is None and ray_address is None and max_concurrent > 1:
+    if deployment is None and job.ray_address is None and max_concurrent > 1:
         # in-process subflows share one Python process and so one Ray driver: run them one by one
         get_run_logger().warning("no deployment and no ray_address: running dates one at a time")
         max_concurrent = 1
-    common = dict(
-        out=out,
-        tasks=tasks,
-        force=force,
-        ray_address=ray_address,
-        actors=actors,
-        ner_model=ner_model,
-        embed_model=embed_model,
-        qe_model=qe_model,
-        qe_method=qe_method,
-        missing_input="skip",
-    )  # a date with no input is reported, not failed
+    # a date with no input is reported, not failed
+    common = {"settings": job.model_dump(mode="json"), "missing_input": "skip"}
 
     # a sliding window of at most max_concurrent dates in flight
     pending, running, rows = list(dates), set(), []
@@ -237,8 +192,10 @@ def backfill_flow(
     return rows
 
 
-def add_backfill_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `xlmflow backfill`."""
+def add_backfill_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Arguments of `xlmflow backfill`: its own, then every run setting (xlmflow.cli_options)."""
+    from xlmflow.cli_options import add_job_options
+
     parser.add_argument(
         "--input", required=True, help="input template with {date}, e.g. s3://raw/corpus/date={date}/"
     )
@@ -246,47 +203,35 @@ def add_backfill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
     parser.add_argument("--end", required=True, help="last date, YYYY-MM-DD (included)")
     parser.add_argument("--max-concurrent", type=int, default=2, help="partition runs at a time (default 2)")
-    parser.add_argument("--force", action="store_true", help="recompute committed partitions")
-    parser.add_argument("--tasks", default="lid", help="comma-separated: lid,ner,embed,qe (default lid)")
     parser.add_argument(
         "--deployment",
         default=None,
         help="run each date as a flow run of this deployment (e.g. corpus/partition) on the "
         "work pool's workers; default: run dates in this process",
     )
-    parser.add_argument("--ray-address", default=None, help="Ray cluster address for the partition runs")
-    parser.add_argument("--actors", type=int, default=None, help="actors per partition run")
-    parser.add_argument("--ner-model", default=None)
-    parser.add_argument("--embed-model", default=None)
-    parser.add_argument("--qe-model", default=None)
-    parser.add_argument("--qe-method", default="regression", choices=["regression", "cosine"])
     parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between run status polls")
+    add_job_options(parser, argv)
 
 
 def backfill_main(ns: argparse.Namespace) -> int:
     """`xlmflow backfill`: 0 when every date is committed, skipped or has no input; 1 if any failed."""
-    from flows.daily import render_input
+    from flows.params import render_input
     from xlmflow import reaper
+    from xlmflow.cli_options import job_kwargs
+    from xlmflow.settings import make_job
 
     reaper.start()  # a killed backfill takes its temporary Prefect server and local Ray with it
 
-    # bad dates or a template without {date} are a ConfigError for the CLI, before any run starts
+    # bad dates, settings or a template without {date} are a ConfigError for the CLI, before any run
     render_input(ns.input, date_range(ns.start, ns.end)[0])
+    job = make_job(out=ns.out, **job_kwargs(ns))
     state = backfill_flow(
         input_template=ns.input,
-        out=ns.out,
+        settings=job,
         start=ns.start,
         end=ns.end,
         max_concurrent=ns.max_concurrent,
-        force=ns.force,
-        tasks=ns.tasks,
         deployment=ns.deployment,
-        ray_address=ns.ray_address,
-        actors=ns.actors,
-        ner_model=ns.ner_model,
-        embed_model=ns.embed_model,
-        qe_model=ns.qe_model,
-        qe_method=ns.qe_method,
         poll_interval=ns.poll_interval,
         return_state=True,
     )

@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+
+from xlmflow.errors import ConfigError
+from xlmflow.settings import JobSettings
 
 
 def _run_name() -> str:
@@ -20,45 +23,28 @@ def _run_name() -> str:
 
 @flow(name="corpus", flow_run_name=_run_name, log_prints=True)
 def corpus_flow(
-    inputs: list[str],
-    out: str,
+    inputs: list[str] | None = None,
+    settings: JobSettings | None = None,
     date: str | None = None,
-    tasks: str = "lid",
-    force: bool = False,
-    ray_address: str | None = None,
-    actors: int | None = None,
-    ner_model: str | None = None,
-    embed_model: str | None = None,
-    qe_model: str | None = None,
-    qe_method: str = "regression",
-    missing_input: str = "fail",
-    options: dict[str, Any] | None = None,
+    missing_input: Literal["fail", "skip"] = "fail",
+    **legacy: Any,
 ) -> dict:
-    """Process one date partition of a corpus; a committed partition is skipped unless force.
+    """Process one date partition of a corpus; a committed partition is skipped unless settings.force.
 
     The whole run holds the partition's lease (xlmflow.lease), so a second run of the same partition
     (plain, forced or a no-op rerun, from any entry point) waits instead of racing this one.
     """
+    from flows.params import job_settings
     from xlmflow.lease import PartitionLease
-    from xlmflow.settings import make_settings
+    from xlmflow.settings import run_settings
 
     logger = get_run_logger()
-    settings = make_settings(
-        inputs=inputs,
-        out=out,
-        tasks=tasks,
-        force=force,
-        ray_address=ray_address,
-        actors=actors,
-        ner_model=ner_model,
-        embed_model=embed_model,
-        qe_model=qe_model,
-        qe_method=qe_method,
-        **({"date": date} if date else {}),
-        **(options or {}),
-    )
+    job = job_settings(settings, legacy, "corpus")
+    if not inputs:
+        raise ConfigError("flow 'corpus' needs `inputs` (files, directories or globs)")
+    settings = run_settings(job, inputs, date)
     day = settings.date.isoformat()
-    _tag_run(day, settings.tasks)
+    _tag_run(day, [s.name for s in settings.processors])
     if missing_input == "skip" and not _any_input(settings.inputs):
         logger.info("partition %s: no input at %s", day, list(settings.inputs))
         return {"date": day, "out": settings.out, "manifest": None, "status": "no_input"}
@@ -111,7 +97,7 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
         )
         return {**result, "status": "skipped", "manifest": existing}
     # the tables' versions now: the commit refuses if another run commits this date meanwhile
-    table_versions = delta.snapshot(settings.out, collect.datasets_for(settings.tasks, settings.mode))
+    table_versions = delta.snapshot(settings.out, collect.datasets_for(settings))
     # files a failed or killed run left behind (ours alone to remove: we hold the partition)
     removed = collect.remove_debris(settings.out, day, existing, settings.config_hash())
     if removed:
@@ -187,8 +173,8 @@ def _any_input(inputs: tuple[str, ...]) -> bool:
     return False
 
 
-def _tag_run(day: str, tasks: tuple[str, ...]) -> None:
-    """Tag the flow run with its date and tasks, so the UI can filter partitions."""
+def _tag_run(day: str, instances: list[str]) -> None:
+    """Tag the flow run with its date and processor instances, so the UI can filter partitions."""
     try:
         from prefect import get_client
         from prefect.runtime import flow_run
@@ -196,7 +182,7 @@ def _tag_run(day: str, tasks: tuple[str, ...]) -> None:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run.id)
             client.update_flow_run(
-                flow_run.id, tags=sorted({*run.tags, f"date:{day}", *(f"task:{t}" for t in tasks)})
+                flow_run.id, tags=sorted({*run.tags, f"date:{day}", *(f"processor:{t}" for t in instances)})
             )
     except Exception:  # noqa: BLE001 - tags are cosmetic
         pass

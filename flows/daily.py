@@ -7,11 +7,13 @@ still processes the day its schedule slot stands for.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 
 from xlmflow.errors import ConfigError
+from xlmflow.settings import JobSettings
 
 
 def partition_date(scheduled: dt.datetime, lag_days: int = 1, timezone: str = "UTC") -> dt.date:
@@ -32,13 +34,6 @@ def partition_date(scheduled: dt.datetime, lag_days: int = 1, timezone: str = "U
     return scheduled.astimezone(tz).date() - dt.timedelta(days=lag_days)
 
 
-def render_input(template: str, date: str) -> str:
-    """Fill `{date}` in an input template such as 's3://raw/corpus/date={date}/'."""
-    if "{date}" not in template:
-        raise ConfigError(f"input template {template!r} must contain '{{date}}'")
-    return template.replace("{date}", date)
-
-
 def _scheduled_date(lag_days: int, timezone: str) -> str:
     from prefect.runtime import flow_run
 
@@ -55,42 +50,27 @@ def _daily_run_name() -> str:
 
 @flow(name="daily", flow_run_name=_daily_run_name)
 def daily_flow(
-    input_template: str,
-    out: str,
+    input_template: str | None = None,
+    settings: JobSettings | None = None,
     lag_days: int = 1,
     timezone: str = "UTC",
     date: str | None = None,
-    tasks: str = "lid",
-    force: bool = False,
-    ray_address: str | None = None,
-    actors: int | None = None,
-    ner_model: str | None = None,
-    embed_model: str | None = None,
-    qe_model: str | None = None,
-    qe_method: str = "regression",
-    missing_input: str = "fail",
+    missing_input: Literal["fail", "skip"] = "fail",
+    **legacy: Any,
 ) -> dict:
     """Process the partition of the scheduled day (or `date`, for a manual re-run) as a `corpus` subflow."""
-    from flows.backfill import partition_lock
     from flows.corpus import corpus_flow
+    from flows.params import job_settings, partition_lock, render_input
 
+    job = job_settings(settings, legacy, "daily")
+    if not input_template:
+        raise ConfigError("flow 'daily' needs `input_template` (with {date})")
     day = date or _scheduled_date(lag_days, timezone)
     get_run_logger().info("daily run for partition %s (lag %d day(s), tz %s)", day, lag_days, timezone)
     # the same lock as a backfill of this date: the two never compute one partition at once
-    with partition_lock(out, day):
+    with partition_lock(job.out, day):
         res = corpus_flow(
-            inputs=[render_input(input_template, day)],
-            out=out,
-            date=day,
-            tasks=tasks,
-            force=force,
-            ray_address=ray_address,
-            actors=actors,
-            ner_model=ner_model,
-            embed_model=embed_model,
-            qe_model=qe_model,
-            qe_method=qe_method,
-            missing_input=missing_input,
+            inputs=[render_input(input_template, day)], settings=job, date=day, missing_input=missing_input
         )
     if res["status"] == "inputs_changed":  # reported, not a failure: a --force run recomputes it
         get_run_logger().warning("partition %s: inputs changed since its commit: %s", day, res["changes"])
@@ -100,4 +80,4 @@ def daily_flow(
 if __name__ == "__main__":
     import sys
 
-    daily_flow(input_template=sys.argv[1], out=sys.argv[2])
+    daily_flow(input_template=sys.argv[1], settings={"out": sys.argv[2]})

@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.settings import JobSettings
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root, where the flows' entrypoints live
 PARTITION, DAILY, BACKFILL = "partition", "daily", "backfill"
@@ -42,16 +43,12 @@ def _schedule(cron: str | None, interval: float | None, timezone: str):  # noqa:
 def deploy_all(
     *,
     input_template: str,
-    out: str,
+    settings: JobSettings | dict,
     pool: str = "xlmflow",
-    tasks: str = "lid",
     cron: str | None = "0 3 * * *",
     interval: float | None = None,
     timezone: str = "UTC",
     lag_days: int = 1,
-    models: dict | None = None,
-    ray_address: str | None = None,
-    actors: int | None = None,
     max_concurrent: int = 2,
     source: str | Path = ROOT,
     env: dict[str, str] | None = None,
@@ -59,11 +56,12 @@ def deploy_all(
     """Create/update the deployments; returns {short name: 'flow/deployment'}. Needs PREFECT_API_URL."""
     from prefect import Flow
 
-    from flows.daily import render_input
+    from flows.params import render_input
+    from xlmflow.settings import make_job
 
     render_input(input_template, "2000-01-01")  # fail early on a template without {date}
-    models = {k: v for k, v in (models or {}).items() if v is not None}
-    common = dict(out=out, tasks=tasks, ray_address=ray_address, actors=actors, **models)
+    job = settings if isinstance(settings, JobSettings) else make_job(**settings)
+    common = {"settings": job.model_dump(mode="json")}
     job_vars = {"env": env} if env else None
     ensure_work_pool(pool)
 
@@ -116,8 +114,10 @@ def deploy_all(
     return names
 
 
-def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `xlmflow deploy`."""
+def add_deploy_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Arguments of `xlmflow deploy`: its own, then every run setting (xlmflow.cli_options)."""
+    from xlmflow.cli_options import add_job_options
+
     parser.add_argument(
         "--input", required=True, help="input template with {date}, e.g. s3://raw/corpus/date={date}/"
     )
@@ -125,7 +125,6 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pool", default="xlmflow", help="process work pool (created if missing; default xlmflow)"
     )
-    parser.add_argument("--tasks", default="lid", help="comma-separated: lid,ner,embed,qe (default lid)")
     parser.add_argument("--cron", default="0 3 * * *", help="daily schedule (default '0 3 * * *')")
     parser.add_argument(
         "--interval", type=float, default=None, help="schedule every N seconds instead of --cron"
@@ -136,23 +135,19 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-concurrent", type=int, default=2, help="default of the backfill deployment")
     parser.add_argument(
-        "--ray-address", default=None, help="Ray cluster the runs join (default: local Ray per run)"
-    )
-    parser.add_argument("--actors", type=int, default=None)
-    parser.add_argument("--ner-model", default=None)
-    parser.add_argument("--embed-model", default=None)
-    parser.add_argument("--qe-model", default=None)
-    parser.add_argument("--qe-method", default=None, choices=["regression", "cosine"])
-    parser.add_argument(
         "--source",
         default=str(ROOT),
         help="project directory the worker runs the flows from (default: this checkout)",
     )
+    add_job_options(parser, argv)
 
 
 def deploy_main(ns: argparse.Namespace) -> int:
     """`xlmflow deploy`: print the deployment names and how to start a worker."""
     from prefect.settings import PREFECT_API_URL
+
+    from xlmflow.cli_options import job_kwargs
+    from xlmflow.settings import make_job
 
     if not PREFECT_API_URL.value():
         raise ConfigError(
@@ -163,23 +158,14 @@ def deploy_main(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--lag-days must be >= 0, got {ns.lag_days}")
     names = deploy_all(
         input_template=ns.input,
-        out=ns.out,
+        settings=make_job(out=ns.out, **job_kwargs(ns)),
         pool=ns.pool,
-        tasks=ns.tasks,
         cron=ns.cron,
         interval=ns.interval,
         timezone=ns.timezone,
         lag_days=ns.lag_days,
-        ray_address=ns.ray_address,
-        actors=ns.actors,
         max_concurrent=ns.max_concurrent,
         source=ns.source,
-        models={
-            "ner_model": ns.ner_model,
-            "embed_model": ns.embed_model,
-            "qe_model": ns.qe_model,
-            "qe_method": ns.qe_method,
-        },
     )
     for short, full in names.items():
         print(f"deployment {short}: {full}")

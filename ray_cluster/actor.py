@@ -51,13 +51,14 @@ class ShardWorker:
             "gpu_ids": gpu_ids,
             "device": self.device,
             "setup_seconds": round(self.setup_seconds, 3),
-            "models": {p.name: p.model_info() for p in self.processors},
+            "models": {p.instance: {"type": p.name, **p.model_info()} for p in self.processors},
         }
 
     def process_shard(self, shard: dict, staging: str) -> dict:
         """Process one shard and write its results; idempotent (a finished shard is not redone)."""
         import pyarrow as pa
 
+        from ray_cluster.processors.base import main_schema
         from xlmflow import schemas
 
         out_dir = results_uri(staging, shard["shard_id"])
@@ -75,9 +76,9 @@ class ShardWorker:
             table, rejects = res.table, rejects + res.rejects
             for name, parts in res.datasets.items():
                 datasets[name].extend(parts)
-            per_proc[p.name] = res.stats
+            per_proc[p.instance] = {"type": p.name, **res.stats}
         main_name = "pairs" if self.settings.mode == "pairs" else "documents"
-        main = _conform(table, schemas.PAIRS if main_name == "pairs" else schemas.DOCUMENTS)
+        main = _conform(table, main_schema(self.settings))
         counts = {main_name: main.num_rows, "rejects": len(rejects)}
         nbytes = {main_name: main.nbytes}
         # data objects first, the marker last: a shard is done only when all its files are whole
@@ -109,7 +110,8 @@ class ShardWorker:
 
 
 def _conform(table, schema):  # noqa: ANN001, ANN202
-    """Project/cast to the output schema; columns a skipped processor did not add become nulls."""
+    """Cast to the main record's schema; columns no processor of the run adds (lang without lid) are
+    nulls. Processors cannot add columns the schema lacks: the base class refuses undeclared ones."""
     import pyarrow as pa
 
     cols = [

@@ -1,10 +1,10 @@
 """The shared XLM-R inference engine: tokenize once, window long texts, batch by tokens, survive OOM.
 
 Every model processor (ner, embed, qe) goes through one `Engine`:
-- **Tokenization** is one batched call of the fast (Rust) tokenizer per chunk of texts, without special
-  tokens, keeping offsets and `word_ids()`. On CPU the whole call is one chunk (tokenizing is cheap next
-  to the model, ~150k tokens/s here). On CUDA the texts are cut into chunks of `prefetch_docs` and a
-  background thread tokenizes chunk k+1 while the GPU runs chunk k (the Rust tokenizer releases the GIL).
+- **Tokenization** is one batched call of the fast (Rust) tokenizer, without special tokens, keeping
+  offsets and `word_ids()`. It is a processor's `prepare` phase: on CUDA the model processors cut a
+  batch into chunks of `prefetch_docs` rows and prepare chunk k+1 in a thread while the GPU runs chunk k
+  (ray_cluster.processors.base.ModelProcessor).
 - **Windows**: a text longer than the model's window (510 content tokens for XLM-R) is never truncated;
   it becomes overlapping windows over its one full tokenization, `stride` tokens of overlap. In an
   overlap each token is *owned* by the window where it sits furthest from a window edge (the cut is the
@@ -24,7 +24,7 @@ Pairs (QE) use `encode_pairs` (longest-first truncation with a record of what wa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,8 +106,7 @@ class Engine:
             torch.set_num_threads(num_threads)
         self.model = lm.model.to(self.device).eval()
         self.max_batch_tokens = max_batch_tokens
-        self.prefetch_docs = prefetch_docs
-        self.prefetch = self.device == "cuda"  # on CPU one chunk: tokenizing is cheap next to the model
+        self.prefetch_docs = prefetch_docs  # rows per prepare/infer chunk on CUDA
         tok = self.tokenizer
         positions = getattr(self.model.config, "max_position_embeddings", 514)
         # XLM-R/RoBERTa reserve 2 positions (padding_idx + 1 offset)
@@ -135,22 +134,6 @@ class Engine:
             DocTokens(enc["input_ids"][i], enc["offset_mapping"][i], enc.word_ids(i))
             for i in range(len(texts))
         ]
-
-    def iter_tokenized(self, texts: Sequence[str]) -> Iterator[tuple[int, list[DocTokens]]]:
-        """(offset, tokenized chunk); on CUDA the next chunk is tokenized in a thread while the GPU runs."""
-        n, size = len(texts), self.prefetch_docs
-        if not self.prefetch or n <= size:
-            yield 0, self.tokenize(texts)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as ex:
-            fut = ex.submit(self.tokenize, texts[0:size])
-            for off in range(0, n, size):
-                docs = fut.result()
-                if off + size < n:
-                    fut = ex.submit(self.tokenize, texts[off + size : off + 2 * size])
-                yield off, docs
 
     def with_specials(self, a: list[int], b: list[int] | None = None) -> list[int]:
         """<s> A </s> (single) or <s> A </s></s> B </s> (RoBERTa pair); [CLS] A [SEP] B [SEP] for BERT."""

@@ -23,7 +23,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ray_cluster.model_files import check_weights, is_checkpoint_file, safe_destination
 from xlmflow.errors import ConfigError
@@ -31,8 +31,7 @@ from xlmflow.errors import ConfigError
 if TYPE_CHECKING:
     from xlmflow.settings import RunSettings
 
-Task = Literal["ner", "embed", "qe"]
-TINY_VERSION = 1  # bump when make_tiny changes, so caches rebuild
+TINY_VERSION = 2  # bump when make_tiny_xlmr changes, so caches rebuild
 TINY_NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-DATE", "I-DATE"]
 META_FILE = "xlmflow_model.json"  # written last into cache entries: marks them complete, holds the hash
 log = logging.getLogger(__name__)
@@ -72,28 +71,23 @@ def xlmr_tokenizer_file() -> str:
     )
 
 
-def make_tiny(task: Task, out: str, seed: int = 0) -> str:
-    """Write a small deterministic random XLM-R checkpoint (real tokenizer) for `task` into `out`."""
-    import torch
-    from transformers import (
-        XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,
-        XLMRobertaForTokenClassification,
-        XLMRobertaModel,
-        XLMRobertaTokenizerFast,
-    )
+def make_tiny(kind: str, out: str, seed: int = 0) -> str:
+    """The tiny offline checkpoint of processor type `kind` (its class builds it) into `out`."""
+    from ray_cluster.processors.base import registry
 
-    if task not in ("ner", "embed", "qe"):
-        raise ConfigError(f"unknown tiny model task {task!r}; choose ner, embed or qe")
+    cls = registry().get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown processor {kind!r}; available: {', '.join(sorted(registry()))}")
+    return cls.make_tiny(out, seed)
+
+
+def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dict, init: Any = None) -> str:
+    """Write a small deterministic random XLM-R checkpoint (real tokenizer) of `model_class` into `out`."""
+    import torch
+    import transformers
+    from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
+
     tok = XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
-    kw: dict = {}
-    if task == "ner":
-        kw = {
-            "id2label": dict(enumerate(TINY_NER_LABELS)),
-            "label2id": {lab: i for i, lab in enumerate(TINY_NER_LABELS)},
-        }
-    elif task == "qe":
-        kw = {"num_labels": 1, "problem_type": "regression"}
     cfg = XLMRobertaConfig(
         vocab_size=250002,
         hidden_size=32,
@@ -105,25 +99,16 @@ def make_tiny(task: Task, out: str, seed: int = 0) -> str:
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.cls_token_id,
         eos_token_id=tok.sep_token_id,
-        **kw,
+        **config,
     )
     cfg.xlmflow_smoke_test = True  # outputs of this model are noise; labelled as such downstream
-    cfg.xlmflow_tiny_task = task
-    cls = {
-        "ner": XLMRobertaForTokenClassification,
-        "embed": XLMRobertaModel,
-        "qe": XLMRobertaForSequenceClassification,
-    }[task]
+    cfg.xlmflow_tiny_task = kind
+    auto = getattr(transformers, model_class)
     with torch.random.fork_rng(devices=[]):  # deterministic without touching the caller's RNG state
         torch.manual_seed(seed)
-        model = cls(cfg).eval()
-        if task == "ner":
-            # the default init gives near-uniform logits; sharper logits and an "O" bias give a mix of
-            # O tokens and entities, so the aggregation code has something to group
-            with torch.no_grad():
-                model.classifier.weight.normal_(0.0, 1.5)
-                model.classifier.bias.zero_()
-                model.classifier.bias[0] = 3.0
+        model = auto.from_config(cfg).eval()
+        if init is not None:
+            init(model)
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -165,9 +150,12 @@ def _read_meta(path: str) -> dict:
         return {}
 
 
-def _tiny_dir(task: Task, settings: RunSettings | None) -> str:
-    final = os.path.join(cache_root(settings), "tiny", f"{task}-seed0-v{TINY_VERSION}")
-    return _atomic_dir(final, lambda tmp: make_tiny(task, tmp, seed=0))
+def _tiny_dir(kind: str, settings: RunSettings | None) -> str:
+    from ray_cluster.processors.base import registry
+
+    version = registry()[kind].version
+    final = os.path.join(cache_root(settings), "tiny", f"{kind}-seed0-v{TINY_VERSION}.{version}")
+    return _atomic_dir(final, lambda tmp: make_tiny(kind, tmp, seed=0))
 
 
 def s3_fingerprint(spec: str, dest: str | None = None) -> tuple[dict[str, dict], str]:
@@ -331,13 +319,14 @@ def content_hash(path: str) -> str:
     return _HASHES[stat_key]
 
 
-def resolve(spec: str, task: Task, settings: RunSettings | None = None) -> dict:
-    """Spec -> {"spec", "path", "revision" or "sha256"} (no weights loaded yet)."""
+def resolve(spec: str, kind: str, settings: RunSettings | None = None) -> dict:
+    """Spec -> {"spec", "path", "revision" or "sha256"} (no weights loaded yet); `kind` is the processor
+    type (it builds the tiny model)."""
     if not spec:
-        raise ConfigError(f"no model given for task {task}; pass --{task}-model (HF id, dir, s3://, or tiny)")
+        raise ConfigError(f"no model given for {kind}; pass --{kind}-model (HF id, dir, s3://, or tiny)")
     rev = None
     if spec == "tiny":
-        path = _tiny_dir(task, settings)
+        path = _tiny_dir(kind, settings)
     elif spec.startswith("s3://"):
         path = _s3_dir(spec, settings)
     else:
@@ -353,36 +342,30 @@ def resolve(spec: str, task: Task, settings: RunSettings | None = None) -> dict:
     return info
 
 
-def load_model(spec: str, task: Task, settings: RunSettings | None = None) -> LoadedModel:
-    """Resolve `spec` and load its fast tokenizer and the model for `task` (eval mode, CPU)."""
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-    )
+def load_model(spec: str, kind: str, settings: RunSettings | None = None) -> LoadedModel:
+    """Resolve `spec` and load its fast tokenizer and the model class processor type `kind` declares
+    (eval mode, CPU)."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
-    info = resolve(spec, task, settings)
+    from ray_cluster.processors.base import registry
+
+    info = resolve(spec, kind, settings)
     path = info["path"]
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        cls = {
-            "ner": AutoModelForTokenClassification,
-            "embed": AutoModel,
-            "qe": AutoModelForSequenceClassification,
-        }[task]
+        cls = getattr(transformers, registry()[kind].model_class or "AutoModel")
         model = cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot load {task} model from {path} (spec {spec!r}): {exc}") from exc
+        raise ConfigError(f"cannot load {kind} model from {path} (spec {spec!r}): {exc}") from exc
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"model {spec!r} has no fast tokenizer (tokenizer.json); offsets need one")
     if not tok.model_max_length or tok.model_max_length > 100_000:
         # tokenizer files without a max length: trust the position table (XLM-R: 514 positions, 2 reserved)
         tok.model_max_length = int(getattr(config, "max_position_embeddings", 514)) - 2
     info["smoke_test"] = bool(getattr(config, "xlmflow_smoke_test", False))
-    info["name"] = _short_name(info, task, getattr(config, "xlmflow_tiny_task", None))
+    info["name"] = _short_name(info, kind, getattr(config, "xlmflow_tiny_task", None))
     return LoadedModel(tok, model.eval(), info)
 
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 
 from ray_cluster.cluster import Layout, connect, plan_layout
-from xlmflow.errors import FatalError
+from xlmflow.errors import FatalError, SystemicError
+from xlmflow.failures import unwrap
 from xlmflow.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,11 @@ class ShardPool:
                 stats = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 sid = shard["shard_id"]
+                if isinstance(unwrap(exc), SystemicError):  # retrying or going on only costs time
+                    raise FatalError(
+                        f"{unwrap(exc)}. Nothing was committed; the {len(done)} finished shards are kept: "
+                        "fix the cause (model, processor) and rerun the same command to resume"
+                    ) from None
                 attempts[sid] += 1
                 died = isinstance(exc, ray.exceptions.RayActorError)
                 if died and i in alive and i not in restarting:

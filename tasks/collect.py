@@ -20,43 +20,29 @@ import re
 
 from xlmflow import delta, storage
 from xlmflow.errors import FatalError
+from xlmflow.manifest import (  # noqa: F401 - part of this module's interface
+    MANIFEST_VERSION,
+    manifest_uri,
+    read_manifest,
+    run_manifest_uri,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2  # 2: the datasets are Delta tables and the manifest pins their versions
 # part files are named by the first 8 hex digits of the run that wrote them
 _PART_NAME = re.compile(r"^part-([0-9a-f]{8})-\d+\.parquet$")
-
-
-def manifest_uri(out: str, date: str) -> str:
-    return storage.join(out, "_manifests", f"date={date}.json")
 
 
 def partition_dir(out: str, dataset: str, date: str) -> str:
     return storage.join(out, dataset, f"date={date}")
 
 
-def run_manifest_uri(out: str, date: str, run_id: str) -> str:
-    """Every committed run's manifest is also kept here: what `xlmflow restore` brings back."""
-    return storage.join(out, "_manifests", "_runs", f"date={date}", f"{run_id}.json")
+def datasets_for(settings) -> list[str]:  # noqa: ANN001
+    """The datasets a run commits, in order: the main record, its processors' datasets, rejects."""
+    from ray_cluster.processors.base import run_datasets
 
-
-def read_manifest(out: str, date: str) -> dict | None:
-    uri = manifest_uri(out, date)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
-def write_manifest(out: str, manifest: dict) -> None:
-    """The archive copy first, then the current one: the commit point."""
-    date = manifest["date"]
-    storage.write_json(run_manifest_uri(out, date, manifest["run_id"]), manifest)
-    storage.write_json(manifest_uri(out, date), manifest)
-
-
-def datasets_for(tasks: tuple[str, ...], mode: str) -> list[str]:
-    names = ["pairs", "qe"] if mode == "pairs" else ["documents"]
-    names += [d for t, d in (("ner", "entities"), ("embed", "embeddings")) if t in tasks]
-    return names + ["rejects"]
+    return list(run_datasets(settings))
 
 
 def collect_partition(
@@ -77,19 +63,24 @@ def collect_partition(
     """
     import pyarrow as pa
 
+    from ray_cluster.processors.base import run_datasets
     from tasks.write import part_uri, plan_parts, write_part
 
     date = settings.date.isoformat()
-    names = datasets_for(settings.tasks, settings.mode)
+    declared = run_datasets(settings)
+    names = list(declared)
     manifest, sources = _account(settings, ing, shards, done, failed, content, run, names)
     calls = []
     for n in names:
         parts = plan_parts(sources[n], settings.target_file_bytes)
+        empty = declared[n].serialize().to_pybytes() if declared[n] is not None else None
         for i, part in enumerate(parts):
-            if part or n != "embeddings":  # every dataset gets a file, so readers find its schema on
+            # every dataset gets a file, so readers find its schema on empty days (unless its schema
+            # is known only once a model is loaded)
+            if part or empty is not None:
                 calls.append(
-                    (settings.out, n, part_uri(settings.out, n, date, run["run_id"], i), part)
-                )  # empty days
+                    (settings.out, n, part_uri(settings.out, n, date, run["run_id"], i), part, empty)
+                )
     uris = [call[2] for call in calls]
     try:
         results = ing["runner"].run_all(write_part, calls)
@@ -213,6 +204,9 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
     by_reason: collections.Counter[str] = collections.Counter()
     by_lang: collections.Counter[str] = collections.Counter()
     decided: collections.Counter[str] = collections.Counter()  # which language detector answered
+    per_instance: dict[str, collections.Counter[str]] = {
+        s.name: collections.Counter() for s in settings.processors
+    }
     for s in ing["splits"]:
         by_reason.update(s["rejects_by_reason"])
         if s["rejects"]:
@@ -225,7 +219,7 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         if summary["rejects"]:
             src = {"kind": "batches", "uri": summary["rejects_uri"], "index": summary["rejects_index"]}
             sources["rejects"].append((src, 300 * summary["rejects"]))
-    for shard in sorted(shards, key=lambda s: s["first_row"]):
+    for shard in sorted(shards, key=lambda s: s["shard_id"]):
         sid = shard["shard_id"]
         if sid in failed:
             by_reason["shard_failed"] += shard["rows"]
@@ -236,8 +230,11 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         stats = done[sid]
         by_reason.update(stats["rejects_by_reason"])
         by_lang.update(stats["by_lang"])
-        lid_counters = (stats.get("processors", {}).get("lid") or {}).get("counters", {})
-        decided.update({k.removeprefix("decided_by_"): v for k, v in lid_counters.items()})
+        for inst, pstats in (stats.get("processors") or {}).items():
+            counters = pstats.get("counters") or {}
+            per_instance.setdefault(inst, collections.Counter()).update(counters)
+            if pstats.get("type") == "lid":
+                decided.update({k.removeprefix("decided_by_"): v for k, v in counters.items()})
         for n in names:
             rows = stats["counts"].get(n, 0)
             counts[n] += rows
@@ -257,6 +254,7 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         "by_lang": dict(sorted(by_lang.items())),
         **({"lid_decided_by": dict(sorted(decided.items()))} if decided else {}),
         **{n: counts[n] for n in names if n not in (main, "rejects")},
+        "processors": {k: dict(sorted(v.items())) for k, v in per_instance.items()},
     }
     if input_rows != counts[main] + n_rejects:
         raise FatalError(  # never commit a partition that loses or invents rows
@@ -271,6 +269,7 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": settings.config_hash(),
         "settings": settings.model_dump(mode="json", exclude={"out"}),
+        "processors": processor_records(settings, run.get("models") or {}),
         "input_files": [e["path"] for e in ing["listing"]],
         "counts": manifest_counts,
         "shards": {"total": len(shards), "failed": sorted(failed)},
@@ -288,15 +287,29 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
     return manifest, sources
 
 
+def processor_records(settings, models: dict) -> list[dict]:  # noqa: ANN001
+    """Each instance of the run: name, type, code version, options, and the model it resolved."""
+    from ray_cluster.processors.base import registry
+
+    reg = registry()
+    return [
+        {
+            "name": s.name,
+            "type": s.type,
+            "version": reg[s.type].code_version(),
+            "options": s.options,
+            "model": {k: v for k, v in (models.get(s.name) or {}).items() if k != "type"},
+        }
+        for s in settings.processors
+    ]
+
+
 def _committed_by(out: str, date: str, run_id: str) -> bool:
     try:
         m = read_manifest(out, date)
     except Exception:  # noqa: BLE001 - unknown: keep the files, the next run's cleanup decides
         return True
     return bool(m and m.get("run_id") == run_id)
-
-
-DATASETS = ("documents", "pairs", "qe", "entities", "embeddings", "rejects")
 
 
 def _committed_runs(out: str, name: str) -> set[str]:
@@ -307,12 +320,19 @@ def _committed_runs(out: str, name: str) -> set[str]:
     return runs
 
 
-def _debris(out: str, date: str) -> list[str]:
+def _datasets(out: str, date: str, manifest: dict | None) -> list[str]:
+    """Datasets whose partition may hold our files: every registered type's, and the manifest's."""
+    from ray_cluster.processors.base import known_datasets
+
+    return sorted({*known_datasets(), *((manifest or {}).get("files") or {})})
+
+
+def _debris(out: str, date: str, manifest: dict | None = None) -> list[str]:
     """Part files of the date that no commit of their table ever added: what runs left that failed or
     were killed before they committed that table. Files any table version references are kept (vacuum
     decides about those), and so are files not named like ours."""
     stale = []
-    for n in DATASETS:
+    for n in _datasets(out, date, manifest):
         found = storage.list_files(partition_dir(out, n, date))
         if not found:
             continue
@@ -334,7 +354,7 @@ def cleanup_partition(out: str, date: str, manifest: dict, debris: bool = True) 
     other configurations is left alone (a run of that configuration may resume from it). Files of
     superseded versions stay until `xlmflow vacuum`.
     """
-    stale = _debris(out, date) if debris else []
+    stale = _debris(out, date, manifest) if debris else []
     storage.remove(stale)
     if manifest.get("config_hash"):
         storage.remove([storage.join(out, "_staging", f"date={date}", manifest["config_hash"])])
@@ -348,11 +368,11 @@ def remove_debris(out: str, date: str, manifest: dict | None, config_hash: str) 
     Only called with the partition's lease held. The run's own staging is kept: finished shards in it
     are what a resumed run picks up.
     """
-    stale = _debris(out, date)
+    stale = _debris(out, date, manifest)
     storage.remove(stale)
     n = len(stale)
     prefixes = [storage.join(out, "_staging", f"date={date}", config_hash), storage.join(out, "_manifests")]
-    prefixes += [partition_dir(out, d, date) for d in DATASETS]
+    prefixes += [partition_dir(out, d, date) for d in _datasets(out, date, manifest)]
     for prefix in prefixes:
         n += storage.remove_stale_tmp(prefix)
     return n

@@ -98,8 +98,14 @@ def summary_rows(manifest: dict) -> list[dict]:
         {"section": "delta_version", "key": k, "value": v} for k, v in (manifest.get("tables") or {}).items()
     ]
     rows += [
-        {"section": "entity_label", "key": k, "value": v}
-        for k, v in manifest.get("entity_labels", {}).items()
+        {"section": f"label:{dataset}", "key": k, "value": v}
+        for dataset, labels in (manifest.get("labels") or {}).items()
+        for k, v in labels.items()
+    ]
+    rows += [  # what each processor instance counted (failed rows, detectors that answered, ...)
+        {"section": f"processor:{inst}", "key": k, "value": v}
+        for inst, counters in (c.get("processors") or {}).items()
+        for k, v in counters.items()
     ]
     rows += [
         {"section": "qe_score", "key": k, "value": v} for k, v in manifest.get("qe_quantiles", {}).items()
@@ -114,14 +120,17 @@ def summary_rows(manifest: dict) -> list[dict]:
 
 
 def dataset_stats(parts: dict[str, list[dict]]) -> dict:
-    """Entities per label and QE score quantiles, from what the writer tasks returned (no data read)."""
+    """Rows per label of every dataset with a `label` column (entities, classifications, ...) and QE score
+    quantiles, from what the writer tasks returned (no data read)."""
     extra: dict = {}
-    labels: dict[str, int] = {}
-    for r in parts.get("entities", []):
-        for k, v in (r.get("entity_labels") or {}).items():
-            labels[k] = labels.get(k, 0) + v
-    if labels:
-        extra["entity_labels"] = dict(sorted(labels.items()))
+    by_dataset: dict[str, dict[str, int]] = {}
+    for dataset, rs in parts.items():
+        for r in rs:
+            for k, v in (r.get("labels") or {}).items():
+                labels = by_dataset.setdefault(dataset, {})
+                labels[k] = labels.get(k, 0) + v
+    if by_dataset:
+        extra["labels"] = {d: dict(sorted(v.items())) for d, v in by_dataset.items()}
     samples = [r["qe_scores"] for r in parts.get("qe", []) if r.get("qe_scores")]
     if samples:
         extra["qe_quantiles"] = _quantiles(samples, (0.05, 0.25, 0.5, 0.75, 0.95))
@@ -150,7 +159,8 @@ def markdown_report(manifest: dict, out: str) -> str:
         f"# Partition {manifest['date']} — {manifest.get('status', 'committed')}",
         "",
         f"- input rows: **{c['input_rows']}**, output rows: **{c['documents']}**, rejects: **{c['rejects']}**",
-        f"- tasks: `{','.join(manifest['settings']['tasks'])}`; run `{manifest['run_id']}`; "
+        f"- processors: `{', '.join(p['name'] + '=' + p['type'] for p in manifest.get('processors', []))}`; "
+        f"run `{manifest['run_id']}`; "
         f"config `{manifest['config_hash']}`",
         f"- manifest: `{storage.join(out, '_manifests', 'date=' + manifest['date'] + '.json')}`",
         *(

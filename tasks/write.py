@@ -64,13 +64,9 @@ def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     ]
 
 
-_EMPTY = {"documents": schemas.DOCUMENTS, "pairs": schemas.PAIRS, "qe": schemas.QE,
-          "entities": schemas.ENTITIES, "rejects": schemas.REJECTS}  # fmt: skip
-
-
-def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
-    """Write one Parquet file of `dataset` from staged sources (an empty one, with the dataset's schema,
-    when there are none); returns its file entry, schema and report figures."""
+def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: bytes | None = None) -> dict:
+    """Write one Parquet file of `dataset` from staged sources (an empty one, with the serialized schema
+    `empty`, when there are none); returns its file entry, schema and report figures."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -96,14 +92,16 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
                     t = t.cast(schema) if t.schema != schema else t
                     writer.write_table(t)
                     rows += t.num_rows
-                    if dataset == "entities":
+                    if "label" in t.column_names and dataset != "rejects":
                         labels.update(t["label"].to_pylist())
                     elif dataset == "rejects":
                         reasons.update(t["reason"].to_pylist())
                     elif dataset == "qe":
                         scores.append(t["score"])
             if writer is None:
-                schema = _EMPTY[dataset]
+                if empty is None:
+                    raise ValueError(f"no rows and no schema for an empty file of {dataset}")
+                schema = pa.ipc.read_schema(pa.py_buffer(empty))
                 writer = pq.ParquetWriter(path, schema, compression="zstd")
                 writer.write_table(schema.empty_table())
         finally:
@@ -113,7 +111,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict]) -> dict:
 
         size = os.path.getsize(path)
     if labels:
-        extra["entity_labels"] = dict(labels)
+        extra["labels"] = dict(labels)
     if dataset == "rejects":
         extra["rejects_by_reason"] = dict(reasons)
     if scores:
@@ -142,7 +140,11 @@ def write_table(out: str, dataset: str, date: str, run_id: str, table, index: in
     import pyarrow as pa
 
     r = write_part(
-        out, dataset, part_uri(out, dataset, date, run_id, index), [{"kind": "table", "table": table}]
+        out,
+        dataset,
+        part_uri(out, dataset, date, run_id, index),
+        [{"kind": "table", "table": table}],
+        table.schema.serialize().to_pybytes(),
     )
     return r["file"], pa.ipc.read_schema(pa.py_buffer(r["schema"]))
 

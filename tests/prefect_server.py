@@ -198,7 +198,9 @@ def ensure_partition_run(stack: Stack, tmp_path_factory) -> object:  # noqa: ANN
     base = tmp_path_factory.mktemp("partition-run")
     write_partition(base / "raw", "2026-11-01", 5)
     with stack.settings():
-        names = deploy_all(input_template=str(base / "raw" / "date={date}"), out=str(base / "out"), cron=None)
+        names = deploy_all(
+            input_template=str(base / "raw" / "date={date}"), settings={"out": str(base / "out")}, cron=None
+        )
         fr = run_deployment(
             names["partition"],
             timeout=300,
@@ -206,7 +208,6 @@ def ensure_partition_run(stack: Stack, tmp_path_factory) -> object:  # noqa: ANN
             parameters={
                 "inputs": [str(base / "raw" / "date=2026-11-01")],
                 "date": "2026-11-01",
-                "out": str(base / "out"),
             },
         )
     stack.cache["partition_run"] = fr

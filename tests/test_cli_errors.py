@@ -88,10 +88,11 @@ def test_settings_refuse_credentials_without_repeating_them():
         make_settings(
             inputs=["ok.jsonl", f"s3://K:{SECRET}@b/x"],
             out=f"s3://K:{SECRET}@b/o",
+            tasks="qe",
             qe_model="https://u:p@h/m",
         )
     msg = str(err.value)
-    assert "input 2: credentials embedded" in msg and "out:" in msg and "qe_model:" in msg
+    assert "input 2: credentials embedded" in msg and "out:" in msg and "qe.model:" in msg
     assert SECRET not in msg and "u:p@" not in msg
 
 

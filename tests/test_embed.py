@@ -119,7 +119,7 @@ def test_embed_processor_writes_one_vector_per_document(lm, settings):
         }
         for i, t in enumerate(texts)
     ]
-    s = settings.model_copy(update={"tasks": ("embed",), "embed_model": "tiny"})
+    s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="embed", embed_model="tiny")
     (proc,) = build_processors(s)
     proc.setup("cpu")
     out = proc.process(pa.Table.from_pylist(rows, schema=STAGED_DOCS))

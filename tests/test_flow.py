@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from flows.corpus import corpus_flow
 from tasks.collect import manifest_uri
 from xlmflow import delta, maintenance, storage
+from xlmflow.settings import make_job
 
 pytestmark = pytest.mark.slow
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
@@ -61,7 +62,9 @@ def _read(out: str, dataset: str, date: str, manifest: dict):
 
 def _run(corpus_path, out, **kw):
     opts = kw.pop("options", {}) | {"shard_chars": 3000}
-    return corpus_flow(inputs=[corpus_path], out=out, date="2026-11-01", tasks="lid", options=opts, **kw)
+    return corpus_flow(
+        inputs=[corpus_path], settings=make_job(out=out, tasks="lid", **opts, **kw), date="2026-11-01"
+    )
 
 
 def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):

@@ -115,7 +115,9 @@ def test_interval_schedule_runs_execute_for_the_scheduled_day(prefect_stack, tmp
         write_partition(tmp_path / "raw", d.isoformat(), 3)
     out = tmp_path / "out"
     with prefect_stack.settings():
-        names = deploy_all(input_template=str(tmp_path / "raw" / "date={date}"), out=str(out), interval=15)
+        names = deploy_all(
+            input_template=str(tmp_path / "raw" / "date={date}"), settings={"out": str(out)}, interval=15
+        )
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name(names["daily"])
             try:
@@ -181,7 +183,7 @@ def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tm
         write_partition(tmp_path / "raw", d, 3, offset=3 * i)
     template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")
     with prefect_stack.settings():
-        deploy_all(input_template=template, out=out, cron=None)
+        deploy_all(input_template=template, settings={"out": out}, cron=None)
     # the same backfill started twice at once
     t0 = time.monotonic()
     procs = [_backfill(prefect_stack, template, out, dates[0], dates[-1]) for _ in range(2)]
@@ -240,7 +242,7 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
     with prefect_stack.settings():
         from flows.deploy import deploy_all
 
-        deploy_all(input_template=template, out=out, cron=None)
+        deploy_all(input_template=template, settings={"out": out}, cron=None)
     p = _backfill(prefect_stack, template, out, ok, broken, n=2)
     text = p.communicate(timeout=400)[0]
     assert p.returncode == 1, text
@@ -371,7 +373,7 @@ def test_backfill_deployment_runs_on_the_worker(prefect_stack, tmp_path):
     write_partition(tmp_path / "raw", "2026-07-01", 2)
     template, out = str(tmp_path / "raw" / "date={date}"), tmp_path / "out"
     with prefect_stack.settings():
-        names = deploy_all(input_template=template, out=str(out), cron=None)
+        names = deploy_all(input_template=template, settings={"out": str(out)}, cron=None)
         # what `prefect deployment run backfill/backfill -p start=... -p end=...` does
         fr = run_deployment(
             names["backfill"],

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import CORPUS, duck
 from xlmflow.schemas import QE, STAGED_PAIRS
-from xlmflow.settings import make_settings
+from xlmflow.settings import make_job, make_settings
 
 TARGETS = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "jpn_Jpan", "arb_Arab", "hin_Deva", "cmn_Hans",
            "tur_Latn", "ell_Grek", "kor_Hang")  # fmt: skip
@@ -238,15 +238,8 @@ def test_flow_end_to_end_accounts_for_every_pair(prefect_harness, ray_local, cor
     lines = [json.dumps(p, ensure_ascii=False) for p in good] + BAD_PAIRS
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = str(tmp_path / "out")
-    res = corpus_flow(
-        inputs=[str(path)],
-        out=out,
-        date="2026-11-01",
-        tasks="qe",
-        actors=1,
-        qe_model="tiny",
-        options={"model_cache": cache, "shard_chars": 2000},
-    )
+    job = make_job(out=out, tasks="qe", actors=1, qe_model="tiny", model_cache=cache, shard_chars=2000)
+    res = corpus_flow(inputs=[str(path)], settings=job, date="2026-11-01")
     m = res["manifest"]
     c = m["counts"]
     assert res["status"] == "committed" and m["shards"]["total"] > 1 and not m["shards"]["failed"]

@@ -25,69 +25,30 @@ def _date(s: str) -> str:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from exc
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "models (HF id, local dir, s3:// prefix, or 'tiny' for the offline smoke-test model)"
-    )
-    g.add_argument("--ner-model")
-    g.add_argument("--ner-aggregation", choices=["simple", "first", "average", "max"])
-    g.add_argument("--embed-model")
-    g.add_argument("--embed-pooling", choices=["mean", "lawdr"])
-    g.add_argument("--qe-model")
-    g.add_argument("--qe-method", choices=["regression", "cosine"], default="regression")
-    g.add_argument("--qe-order", choices=["src-mt", "mt-src"], help="input order of the cross-encoder")
-    g.add_argument("--qe-target-lang", help="expected language of translations, e.g. deu_Latn")
-    g.add_argument("--stride", type=int, help="token overlap between windows of long documents")
-    g.add_argument("--max-batch-tokens", type=int, help="padded tokens per model batch")
-    g.add_argument("--gpu-fraction", type=float, help="GPUs per actor (e.g. 0.5 packs two actors per GPU)")
-    g.add_argument("--model-cache", help="local cache for models copied from s3://")
-
-
-def option_dict(a: argparse.Namespace) -> dict:
-    """RunSettings fields given on the command line (beyond the flow's named parameters)."""
-    keys = [
-        "ner_aggregation",
-        "embed_pooling",
-        "qe_order",
-        "qe_target_lang",
-        "stride",
-        "max_batch_tokens",
-        "gpu_fraction",
-        "model_cache",
-        "shard_chars",
-        "max_text_chars",
-        "max_record_bytes",
-        "max_file_bytes",
-        "lease_ttl",
-        "lock_timeout",
-        "dedup_buckets",
-        "shared_out",
-    ]
-    opts = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
-    if getattr(a, "split_mb", None):
-        opts["split_bytes"] = max(1, int(a.split_mb * 1024 * 1024))
-    if getattr(a, "target_file_mb", None):
-        opts["target_file_bytes"] = int(a.target_file_mb * 1024 * 1024)
-    return opts
-
-
-def _precheck_run(a: argparse.Namespace) -> None:
-    """Fail fast, before Ray and Prefect start: credentials in URIs, inputs that match nothing, models
-    that cannot load (unsafe s3:// keys, pickle-only weights)."""
+def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
+    """Fail fast, before Ray and Prefect start: settings, credentials in URIs, inputs that match nothing,
+    models that cannot load (unsafe s3:// keys, pickle-only weights). Returns the job settings."""
     from ray_cluster.models import precheck
     from tasks.ingest import expand_inputs
+    from xlmflow.cli_options import job_kwargs
+    from xlmflow.settings import make_job, make_settings
     from xlmflow.uris import REFUSED, has_userinfo
 
     # before any library sees them: botocore would print the secret, Prefect would store it
+    kw = job_kwargs(a)
     named = [(f"input {i}", u) for i, u in enumerate(a.inputs, 1)] + [("--out", a.out)]
-    named += [(f"--{t}-model", getattr(a, f"{t}_model", None)) for t in ("ner", "embed", "qe")]
-    bad = [what for what, uri in named if uri and has_userinfo(uri)]
+    named += [(f"--{k.replace('_', '-')}", v) for k, v in kw.items() if k.endswith("_model")]
+    named += [(f"--{p['name']}.model", p["options"].get("model")) for p in kw.get("processors", [])]
+    bad = [what for what, uri in named if isinstance(uri, str) and has_userinfo(uri)]
     if bad:
         raise ConfigError(f"{', '.join(bad)}: {REFUSED}")
+    job = make_job(out=a.out, **kw)
+    make_settings(**job.model_dump(), inputs=a.inputs)  # what the flow will build: fail here, not there
     expand_inputs(a.inputs)
-    remote = a.ray_address or os.environ.get("RAY_ADDRESS")  # actors may see other directories than we do
-    for t in ("ner", "embed", "qe"):
-        precheck(getattr(a, f"{t}_model", None), local_actors=not remote)
+    remote = job.ray_address or os.environ.get("RAY_ADDRESS")  # actors may see other directories than we do
+    for spec in job.processors:
+        precheck(spec.options.get("model"), local_actors=not remote)
+    return job
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -96,21 +57,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from xlmflow import reaper
 
     reaper.start()  # the temporary Prefect server and a local Ray must not outlive this process
-    _precheck_run(a)
-    res = corpus_flow(
-        inputs=a.inputs,
-        out=a.out,
-        date=a.date,
-        tasks=a.tasks,
-        force=a.force,
-        ray_address=a.ray_address,
-        actors=a.actors,
-        ner_model=a.ner_model,
-        embed_model=a.embed_model,
-        qe_model=a.qe_model,
-        qe_method=a.qe_method,
-        options=option_dict(a),
-    )
+    job = _precheck_run(a)
+    res = corpus_flow(inputs=list(a.inputs), settings=job, date=a.date)
     if res["status"] == "skipped":
         print(
             f"partition {res['date']} is already committed in {res['out']} (run {res['manifest']['run_id']}); "
@@ -133,7 +81,8 @@ def cmd_models_tiny(a: argparse.Namespace) -> int:
 
     path = make_tiny(a.task, a.out, seed=a.seed)
     print(
-        f"wrote a tiny random-weight XLM-R {a.task} checkpoint (smoke tests only: its outputs are noise) to {path}"
+        f"wrote a tiny random-weight XLM-R checkpoint for processor {a.task} (smoke tests only: its outputs "
+        f"are noise) to {path}"
     )
     return 0
 
@@ -146,7 +95,11 @@ def cmd_pairs_make(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; `argv` is looked at first for `--proc NAME=TYPE`, whose `--NAME.OPTION`s it adds."""
+    from ray_cluster.processors.base import registry
+    from xlmflow.cli_options import add_job_options
+
     p = _Parser(prog="xlmflow", description=__doc__)
     p.add_argument("-v", "--verbose", "--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,40 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", required=True, help="output root: a directory or s3://bucket/prefix")
     r.add_argument("--date", type=_date, help="partition date YYYY-MM-DD (default: today, UTC)")
-    r.add_argument("--tasks", default="lid", help="comma list of lid,ner,embed or qe (default: lid)")
-    r.add_argument("--ray-address", help="existing Ray cluster (default: start a local Ray)")
-    r.add_argument("--actors", type=int, help="actors in the pool (default: one per GPU, else CPUs/4)")
-    r.add_argument("--force", action="store_true", help="recompute a committed partition and replace it")
-    r.add_argument("--shard-chars", type=int, help="characters per shard (default 2,000,000)")
-    r.add_argument("--target-file-mb", type=float, help="target Parquet file size in MB (default 128)")
-    r.add_argument(
-        "--split-mb", type=float, help="input MB one ingest task reads (default 64; files are cut)"
-    )
-    r.add_argument(
-        "--shared-out",
-        action="store_true",
-        default=None,
-        help="a local --out is mounted at the same path on every Ray node (else a remote cluster needs s3://)",
-    )
-    r.add_argument("--dedup-buckets", type=int, help="hash buckets of dedup (default: from the input size)")
-    r.add_argument("--max-text-chars", type=int, help="longer texts are rejected as too_long")
-    r.add_argument(
-        "--max-record-bytes",
-        type=int,
-        help="longer lines/records are too_long rejects, skipped unread (default 4 x --max-text-chars)",
-    )
-    r.add_argument(
-        "--max-file-bytes",
-        type=int,
-        help="decompressed bytes read per file; the rest is one file_too_large reject (default 32 GiB)",
-    )
-    r.add_argument(
-        "--lock-timeout",
-        type=float,
-        help="seconds to wait while another run holds the partition (default 300)",
-    )
-    r.add_argument("--lease-ttl", type=float, help="seconds a partition lease lives without a heartbeat")
-    add_model_options(r)
+    add_job_options(r, argv)
     r.set_defaults(func=cmd_run)
 
     from xlmflow.lease_cli import add_lease_parser
@@ -204,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="model utilities").add_subparsers(dest="models_cmd", required=True)
     t = m.add_parser("tiny", help="write a tiny random XLM-R checkpoint with the real tokenizer (offline)")
-    t.add_argument("--task", choices=["ner", "embed", "qe"], required=True)
+    tiny = sorted(n for n, c in registry().items() if c.model_class)
+    t.add_argument("--task", choices=tiny, required=True, help="the processor type the checkpoint is for")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_models_tiny)
@@ -224,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         b = sub.add_parser("backfill", help="run one partition per date over a date range")
-        add_backfill_arguments(b)
+        add_backfill_arguments(b, argv)
         b.set_defaults(func=backfill_main)
         d = sub.add_parser("deploy", help="create the daily and backfill deployments on a Prefect server")
-        add_deploy_arguments(d)
+        add_deploy_arguments(d, argv)
         d.set_defaults(func=deploy_main)
     return p
 
@@ -253,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     The traceback is printed only with -v/--debug. Every message is redacted of URI credentials.
     """
     _quiet_defaults()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser(argv)
+    except ConfigError as exc:  # a processor plug-in that fails to load
+        print(f"xlmflow: configuration error: {_one_line(redact(str(exc)))}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

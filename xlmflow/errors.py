@@ -2,8 +2,10 @@
 
 - ConfigError: the user must change an option or the environment; the message says what.
 - FatalError: the run cannot go on (unreadable input, no write access); abort with a clear message.
-- ShardError: this shard failed; its rows become rejects, other shards go on.
-- RetryableError: a transient failure (network, actor death); retried a bounded number of times.
+  SystemicError is the one a processor raises when it fails on too many rows to be bad documents.
+Failures of one row or one shard are not exceptions of the run: they become rejects with a reason
+(`processing_error`, `shard_failed`); transient storage and actor failures are retried a bounded
+number of times where they happen (the S3 client, the actor pool).
 
 InputsChangedError is not a failure of the run: a committed partition's inputs differ from the ones it
 was computed from, and recomputing it is the user's call (--force).
@@ -22,12 +24,8 @@ class FatalError(XlmflowError):
     """The run cannot continue."""
 
 
-class ShardError(XlmflowError):
-    """One shard failed; the run goes on without it (its rows are rejected with a reason)."""
-
-
-class RetryableError(XlmflowError):
-    """Transient; safe to retry a bounded number of times."""
+class SystemicError(FatalError):
+    """A processor failed on more rows than isolated bad documents explain (a bug, a wrong model)."""
 
 
 class InputsChangedError(XlmflowError):

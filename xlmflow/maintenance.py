@@ -22,9 +22,10 @@ MIN_RETAIN_HOURS_WHILE_HELD = 1
 
 
 def _datasets() -> tuple[str, ...]:
-    from tasks.collect import DATASETS
+    """The datasets of every registered processor type and the core ones."""
+    from ray_cluster.processors.base import known_datasets
 
-    return DATASETS
+    return tuple(known_datasets())
 
 
 def held_dates(out: str) -> list[str]:
@@ -90,7 +91,7 @@ def runs_of(out: str, date: str) -> list[dict]:
     Each: run_id, operation (write, restore, migrate), tables {name: version}, counts, time, current
     (the manifest pins exactly these versions), complete (the run's manifest was written).
     """
-    from tasks.collect import read_manifest, run_manifest_uri
+    from xlmflow.manifest import read_manifest, run_manifest_uri
 
     runs: dict[tuple, dict] = {}
     for name in _datasets():
@@ -136,8 +137,8 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
     New commits of remove/add actions (the tables' other dates are untouched), then a manifest pinning
     them. Tables the run did not write lose the date's files.
     """
-    from tasks.collect import manifest_uri, read_manifest, run_manifest_uri
     from xlmflow.lease import PartitionLease
+    from xlmflow.manifest import manifest_uri, read_manifest, run_manifest_uri
 
     uri = run_manifest_uri(out, date, run_id)
     if not storage.exists(uri):
@@ -203,7 +204,7 @@ def migrate(out: str) -> dict[str, int]:
     """
     import pyarrow.parquet as pq
 
-    from tasks.collect import MANIFEST_VERSION, write_manifest
+    from xlmflow.manifest import MANIFEST_VERSION, write_manifest
 
     paths = delta.legacy_manifests(out)
     if not paths:

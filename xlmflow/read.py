@@ -9,12 +9,11 @@ for the retention period (7 days by default) after it is replaced.
 from __future__ import annotations
 
 from xlmflow import delta
+from xlmflow.manifest import read_manifest
 
 
 def pinned_version(out: str, dataset: str, date: str) -> int | None:
     """The table version holding the committed partition of `dataset`; None when not committed."""
-    from tasks.collect import read_manifest
-
     m = read_manifest(out, date)
     return None if m is None else (m.get("tables") or {}).get(dataset)
 

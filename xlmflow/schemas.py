@@ -32,7 +32,8 @@ STAGED_PAIRS = pa.schema(
     ]
 )
 
-# OUT/documents/date=D/: staged columns plus language ID.
+# OUT/documents/date=D/: staged columns plus language ID (null without a lid processor), then the
+# columns other processors of the run declare (ray_cluster.processors.base.main_schema).
 DOCUMENTS = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -62,9 +63,12 @@ REJECTS = pa.schema(
 )
 REJECT_RAW_CHARS = 500  # excerpt length kept in `raw`
 
+# Datasets of the processors. `instance` names the processor instance that produced a row (a run may
+# have several instances of one type, e.g. `entities` and `acronyms`, both of type ner).
 ENTITIES = pa.schema(
     [
         ("doc_id", pa.string()),
+        ("instance", pa.string()),
         ("start", pa.int32()),
         ("end", pa.int32()),
         ("text", pa.string()),
@@ -79,6 +83,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
             ("doc_id", pa.string()),
+            ("instance", pa.string()),
             ("embedding", pa.list_(pa.float32(), dim)),
             ("model", pa.string()),
             ("pooling", pa.string()),
@@ -89,6 +94,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
 QE = pa.schema(
     [
         ("pair_id", pa.string()),
+        ("instance", pa.string()),
         ("score", pa.float32()),
         ("method", pa.string()),
         ("model", pa.string()),

@@ -1,36 +1,53 @@
-"""One typed settings object for a run, passed down to every stage and actor."""
+"""One typed settings object for a run, passed down to every stage and actor.
+
+`JobSettings` is what a deployment fixes (output, processors, knobs); `RunSettings` adds what one
+partition run reads (inputs, date). Flows take a `JobSettings` as their one settings parameter (Prefect
+renders it as a form), and the command line is generated from the same fields (xlmflow.cli_options).
+
+Processors are a list of named instances, each `{"name", "type", "options"}`; the options are the
+processor type's own pydantic model (ray_cluster.processors.base), validated here with its defaults
+filled in, so the config hash and the manifest hold every option a run used. The shorthand
+`tasks="lid,ner"` with `ner_model=...` (one instance per type, named like the type) is accepted as input.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from xlmflow.errors import ConfigError
 
-KNOWN_TASKS = ("lid", "ner", "embed", "qe")
-# tasks that work on single documents vs. on source/translation pairs
-DOC_TASKS = ("lid", "ner", "embed")
-PAIR_TASKS = ("qe",)
+_INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
-class RunSettings(BaseModel):
-    """Everything that decides what one partition run computes and where it goes."""
+class ProcessorSpec(BaseModel):
+    """One processor instance of a run: its name (in output rows and the manifest), type and options."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    inputs: tuple[str, ...] = Field(description="Input files, directories or globs (local or s3://).")
+    name: str = Field(description="Instance name, e.g. entities (lowercase letters, digits, _).")
+    type: str = Field(description="Processor type, e.g. lid, ner, embed, qe, classify, or a plug-in.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The type's options (see --help).")
+
+
+class JobSettings(BaseModel):
+    """What a deployment or a command fixes for every partition it runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     out: str = Field(description="Output root, a local directory or s3://bucket/prefix.")
-    date: dt.date = Field(
-        default_factory=lambda: dt.datetime.now(dt.UTC).date(), description="Partition date."
+    processors: tuple[ProcessorSpec, ...] = Field(
+        default=(ProcessorSpec(name="lid", type="lid"),),
+        description="Processor instances, run in order over every shard.",
     )
-    tasks: tuple[str, ...] = Field(default=("lid",), description="Processors to run, in order.")
     ray_address: str | None = Field(default=None, description="Ray cluster address; None starts a local Ray.")
     actors: int | None = Field(
-        default=None, gt=0, description="Actors in the pool (default: one per GPU, else per 2 CPUs)."
+        default=None, gt=0, description="Actors in the pool (default: one per GPU, else one per 4 CPUs)."
     )
     force: bool = Field(default=False, description="Recompute a committed partition and replace it.")
     shared_out: bool = Field(
@@ -51,7 +68,10 @@ class RunSettings(BaseModel):
     )
     # splits and dedup (how the work is cut, not what it computes)
     split_bytes: int = Field(
-        default=64 * 1024 * 1024, gt=0, description="Input bytes one ingest task reads (files are cut)."
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Input bytes one ingest task reads (files are cut).",
+        json_schema_extra={"cli_mb": True},
     )
     dedup_buckets: int | None = Field(
         default=None, gt=0, le=1024, description="Hash buckets of dedup (default: from the input size)."
@@ -59,10 +79,20 @@ class RunSettings(BaseModel):
     # sharding / output sizes
     shard_chars: int = Field(default=2_000_000, gt=0, description="Character budget of one Arrow shard.")
     target_file_bytes: int = Field(
-        default=128 * 1024 * 1024, gt=0, description="Target size of one Parquet file."
+        default=128 * 1024 * 1024,
+        gt=0,
+        description="Target size of one Parquet file.",
+        json_schema_extra={"cli_mb": True},
     )
     max_inflight_per_actor: int = Field(default=2, gt=0, description="Shards queued on one actor at a time.")
     shard_retries: int = Field(default=2, ge=0, description="Retries of a shard whose actor died.")
+    max_error_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Share of a shard's rows a processor may fail on (as processing_error rejects) before "
+        "the failure counts as systemic and the run fails.",
+    )
     # the partition lease (one writer per partition)
     lease_ttl: float = Field(
         default=120.0, gt=0, description="Seconds a partition lease lives without a heartbeat."
@@ -70,34 +100,88 @@ class RunSettings(BaseModel):
     lock_timeout: float = Field(
         default=300.0, ge=0, description="Seconds to wait for a partition another run holds."
     )
-
-    # models (issue 3/4)
-    ner_model: str | None = Field(default=None, description="HF id, local dir, s3:// prefix, or 'tiny'.")
-    ner_aggregation: Literal["simple", "first", "average", "max"] = "simple"
-    embed_model: str | None = None
-    embed_pooling: Literal["mean", "lawdr"] = "mean"
-    qe_model: str | None = None
-    qe_method: Literal["regression", "cosine"] = "regression"
-    qe_order: Literal["src-mt", "mt-src"] = "src-mt"
-    qe_target_lang: str | None = Field(
-        default=None, description="Expected language of translations (e.g. deu_Latn)."
-    )
+    # run-level defaults of the model processors (each instance may override them)
     stride: int = Field(default=128, ge=0, description="Overlap in tokens between windows of long documents.")
-    max_batch_tokens: int = Field(default=8192, gt=0, description="Token budget of one model batch.")
+    max_batch_tokens: int = Field(default=8192, gt=0, description="Padded tokens per model batch.")
     gpu_fraction: float = Field(
-        default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs actors on a GPU)."
+        default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs several actors on a GPU)."
     )
     model_cache: str | None = Field(default=None, description="Local cache for models copied from s3://.")
 
-    @field_validator("tasks", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _split_tasks(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = [t.strip() for t in v.split(",") if t.strip()]
-        bad = [t for t in v if t not in KNOWN_TASKS]  # type: ignore[union-attr]
-        if bad:
-            raise ValueError(f"unknown task(s) {bad}; available tasks: {', '.join(KNOWN_TASKS)}")
-        return tuple(v)  # type: ignore[arg-type]
+    def _shorthand(cls, data: Any) -> Any:
+        """`tasks="lid,ner"` plus `ner_model=X`, `qe_method=...`: one instance per type, named like it."""
+        if not isinstance(data, dict):
+            return data
+        if "tasks" not in data and all(k in cls.model_fields for k in data):
+            return data
+        from ray_cluster.processors.base import registry
+
+        data = dict(data)
+        tasks = data.pop("tasks", None)
+        if tasks is None:
+            tasks = () if data.get("processors") else ("lid",)
+        names = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
+        reg = registry()
+        unknown = [t for t in names if t not in reg]
+        if unknown:
+            raise ValueError(f"unknown processor(s) {unknown}; available: {', '.join(sorted(reg))}")
+        specs = {t: {"name": t, "type": t, "options": {}} for t in names}
+        for key in [k for k in data if k not in cls.model_fields]:
+            value = data.pop(key)
+            t = next((t for t in reg if key.startswith(t + "_")), None)
+            if t is None:
+                raise ValueError(f"unknown setting {key!r}")
+            if value is None:
+                continue
+            if t not in specs:
+                raise ValueError(
+                    f"{key} is given but processor {t} is not in the run (tasks: {','.join(names)})"
+                )
+            specs[t]["options"][key[len(t) + 1 :]] = value
+        data["processors"] = [*specs.values(), *data.get("processors", ())]
+        return data
+
+    @field_validator("processors")
+    @classmethod
+    def _check_processors(cls, v: tuple[ProcessorSpec, ...]) -> tuple[ProcessorSpec, ...]:
+        from pydantic import ValidationError
+
+        from ray_cluster.processors.base import registry
+
+        reg = registry()
+        if not v:
+            raise ValueError("no processor instances; give at least one (e.g. --tasks lid)")
+        out, seen, columns = [], set(), {}
+        for spec in v:
+            if not _INSTANCE_NAME.match(spec.name):
+                raise ValueError(f"instance name {spec.name!r}: use lowercase letters, digits and _")
+            if spec.name in seen:
+                raise ValueError(f"two processor instances are named {spec.name!r}")
+            seen.add(spec.name)
+            if isinstance(spec.options.get("model"), str):
+                _refuse_userinfo(spec.options["model"], f"{spec.name}.model")
+            proc = reg.get(spec.type)
+            if proc is None:
+                raise ValueError(f"unknown processor type {spec.type!r}; available: {', '.join(sorted(reg))}")
+            try:
+                opts = proc.Options.model_validate(spec.options)
+            except ValidationError as exc:
+                msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"processor {spec.name} ({spec.type}): {msgs}") from None
+            for col in proc.columns.names:
+                if col in columns:
+                    raise ValueError(f"instances {columns[col]} and {spec.name} both add column {col!r}")
+                columns[col] = spec.name
+            out.append(ProcessorSpec(name=spec.name, type=spec.type, options=opts.model_dump(mode="json")))
+        modes = {reg[s.type].mode for s in out}
+        if len(modes) > 1:
+            pairs = [s.name for s in out if reg[s.type].mode == "pairs"]
+            raise ValueError(
+                f"{', '.join(pairs)} work on src/mt pairs, the others on documents; run them separately"
+            )
+        return tuple(out)
 
     @field_validator("out")
     @classmethod
@@ -107,72 +191,118 @@ class RunSettings(BaseModel):
 
         return v.rstrip("/") if "://" in v else os.path.abspath(v)
 
-    @field_validator("inputs", mode="before")
+    @field_validator("out")
     @classmethod
-    def _inputs_tuple(cls, v: object) -> object:
-        return (v,) if isinstance(v, str) else tuple(v)  # type: ignore[arg-type]
+    def _no_credentials_out(cls, v: str) -> str:
+        return _refuse_userinfo(v, "out")
 
-    @field_validator("inputs", "out", "ner_model", "embed_model", "qe_model")
-    @classmethod
-    def _no_credentials(cls, v: object, info: ValidationInfo) -> object:
-        # a secret in a URI would reach botocore's error messages, logs and run records; refuse it here
-        # too, so flows and deployments that build settings themselves refuse it like the CLI does
-        from xlmflow.uris import REFUSED, has_userinfo
+    # ---- derived ----
+    @property
+    def mode(self) -> Literal["docs", "pairs"]:
+        from ray_cluster.processors.base import registry
 
-        values = v if isinstance(v, tuple) else (v,)
-        for i, uri in enumerate(values, 1):
-            if has_userinfo(uri):  # type: ignore[arg-type]
-                raise ValueError(f"input {i}: {REFUSED}" if info.field_name == "inputs" else REFUSED)
-        return v
+        return registry()[self.processors[0].type].mode  # all instances share it (validated)
 
     @property
     def record_byte_limit(self) -> int:
         """Bytes one line/record may take: room for JSON escapes and multi-byte UTF-8 of max_text_chars."""
         return self.max_record_bytes or 4 * self.max_text_chars
 
-    @property
-    def mode(self) -> Literal["docs", "pairs"]:
-        has_pairs = any(t in PAIR_TASKS for t in self.tasks)
-        if has_pairs and any(t in ("ner", "embed") for t in self.tasks):
-            raise ConfigError("task qe works on src/mt pairs; run it separately from ner/embed")
-        return "pairs" if has_pairs else "docs"
+    def instance(self, name: str) -> ProcessorSpec:
+        return next(s for s in self.processors if s.name == name)
+
+
+class RunSettings(JobSettings):
+    """Everything that decides what one partition run computes and where it goes."""
+
+    inputs: tuple[str, ...] = Field(description="Input files, directories or globs (local or s3://).")
+    date: dt.date = Field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).date(), description="Partition date."
+    )
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_tuple(cls, v: object) -> object:
+        return (v,) if isinstance(v, str) else tuple(v)  # type: ignore[arg-type]
+
+    @field_validator("inputs")
+    @classmethod
+    def _no_credentials(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        from xlmflow.uris import REFUSED, has_userinfo
+
+        for i, uri in enumerate(v, 1):
+            if has_userinfo(uri):
+                raise ValueError(f"input {i}: {REFUSED}")
+        return v
+
+    def job(self) -> JobSettings:
+        return JobSettings.model_validate(self.model_dump(exclude={"inputs", "date"}))
 
     def config_hash(self) -> str:
         """Hash of what decides the output rows (not where or how fast), keying staging and the manifest."""
-        keep = self.model_dump(
-            mode="json",
-            exclude={
-                "out",
-                "date",
-                "ray_address",
-                "actors",
-                "force",
-                "max_inflight_per_actor",
-                "shard_retries",
-                "target_file_bytes",
-                "model_cache",
-                "gpu_fraction",
-                "lease_ttl",
-                "lock_timeout",
-                "split_bytes",
-                "dedup_buckets",
-                "shared_out",
-            },
-        )
+        from ray_cluster.processors.base import registry
+
+        keep = self.model_dump(mode="json", include=set(OUTPUT_FIELDS))
+        reg = registry()
+        keep["processor_versions"] = {s.name: reg[s.type].code_version() for s in self.processors}
         keep["dedup_rule"] = "id-then-content"  # the staged two-stage rule (tasks.dedup)
-        if "lid" in self.tasks or self.mode == "pairs":
+        if any(s.type == "lid" for s in self.processors) or self.mode == "pairs":
             from ray_cluster.langid import detector_version
 
             keep["lid_detector"] = detector_version()  # new labels only with --force
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# the settings that decide the output rows (the config hash); the others say where and how fast
+OUTPUT_FIELDS = ("inputs", "processors", "max_text_chars", "max_record_bytes", "max_file_bytes",
+                 "shard_chars", "stride", "max_batch_tokens", "max_error_fraction")  # fmt: skip
+
+
+def _refuse_userinfo(uri: str, what: str) -> str:
+    # a secret in a URI would reach botocore's error messages, logs and run records; refuse it here
+    # too, so flows and deployments that build settings themselves refuse it like the CLI does
+    from xlmflow.uris import REFUSED, has_userinfo
+
+    if has_userinfo(uri):
+        raise ValueError(f"{what}: {REFUSED}")
+    return uri
+
+
+def _config_error(exc: Exception) -> ConfigError:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        msgs = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}".lstrip(": ")
+            for e in exc.errors()
+        )
+        return ConfigError(f"invalid settings: {msgs}")
+    return ConfigError(f"invalid settings: {exc}")
+
+
 def make_settings(**kw: object) -> RunSettings:
-    """Build settings, turning validation errors into a ConfigError that says what to change."""
+    """Build run settings, turning validation errors into a ConfigError that says what to change."""
     from pydantic import ValidationError
 
     try:
         return RunSettings(**kw)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid settings: {msgs}") from exc
+    except (ValidationError, ValueError) as exc:
+        raise _config_error(exc) from None
+
+
+def make_job(**kw: object) -> JobSettings:
+    """Build job settings (no inputs or date), errors as for make_settings."""
+    from pydantic import ValidationError
+
+    try:
+        return JobSettings(**kw)  # type: ignore[arg-type]
+    except (ValidationError, ValueError) as exc:
+        raise _config_error(exc) from None
+
+
+def run_settings(
+    job: JobSettings | dict, inputs: list[str] | tuple[str, ...], date: str | None
+) -> RunSettings:
+    """A job's settings for one partition."""
+    data = job.model_dump() if isinstance(job, JobSettings) else dict(job)
+    return make_settings(**data, inputs=inputs, **({"date": date} if date else {}))

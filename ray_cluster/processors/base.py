@@ -1,10 +1,26 @@
-"""One base class for every processor: batching, stats and reject routing live here, once.
+"""The processor contract, the registry, and the machinery every processor shares.
 
-A processor says only how to turn a batch (an Arrow table of staged rows) into output:
-- `columns`: arrays aligned with the batch rows, added to the main record (e.g. lang, lang_score);
-- `datasets`: extra tables keyed by dataset name (e.g. "entities", "embeddings", "qe").
-A batch that raises is split in halves until the rows that fail are isolated; those rows become
-rejects (reason `processing_error`) and the rest of the shard goes on.
+A processor type is one class that describes itself:
+- `name` (the type users write in `--tasks` / `--proc NAME=TYPE`), `version` (bump when its output
+  changes; for a plug-in the package version is recorded as well), `mode` (reads documents or pairs);
+- `Options`: a pydantic model of its options (model spec and knobs), with descriptions and defaults;
+  settings validation, CLI options and help, flow parameters and the manifest all come from it;
+- `columns`: the columns it adds to the main record, and `datasets`: the datasets it writes, as Arrow
+  schemas (a dataset schema of None is known only once the model is loaded: `dataset_schema`);
+- `model_class`: the transformers Auto class it loads (None: no model), and `make_tiny`, its offline
+  smoke-test checkpoint;
+- its work as three phases: `prepare` (CPU: tokenize, window), `infer` (the device: forward passes
+  over prepared batches), `finish` (CPU: aggregate into rows, returned as a `BatchOutput`).
+
+A run holds a list of named instances of these types (xlmflow.settings.ProcessorSpec). This base
+class batches a shard, isolates failing rows as `processing_error` rejects (a failing batch is split in
+halves until the rows that fail are found), counts, and refuses output the class did not declare. A
+processor that fails on more than `max_error_fraction` of a shard's rows (and more than a handful), or
+on a run of rows with no success between, fails the run with a `SystemicError`: a bug or a wrong model
+must not turn a partition into rejects.
+
+Types register by subclassing (built-in modules of this package are imported by `registry()`) or
+through the entry-point group `xlmflow.processors` (plug-ins).
 """
 
 from __future__ import annotations
@@ -13,16 +29,41 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from xlmflow.errors import ConfigError, FatalError
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from xlmflow.errors import ConfigError, FatalError, SystemicError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
-    from xlmflow.settings import RunSettings
+    from xlmflow.settings import ProcessorSpec, RunSettings
 
 log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "xlmflow.processors"
+MIN_SYSTEMIC_ROWS = 5  # failures in one shard up to this many are isolated rejects, whatever the share
+MAX_CONSECUTIVE_FAILURES = 20  # failed rows in a row (across shards) with no success between: systemic
+
+
+class Options(BaseModel):
+    """Options of a processor type; subclasses add fields (with descriptions and defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelOptions(Options):
+    model: str | None = Field(
+        default=None, description="HF id, local dir, s3:// prefix, or 'tiny' (offline smoke-test model)."
+    )
+    stride: int | None = Field(
+        default=None, ge=0, description="Token overlap between windows (default: the run's --stride)."
+    )
+    max_batch_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Padded tokens per model batch (default: the run's --max-batch-tokens).",
+    )
 
 
 @dataclass
@@ -40,16 +81,57 @@ class ShardOutput:
     stats: dict
 
 
+class ProcessorContractError(FatalError):
+    """A processor emitted a column or dataset it did not declare (a bug in the processor)."""
+
+
+_REGISTRY: dict[str, type[Processor]] = {}
+_LOADED = False
+
+
 class Processor:
-    """Subclasses set `name` and implement `process_batch`; heavy state is loaded in `setup`."""
+    """Subclass, set `name`, declare the outputs, implement `finish` (and `prepare`/`infer`)."""
 
     name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    package: ClassVar[str | None] = None  # "dist==version" of a plug-in, set when its entry point loads
     mode: ClassVar[str] = "docs"  # "docs" or "pairs": which staged record the processor reads
-    batch_rows: ClassVar[int] = 4096  # rows handed to process_batch at once (engines batch inside)
-    id_column: ClassVar[str] = "doc_id"
+    Options: ClassVar[type[Options]] = Options
+    columns: ClassVar[pa.Schema] = pa.schema([])
+    datasets: ClassVar[dict[str, pa.Schema | None]] = {}
+    model_class: ClassVar[str | None] = None
+    batch_rows: ClassVar[int] = 4096  # rows handed to the phases at once (engines batch inside)
 
-    def __init__(self, settings: RunSettings) -> None:
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__ and cls.name:
+            old = _REGISTRY.get(cls.name)
+            if old is not None and old.__qualname__ != cls.__qualname__:
+                raise ConfigError(
+                    f"two processor types are named {cls.name!r}: {old.__module__}.{old.__qualname__} and "
+                    f"{cls.__module__}.{cls.__qualname__}"
+                )
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, spec: ProcessorSpec, settings: RunSettings) -> None:
+        self.instance = spec.name
+        self.options = self.Options.model_validate(spec.options)
         self.settings = settings
+        self._consecutive = 0
+
+    # ---- what a subclass provides ----
+    @classmethod
+    def code_version(cls) -> str:
+        """What the manifest and the config hash record of the processor's code."""
+        return f"{cls.version} ({cls.package})" if cls.package else cls.version
+
+    @classmethod
+    def make_tiny(cls, out: str, seed: int = 0) -> str:
+        raise ConfigError(f"processor {cls.name} has no tiny model (it loads no model)")
+
+    @property
+    def id_column(self) -> str:
+        return "pair_id" if self.mode == "pairs" else "doc_id"
 
     def setup(self, device: str) -> None:
         """Load models/detectors once per actor. `device` is "cpu" or "cuda"."""
@@ -58,19 +140,38 @@ class Processor:
         """Resolved model identity (id/path + revision or content hash), recorded in the manifest."""
         return {}
 
-    def process_batch(self, batch: pa.Table) -> BatchOutput:
+    def dataset_schema(self, name: str) -> pa.Schema:
+        schema = type(self).datasets[name]
+        if schema is None:
+            raise NotImplementedError(f"{type(self).__name__} must give the schema of {name} once set up")
+        return schema
+
+    def prepare(self, batch: pa.Table) -> Any:
+        """CPU work before the device (tokenize, window)."""
+        return batch
+
+    def infer(self, prepared: Any) -> Any:
+        """The device's work: forward passes over what `prepare` made."""
+        return prepared
+
+    def finish(self, batch: pa.Table, prepared: Any, inferred: Any) -> BatchOutput:
+        """CPU work after the device: rows of the declared columns and datasets."""
         raise NotImplementedError
 
-    # ---- the shared machinery ----
-    def process(self, table: pa.Table, source_of: callable = None) -> ShardOutput:  # type: ignore[valid-type]
-        """Run over a whole shard in batches; isolate failing rows as rejects."""
-        import pyarrow as pa
+    def process_batch(self, batch: pa.Table) -> BatchOutput:
+        prepared = self.prepare(batch)
+        return self.finish(batch, prepared, self.infer(prepared))
 
+    # ---- the shared machinery ----
+    def process(self, table: pa.Table) -> ShardOutput:
+        """Run over a whole shard in batches; isolate failing rows as rejects; refuse systemic failure."""
         t0 = time.perf_counter()
         kept: list[pa.Table] = []
         datasets: dict[str, list[pa.Table]] = {}
         rejects: list[dict] = []
         self._counters: collections.Counter[str] = collections.Counter()
+        self._limit = max(MIN_SYSTEMIC_ROWS, int(self.settings.max_error_fraction * table.num_rows))
+        self._shard_rows, self._first_error = table.num_rows, None
         for off in range(0, table.num_rows, self.batch_rows):
             self._run(table.slice(off, self.batch_rows), kept, datasets, rejects)
         out = pa.concat_tables(kept) if kept else table.slice(0, 0)
@@ -86,6 +187,7 @@ class Processor:
     def _run(self, batch: pa.Table, kept: list, datasets: dict, rejects: list) -> None:
         try:
             res = self.process_batch(batch)
+            self._check(res, batch.num_rows)
         except (FatalError, ConfigError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - a bad row must not sink the shard
@@ -94,22 +196,9 @@ class Processor:
                 self._run(batch.slice(0, mid), kept, datasets, rejects)
                 self._run(batch.slice(mid), kept, datasets, rejects)
                 return
-            from xlmflow.schemas import make_reject
-
-            row = batch.to_pylist()[0]
-            log.warning(
-                "%s failed on %s row %s: %r", self.name, row.get("source"), row.get("source_row"), exc
-            )
-            rejects.append(
-                make_reject(
-                    row.get("source", ""),
-                    row.get("source_row"),
-                    "processing_error",
-                    f"{self.name}: {type(exc).__name__}: {exc}",
-                    row.get("text") or row.get("src", ""),
-                )
-            )
+            rejects.append(self._reject(batch, exc))
             return
+        self._consecutive = 0
         for name, col in res.columns.items():
             if name in batch.column_names:
                 batch = batch.set_column(batch.column_names.index(name), name, col)
@@ -118,28 +207,227 @@ class Processor:
         kept.append(batch)
         self._counters.update(res.counters)
         for name, t in res.datasets.items():
-            datasets.setdefault(name, []).append(t)
+            datasets.setdefault(name, []).append(self._conform(name, t))
+
+    def _reject(self, batch: pa.Table, exc: Exception) -> dict:
+        from xlmflow.schemas import make_reject
+
+        row = batch.to_pylist()[0]
+        msg = f"{self.instance}: {type(exc).__name__}: {exc}"
+        self._first_error = self._first_error or msg
+        self._consecutive += 1
+        n_failed = self._counters["failed_rows"] = self._counters["failed_rows"] + 1
+        if n_failed > self._limit or self._consecutive >= MAX_CONSECUTIVE_FAILURES:
+            raise SystemicError(
+                f"processor {self.instance} ({self.name}) failed on {n_failed} of {self._shard_rows} rows of a "
+                f"shard ({self._consecutive} in a row), more than --max-error-fraction "
+                f"{self.settings.max_error_fraction:g} allows: this is not a bad document but a bug or a wrong "
+                f"model. First error: {self._first_error}"
+            )
+        log.warning(
+            "%s failed on %s row %s: %r", self.instance, row.get("source"), row.get("source_row"), exc
+        )
+        return make_reject(
+            row.get("source", ""),
+            row.get("source_row"),
+            "processing_error",
+            msg,
+            row.get("text") or row.get("src", ""),
+        )
+
+    def _check(self, res: BatchOutput, rows: int) -> None:
+        """Output the class did not declare is a bug, never a silent drop."""
+        declared = set(self.columns.names)
+        for name, col in res.columns.items():
+            if name not in declared:
+                raise ProcessorContractError(
+                    f"processor {self.name} emitted column {name!r} it does not declare in `columns` "
+                    f"({sorted(declared)})"
+                )
+            if len(col) != rows:
+                raise ProcessorContractError(
+                    f"processor {self.name}: column {name!r} has {len(col)} rows, not {rows}"
+                )
+        for name in res.datasets:
+            if name not in self.datasets:
+                raise ProcessorContractError(
+                    f"processor {self.name} emitted dataset {name!r} it does not declare in `datasets` "
+                    f"({sorted(self.datasets)})"
+                )
+
+    def _conform(self, name: str, table: pa.Table) -> pa.Table:
+        """The dataset's declared schema; `instance` is filled in when the processor leaves it out."""
+        schema = self.dataset_schema(name)
+        if "instance" in schema.names and "instance" not in table.column_names:
+            table = table.append_column("instance", pa.array([self.instance] * table.num_rows, pa.string()))
+        extra = set(table.column_names) - set(schema.names)
+        missing = set(schema.names) - set(table.column_names)
+        if extra or missing:
+            raise ProcessorContractError(
+                f"processor {self.name}: dataset {name!r} has columns {table.column_names}, declared "
+                f"{schema.names} (undeclared: {sorted(extra)}, missing: {sorted(missing)})"
+            )
+        return table.select(schema.names).cast(schema)
 
 
-REGISTRY: dict[str, type[Processor]] = {}
+class ModelProcessor(Processor):
+    """A processor over one XLM-R checkpoint through the shared Engine (ray_cluster.engine)."""
+
+    Options: ClassVar[type[Options]] = ModelOptions
+    model_class: ClassVar[str | None] = "AutoModel"
+
+    def setup(self, device: str) -> None:
+        from ray_cluster.engine import Engine
+        from ray_cluster.models import load_model
+
+        o, s = self.options, self.settings
+        if not o.model:
+            raise ConfigError(
+                f"processor {self.instance} ({self.name}) needs a model: --{self.instance}.model or "
+                f"--{self.name}-model (HF id, local dir, s3:// prefix, or tiny)"
+            )
+        lm = load_model(o.model, self.name, s)
+        self.check_model(lm)
+        self.engine = Engine(
+            lm,
+            device,
+            max_batch_tokens=o.max_batch_tokens or s.max_batch_tokens,
+            stride=s.stride if o.stride is None else o.stride,
+        )
+        self.pipelined = self.engine.device == "cuda"
+
+    def check_model(self, lm: Any) -> None:
+        """Refuse a checkpoint this processor cannot use (raise ConfigError)."""
+
+    def process_batch(self, batch: pa.Table) -> BatchOutput:
+        """On CUDA, chunk k+1 is prepared in a thread while the device runs chunk k (the Rust tokenizer
+        releases the GIL); on CPU one chunk: preparing is cheap next to the model."""
+        n, size = batch.num_rows, self.engine.prefetch_docs
+        if not self.pipelined or n <= size:
+            return super().process_batch(batch)
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = [batch.slice(off, size) for off in range(0, n, size)]
+        outs = []
+        with ThreadPoolExecutor(1, thread_name_prefix="prepare") as ex:
+            fut = ex.submit(self.prepare, chunks[0])
+            for k, chunk in enumerate(chunks):
+                prepared = fut.result()
+                if k + 1 < len(chunks):
+                    fut = ex.submit(self.prepare, chunks[k + 1])
+                outs.append(self.finish(chunk, prepared, self.infer(prepared)))
+        return merge_outputs(outs)
+
+    def model_info(self) -> dict:
+        return dict(self.engine.lm.info)
+
+    @classmethod
+    def tiny_config(cls) -> dict:
+        """Config fields of the tiny checkpoint (labels, problem type)."""
+        return {}
+
+    @classmethod
+    def tiny_init(cls, model: Any) -> None:
+        """Adjust the tiny model's random weights (e.g. sharper logits)."""
+
+    @classmethod
+    def make_tiny(cls, out: str, seed: int = 0) -> str:
+        from ray_cluster.models import make_tiny_xlmr
+
+        return make_tiny_xlmr(
+            cls.name, cls.model_class or "AutoModel", out, seed, cls.tiny_config(), cls.tiny_init
+        )
 
 
-def register(cls: type[Processor]) -> type[Processor]:
-    REGISTRY[cls.name] = cls
-    return cls
+def registry() -> dict[str, type[Processor]]:
+    """Processor types by name: this package's modules, then the `xlmflow.processors` entry points."""
+    global _LOADED
+    if not _LOADED:
+        import importlib
+        import pkgutil
+
+        import ray_cluster.processors as pkg
+
+        for m in pkgutil.iter_modules(pkg.__path__):
+            if m.name != "base":
+                importlib.import_module(f"{pkg.__name__}.{m.name}")
+        _load_plugins()
+        _LOADED = True
+    return dict(_REGISTRY)
+
+
+def _load_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - say which plug-in and how to get rid of it
+            raise ConfigError(
+                f"processor plug-in {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
+                "fix or uninstall its package"
+            ) from exc
+        if not (isinstance(cls, type) and issubclass(cls, Processor)) or cls.name != ep.name:
+            raise ConfigError(
+                f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP} must name a Processor subclass whose "
+                f"name is {ep.name!r} (got {ep.value})"
+            )
+        if ep.dist is not None:
+            cls.package = f"{ep.dist.name}=={ep.dist.version}"
 
 
 def build_processors(settings: RunSettings) -> list[Processor]:
-    """Processors for settings.tasks, in order. Imports the processor modules lazily."""
-    import importlib
+    """The run's processor instances, in order."""
+    reg = registry()
+    return [reg[spec.type](spec, settings) for spec in settings.processors]
 
-    for mod in ("lid", "ner", "embed", "qe"):
-        try:
-            importlib.import_module(f"ray_cluster.processors.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ray_cluster.processors.{mod}":
-                raise
-    missing = [t for t in settings.tasks if t not in REGISTRY]
-    if missing:
-        raise ConfigError(f"no processor for task(s) {missing}; available: {sorted(REGISTRY)}")
-    return [REGISTRY[t](settings) for t in settings.tasks]
+
+def main_schema(settings: RunSettings) -> pa.Schema:
+    """The main record of a run: the staged columns (documents or pairs) plus what its processors add."""
+    from xlmflow import schemas
+
+    base = schemas.PAIRS if settings.mode == "pairs" else schemas.DOCUMENTS
+    reg = registry()
+    for spec in settings.processors:
+        for f in reg[spec.type].columns:
+            if f.name not in base.names:
+                base = base.append(f)
+    return base
+
+
+def run_datasets(settings: RunSettings) -> dict[str, pa.Schema | None]:
+    """Every dataset a run writes, in commit order, with its schema (None: known once a model loads)."""
+    from xlmflow import schemas
+
+    main = "pairs" if settings.mode == "pairs" else "documents"
+    out: dict[str, pa.Schema | None] = {main: main_schema(settings)}
+    reg = registry()
+    for spec in settings.processors:
+        for name, schema in reg[spec.type].datasets.items():
+            out.setdefault(name, schema)
+    out["rejects"] = schemas.REJECTS
+    return out
+
+
+def known_datasets() -> list[str]:
+    """Datasets of every registered processor type, plus the core ones (for cleanup)."""
+    names = {"documents", "pairs", "rejects"}
+    for cls in registry().values():
+        names.update(cls.datasets)
+    return sorted(names)
+
+
+def merge_outputs(outs: list[BatchOutput]) -> BatchOutput:
+    """One BatchOutput of consecutive chunks of a batch."""
+    if len(outs) == 1:
+        return outs[0]
+    merged = BatchOutput()
+    for name in outs[0].columns:
+        merged.columns[name] = pa.concat_arrays([o.columns[name] for o in outs])
+    for name in {n for o in outs for n in o.datasets}:
+        merged.datasets[name] = pa.concat_tables([o.datasets[name] for o in outs if name in o.datasets])
+    counters: collections.Counter[str] = collections.Counter()
+    for o in outs:
+        counters.update(o.counters)
+    merged.counters = dict(counters)
+    return merged

@@ -26,90 +26,109 @@ other documents share its shard. Users can centre per language downstream (join 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from ray_cluster.processors.base import BatchOutput, Processor, register
+import pyarrow as pa
+from pydantic import Field
+
+from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import numpy as np
-    import pyarrow as pa
 
     from ray_cluster.engine import Engine
 
 LAWDR_LAYERS = 4
 
 
-def embed_texts(engine: Engine, texts: Sequence[str], pooling: str = "mean") -> np.ndarray:
-    """L2-normalised document vectors, float32 [len(texts), hidden]."""
-    import numpy as np
+def prepare_windows(engine: Engine, texts: Sequence[str]) -> list:
+    """The CPU phase: windows over one tokenization of each text."""
+    return engine.windows(engine.tokenize([t or "" for t in texts]))
+
+
+def pooled_windows(engine: Engine, wins: list, pooling: str = "mean") -> list:
+    """The device phase: per window, (sum of the token vectors it owns, their count)."""
     import torch
 
     if pooling not in ("mean", "lawdr"):
         raise ValueError(f"unknown pooling {pooling!r}; choose mean or lawdr")
-    dim = engine.model.config.hidden_size
-    sums = np.zeros((len(texts), dim), dtype=np.float64)
-    counts = np.zeros(len(texts), dtype=np.float64)
-    for off, docs in engine.iter_tokenized(texts):
-        wins = engine.windows(docs)
 
-        def head(out, mask, rows, wins=wins):  # noqa: ANN001, ANN202
-            if pooling == "lawdr":
-                h = torch.stack([x.float() for x in out.hidden_states[-LAWDR_LAYERS:]]).mean(0)
-            else:
-                h = out.last_hidden_state.float()
-            own = torch.zeros(mask.shape, dtype=h.dtype)
-            for j, r in enumerate(rows):
-                sl = wins[r].own_slice()
-                if sl.start < sl.stop:
-                    own[j, sl] = 1.0
-                elif wins[r].end == wins[r].start:  # an empty text: pool its special tokens
-                    own[j] = mask[j].to("cpu", h.dtype)
-            own = own.to(h.device)
-            return (own.unsqueeze(-1) * h).sum(1), own.sum(1)
+    def head(out, mask, rows):  # noqa: ANN001, ANN202
+        if pooling == "lawdr":
+            h = torch.stack([x.float() for x in out.hidden_states[-LAWDR_LAYERS:]]).mean(0)
+        else:
+            h = out.last_hidden_state.float()
+        own = torch.zeros(mask.shape, dtype=h.dtype)
+        for j, r in enumerate(rows):
+            sl = wins[r].own_slice()
+            if sl.start < sl.stop:
+                own[j, sl] = 1.0
+            elif wins[r].end == wins[r].start:  # an empty text: pool its special tokens
+                own[j] = mask[j].to("cpu", h.dtype)
+        own = own.to(h.device)
+        return (own.unsqueeze(-1) * h).sum(1), own.sum(1)
 
-        kw = {"output_hidden_states": True} if pooling == "lawdr" else {}
-        for w, (vec, n) in zip(wins, engine.run([w.input_ids for w in wins], head, **kw), strict=True):
-            sums[off + w.doc] += vec
-            counts[off + w.doc] += n
+    kw = {"output_hidden_states": True} if pooling == "lawdr" else {}
+    return engine.run([w.input_ids for w in wins], head, **kw)
+
+
+def document_vectors(n_docs: int, dim: int, wins: list, pooled: list) -> np.ndarray:
+    """The CPU phase after the model: windows weighted by the tokens they own, L2-normalised."""
+    import numpy as np
+
+    sums = np.zeros((n_docs, dim), dtype=np.float64)
+    counts = np.zeros(n_docs, dtype=np.float64)
+    for w, (vec, n) in zip(wins, pooled, strict=True):
+        sums[w.doc] += vec
+        counts[w.doc] += n
     means = sums / np.maximum(counts, 1.0)[:, None]
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     return (means / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-@register
-class EmbedProcessor(Processor):
+def embed_texts(engine: Engine, texts: Sequence[str], pooling: str = "mean") -> np.ndarray:
+    """L2-normalised document vectors, float32 [len(texts), hidden] (the three phases in a row)."""
+    wins = prepare_windows(engine, texts)
+    pooled = pooled_windows(engine, wins, pooling)
+    return document_vectors(len(texts), engine.model.config.hidden_size, wins, pooled)
+
+
+class EmbedOptions(ModelOptions):
+    pooling: Literal["mean", "lawdr"] = Field(default="mean", description="How token states become a vector.")
+
+
+class EmbedProcessor(ModelProcessor):
+    """Document embeddings as the dataset `embeddings`."""
+
     name = "embed"
+    Options = EmbedOptions
+    model_class = "AutoModel"
+    datasets = {"embeddings": None}  # its vector width is the model's: known once it is loaded
     batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
 
-    def setup(self, device: str) -> None:
-        from ray_cluster.engine import Engine
-        from ray_cluster.models import load_model
-
-        s = self.settings
-        lm = load_model(s.embed_model, "embed", s)
-        self.engine = Engine(lm, device, max_batch_tokens=s.max_batch_tokens, stride=s.stride)
-
-    def model_info(self) -> dict:
-        return dict(self.engine.lm.info)
-
-    def process_batch(self, batch: pa.Table) -> BatchOutput:
-        import pyarrow as pa
-
+    def dataset_schema(self, name: str) -> pa.Schema:
         from xlmflow.schemas import embeddings_schema
 
-        vecs = embed_texts(self.engine, batch["text"].to_pylist(), self.settings.embed_pooling)
-        dim = vecs.shape[1]
-        schema = embeddings_schema(dim)
+        return embeddings_schema(self.engine.model.config.hidden_size)
+
+    def prepare(self, batch: pa.Table) -> list:
+        return prepare_windows(self.engine, batch["text"].to_pylist())
+
+    def infer(self, prepared: list) -> list:
+        return pooled_windows(self.engine, prepared, self.options.pooling)
+
+    def finish(self, batch: pa.Table, prepared: list, inferred: list) -> BatchOutput:
+        dim = self.engine.model.config.hidden_size
+        vecs = document_vectors(batch.num_rows, dim, prepared, inferred)
         n = batch.num_rows
-        table = pa.Table.from_arrays(
-            [
-                batch["doc_id"].combine_chunks().cast(pa.string()),
-                pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim),
-                pa.array([self.engine.lm.name] * n, pa.string()),
-                pa.array([self.settings.embed_pooling] * n, pa.string()),
-            ],
-            schema=schema,
+        table = pa.table(
+            {
+                "doc_id": batch["doc_id"].combine_chunks().cast(pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim),
+                "model": pa.array([self.engine.lm.name] * n, pa.string()),
+                "pooling": pa.array([self.options.pooling] * n, pa.string()),
+            }
         )
         return BatchOutput(datasets={"embeddings": table})

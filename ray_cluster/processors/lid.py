@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import pyarrow as pa
 
-from ray_cluster.processors.base import BatchOutput, Processor, register
-
-if TYPE_CHECKING:
-    import pyarrow as pa
+from ray_cluster.processors.base import BatchOutput, Processor
 
 
-@register
 class LidProcessor(Processor):
-    name: ClassVar[str] = "lid"
-    mode: ClassVar[str] = "docs"  # pairs (qe) call LanguageIdentifier themselves
+    """Language and script of every document (CLD2 first, lingua for what it cannot decide)."""
+
+    name = "lid"
+    columns = pa.schema([("lang", pa.string()), ("lang_score", pa.float32())])
 
     def setup(self, device: str) -> None:
         from ray_cluster.langid import LanguageIdentifier
@@ -24,9 +22,7 @@ class LidProcessor(Processor):
     def model_info(self) -> dict:
         return self.lid.info()
 
-    def process_batch(self, batch: pa.Table) -> BatchOutput:
-        import pyarrow as pa
-
+    def finish(self, batch: pa.Table, prepared: pa.Table, inferred: pa.Table) -> BatchOutput:
         before = self.lid.decided.copy()
         found = self.lid.detect(batch.column("text").to_pylist())
         return BatchOutput(

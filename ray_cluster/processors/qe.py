@@ -1,9 +1,9 @@
 """Translation quality estimation (processor `qe`, dataset "qe"): one score per src/mt pair, no reference.
 
-Two scorers behind one processor, chosen per run by `qe_method`:
+Two scorers behind one processor, chosen by the `method` option (`--qe-method`):
 - `regression` (default), a cross-encoder: a sequence-classification checkpoint with one output
   (TransQuest MonoTransQuest style) reads the pair as one input, `<s> src </s></s> mt </s>`, or
-  `<s> mt </s></s> src </s>` with `qe_order mt-src` (CometKiwi-style models put the translation first);
+  `<s> mt </s></s> src </s>` with `--qe-order mt-src` (CometKiwi-style models put the translation first);
   score = the model's output (logit 0). A pair over the window (508 content tokens for XLM-R) loses
   tokens from the end of its longer side first (the engine's `encode_pairs`, as HF's `longest_first`);
   `truncation` then says what was cut, `"mt:700->300"` (tokens before -> kept; two sides joined by ";").
@@ -14,21 +14,23 @@ Two scorers behind one processor, chosen per run by `qe_method`:
 
 Language checks need no model. `src_lang`/`mt_lang` are detected (ray_cluster.langid, `und_<Script>`
 when it cannot tell); `lang_mismatch` (see `lang_mismatch`) flags a translation that is not in the
-expected target language (the `qe_target_lang` setting, else the row's `mt_lang` hint) or is in the
+expected target language (the `target_lang` option, else the row's `mt_lang` hint) or is in the
 source's language (an untranslated copy). `length_ratio` = characters of mt / characters of src.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from ray_cluster.processors.base import BatchOutput, Processor, register
+import pyarrow as pa
+from pydantic import Field
+
+from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
 from xlmflow.errors import ConfigError
+from xlmflow.schemas import QE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import pyarrow as pa
 
     from ray_cluster.engine import Engine
 
@@ -65,13 +67,21 @@ def lang_mismatch(src_lang: str, mt_lang: str, expected: str | None) -> bool:
     return mt_script != want_script and not {mt_script, want_script} <= HAN_SCRIPTS
 
 
-def score_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str], order: str = "src-mt") -> tuple:
-    """Cross-encoder scores (logit 0) and truncation notes ("" when the pair fit) per pair."""
+def encode_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str], order: str = "src-mt") -> list:
+    """The CPU phase of the cross-encoder: model inputs of the pairs, in the configured order."""
     first, second = (src, mt) if order == "src-mt" else (mt, src)
-    names = ("src", "mt") if order == "src-mt" else ("mt", "src")
-    pairs = engine.encode_pairs(first, second)
+    return engine.encode_pairs(first, second)
+
+
+def pair_logits(engine: Engine, pairs: list) -> list[float]:
+    """The device phase: logit 0 of every pair."""
     out = engine.run([p.input_ids for p in pairs], lambda out, mask, rows: out.logits[:, 0])
-    notes = [
+    return [float(r[0]) for r in out]
+
+
+def truncation_notes(pairs: list, order: str = "src-mt") -> list[str]:
+    names = ("src", "mt") if order == "src-mt" else ("mt", "src")
+    return [
         ";".join(
             f"{name}:{n}->{k}"
             for name, n, k in ((names[0], p.a_tokens, p.a_kept), (names[1], p.b_tokens, p.b_kept))
@@ -79,7 +89,12 @@ def score_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str], order: st
         )
         for p in pairs
     ]
-    return [float(r[0]) for r in out], notes
+
+
+def score_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str], order: str = "src-mt") -> tuple:
+    """Cross-encoder scores (logit 0) and truncation notes ("" when the pair fit) per pair."""
+    pairs = encode_pairs(engine, src, mt, order)
+    return pair_logits(engine, pairs), truncation_notes(pairs, order)
 
 
 def cosine_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str]) -> tuple:
@@ -102,50 +117,83 @@ def cosine_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str]) -> tuple
     return [float(x) for x in scores], notes
 
 
-@register
-class QeProcessor(Processor):
+class QeOptions(ModelOptions):
+    method: Literal["regression", "cosine"] = Field(
+        default="regression",
+        description="regression: a one-output cross-encoder reads the pair; cosine: a sentence encoder "
+        "embeds both sides apart.",
+    )
+    order: Literal["src-mt", "mt-src"] = Field(
+        default="src-mt", description="Input order of the cross-encoder."
+    )
+    target_lang: str | None = Field(
+        default=None, description="Expected language of translations (e.g. deu_Latn)."
+    )
+
+
+class QeProcessor(ModelProcessor):
+    """Reference-free translation quality of src/mt pairs as the dataset `qe`."""
+
     name = "qe"
     mode = "pairs"
-    id_column = "pair_id"
+    Options = QeOptions
+    model_class = "AutoModelForSequenceClassification"
+    datasets = {"qe": QE}
     batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+
+    @classmethod
+    def tiny_config(cls) -> dict:
+        return {"num_labels": 1, "problem_type": "regression"}
 
     def setup(self, device: str) -> None:
         from ray_cluster.engine import Engine
         from ray_cluster.langid import LanguageIdentifier
         from ray_cluster.models import load_model
 
-        s = self.settings
-        if not s.qe_model:
-            raise ConfigError("task qe needs --qe-model (HF id, local dir, s3:// prefix, or tiny)")
-        lm = load_model(s.qe_model, "qe" if s.qe_method == "regression" else "embed", s)
+        o, s = self.options, self.settings
+        if not o.model:
+            raise ConfigError(
+                f"processor {self.instance} (qe) needs a model: --qe-model (HF id, local dir, s3:// prefix, or tiny)"
+            )
+        lm = load_model(o.model, "qe" if o.method == "regression" else "embed", s)
         cfg = lm.model.config
         archs = getattr(cfg, "architectures", None) or []
-        if s.qe_method == "regression" and (
+        if o.method == "regression" and (
             cfg.num_labels != 1 or (archs and not any(a.endswith("ForSequenceClassification") for a in archs))
         ):
             raise ConfigError(
-                f"QE model {s.qe_model!r} is not a one-output sequence classifier (num_labels "
+                f"QE model {o.model!r} is not a one-output sequence classifier (num_labels "
                 f"{cfg.num_labels}, architectures {archs}): its regression score would be an untrained "
                 "head. Use a QE cross-encoder (e.g. TransQuest/monotransquest-da-multilingual), or "
                 "--qe-method cosine for a sentence encoder"
             )
-        self.engine = Engine(lm, device, max_batch_tokens=s.max_batch_tokens, stride=s.stride)
+        stride = s.stride if o.stride is None else o.stride
+        self.engine = Engine(
+            lm, device, max_batch_tokens=o.max_batch_tokens or s.max_batch_tokens, stride=stride
+        )
+        self.pipelined = False  # pairs are scored whole: one prepare, one infer
         self.lid = LanguageIdentifier()  # CLD2 first; lingua only for what CLD2 cannot decide
 
     def model_info(self) -> dict:
-        s = self.settings
-        order = {"order": s.qe_order} if s.qe_method == "regression" else {"pooling": "mean"}
-        return {**self.engine.lm.info, "method": s.qe_method, **order, "lid": self.lid.info()}
+        o = self.options
+        order = {"order": o.order} if o.method == "regression" else {"pooling": "mean"}
+        return {**self.engine.lm.info, "method": o.method, **order, "lid": self.lid.info()}
 
-    def process_batch(self, batch: pa.Table) -> BatchOutput:
-        import pyarrow as pa
+    def prepare(self, batch: pa.Table) -> list | None:
+        if self.options.method != "regression":
+            return None  # cosine embeds the unique sides in its own phases (embed_texts)
+        return encode_pairs(
+            self.engine, batch["src"].to_pylist(), batch["mt"].to_pylist(), self.options.order
+        )
 
-        from xlmflow.schemas import QE
+    def infer(self, prepared: list | None) -> list | None:
+        return None if prepared is None else pair_logits(self.engine, prepared)
 
-        s = self.settings
+    def finish(self, batch: pa.Table, prepared: list | None, inferred: list | None) -> BatchOutput:
+        o = self.options
         src, mt = batch["src"].to_pylist(), batch["mt"].to_pylist()
-        if s.qe_method == "regression":
-            scores, notes = score_pairs(self.engine, src, mt, s.qe_order)
+        if o.method == "regression":
+            scores, notes = inferred, truncation_notes(prepared, o.order)
         else:
             scores, notes = cosine_pairs(self.engine, src, mt)
         uniq_src = list(dict.fromkeys(src))
@@ -158,13 +206,14 @@ class QeProcessor(Processor):
         n = batch.num_rows
         cols = {
             "pair_id": batch["pair_id"].to_pylist(),
+            "instance": [self.instance] * n,
             "score": scores,
-            "method": [s.qe_method] * n,
+            "method": [o.method] * n,
             "model": [self.engine.lm.name] * n,
             "src_lang": src_lang,
             "mt_lang": mt_lang,
             "lang_mismatch": [
-                lang_mismatch(a, b, s.qe_target_lang or h)
+                lang_mismatch(a, b, o.target_lang or h)
                 for a, b, h in zip(src_lang, mt_lang, hints, strict=True)
             ],
             "length_ratio": [len(m) / len(t) if t else None for t, m in zip(src, mt, strict=True)],

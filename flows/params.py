@@ -1,0 +1,66 @@
+"""What the flows share: their settings parameter, the input template, the partition lock.
+
+Every flow takes the run settings as one typed parameter, `settings` (xlmflow.settings.JobSettings;
+the Prefect UI renders it as a form). A deployment created by an older xlmflow passes the parameters
+the flows had then (`tasks`, `ner_model`, ...): its runs fail with `legacy_parameters_error`, which
+says how to redeploy, instead of a binding error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from xlmflow.errors import ConfigError
+
+REDEPLOY = (
+    "redeploy with this version: `xlmflow deploy --input TEMPLATE --out OUT [options]` (or `prefect deploy "
+    "--all` with the project's prefect.yaml), then start the runs again"
+)
+
+
+def job_settings(settings: Any, legacy: dict[str, Any], flow: str):  # noqa: ANN201
+    """The flow's JobSettings; a ConfigError saying how to redeploy when old-style parameters came in."""
+    from xlmflow.settings import JobSettings, make_job
+
+    if legacy:
+        raise ConfigError(
+            f"flow {flow!r} got parameters it no longer has ({', '.join(sorted(legacy))}): the deployment was "
+            f"created by an older xlmflow, whose flows took one parameter per setting; flows now take one "
+            f"`settings` parameter. {REDEPLOY}"
+        )
+    if settings is None:
+        raise ConfigError(f"flow {flow!r} needs its `settings` parameter (at least settings.out); {REDEPLOY}")
+    return settings if isinstance(settings, JobSettings) else make_job(**dict(settings))
+
+
+def render_input(template: str, date: str) -> str:
+    """Fill `{date}` in an input template such as 's3://raw/corpus/date={date}/'."""
+    if "{date}" not in template:
+        raise ConfigError(f"input template {template!r} must contain '{{date}}'")
+    return template.replace("{date}", date)
+
+
+def lock_name(out: str, date: str) -> str:
+    """Concurrency-limit name of one partition (limit names may not contain '/', so the output is hashed)."""
+    return f"xlmflow-partition-{hashlib.sha1(out.encode()).hexdigest()[:12]}-{date}"
+
+
+@contextmanager
+def partition_lock(out: str, date: str) -> Iterator[None]:
+    """Hold the partition's global concurrency slot (limit 1) while it is computed; leases are renewed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = lock_name(out, date)
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:  # another run of this partition created it first
+            pass
+    with concurrency(name, occupy=1, strict=True):
+        yield

@@ -1,0 +1,28 @@
+"""Where a partition's manifest lives, and reading and writing it (the commit point of a partition)."""
+
+from __future__ import annotations
+
+from xlmflow import storage
+
+MANIFEST_VERSION = 2  # 2: the datasets are Delta tables and the manifest pins their versions
+
+
+def manifest_uri(out: str, date: str) -> str:
+    return storage.join(out, "_manifests", f"date={date}.json")
+
+
+def run_manifest_uri(out: str, date: str, run_id: str) -> str:
+    """Every committed run's manifest is also kept here: what `xlmflow restore` brings back."""
+    return storage.join(out, "_manifests", "_runs", f"date={date}", f"{run_id}.json")
+
+
+def read_manifest(out: str, date: str) -> dict | None:
+    uri = manifest_uri(out, date)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    """The archive copy first, then the current one: the commit point."""
+    date = manifest["date"]
+    storage.write_json(run_manifest_uri(out, date, manifest["run_id"]), manifest)
+    storage.write_json(manifest_uri(out, date), manifest)
