@@ -81,14 +81,19 @@ def make_tiny(kind: str, out: str, seed: int = 0) -> str:
     return cls.make_tiny(out, seed)
 
 
+# XLM-R-base's shape (benchmarks build random-weight checkpoints of it: the FLOPs of the real model)
+BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+
+
 def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dict, init: Any = None) -> str:
-    """Write a small deterministic random XLM-R checkpoint (real tokenizer) of `model_class` into `out`."""
+    """Write a small deterministic random XLM-R checkpoint (real tokenizer) of `model_class` into `out`;
+    `config` overrides any config field (`**BASE_SHAPE` for XLM-R-base's shape)."""
     import torch
     import transformers
     from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
 
     tok = XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
-    cfg = XLMRobertaConfig(
+    shape = dict(
         vocab_size=250002,
         hidden_size=32,
         num_hidden_layers=2,
@@ -96,11 +101,9 @@ def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dic
         intermediate_size=64,
         max_position_embeddings=514,
         type_vocab_size=1,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        **config,
     )
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    cfg = XLMRobertaConfig(**{**shape, **ids, **config})
     cfg.xlmflow_smoke_test = True  # outputs of this model are noise; labelled as such downstream
     cfg.xlmflow_tiny_task = kind
     auto = getattr(transformers, model_class)

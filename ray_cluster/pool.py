@@ -136,9 +136,10 @@ class ShardPool:
                 stats = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 sid = shard["shard_id"]
-                if isinstance(unwrap(exc), SystemicError):  # retrying or going on only costs time
+                systemic = _systemic(exc)
+                if systemic:  # retrying or going on only costs time
                     raise FatalError(
-                        f"{unwrap(exc)}. Nothing was committed; the {len(done)} finished shards are kept: "
+                        f"{systemic}. Nothing was committed; the {len(done)} finished shards are kept: "
                         "fix the cause (model, processor) and rerun the same command to resume"
                     ) from None
                 attempts[sid] += 1
@@ -206,6 +207,14 @@ class ShardPool:
             return
         log.info("actor %d is back after a restart", i)
         restarting.pop(i, None)
+
+
+def _systemic(exc: BaseException) -> str | None:
+    """The message of a SystemicError behind Ray's task error, None for any other failure."""
+    err = unwrap(exc)
+    cause = getattr(err, "cause", None)  # Ray's error class may subclass the cause's: take the cause
+    err = cause if isinstance(cause, SystemicError) else err
+    return str(err.args[0]) if isinstance(err, SystemicError) and err.args else None
 
 
 def _root_message(exc: BaseException) -> str:

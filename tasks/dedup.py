@@ -23,12 +23,11 @@ copies of one line are one entry.
 from __future__ import annotations
 
 import collections
-import hashlib
 import heapq
 import time
 from collections.abc import Iterator
 
-from tasks.shard import ShardRef, plan_shards
+from tasks.shard import ShardWriter
 from tasks.staged import BucketWriter, read_bucket
 from xlmflow import schemas, storage
 
@@ -114,7 +113,7 @@ def reduce_content(c: int, summaries: list[dict], losers: list[dict], pieces: li
     offsets = pa.array([p["offset"] for p in pieces], pa.int64())
     rej_uri = storage.join(_dir(staging), f"rejects-{c:03d}.arrow")
     rej = BucketWriter(rej_uri, schemas.REJECTS, 1)
-    shards = _ShardWriter(c, schema, settings.shard_chars, staging)
+    shards = ShardWriter(c, schema, settings.shard_chars, staging)
     by_reason: collections.Counter[str] = collections.Counter()
     first: dict[bytes, tuple[str, str]] = {}  # digest -> (where, id) of the row kept
     lose = _losers(losers, c)
@@ -178,59 +177,3 @@ def reduce_content(c: int, summaries: list[dict], losers: list[dict], pieces: li
 def read_rejects(summary: dict) -> Iterator[dict]:
     for batch in read_bucket(summary["rejects_uri"], summary["rejects_index"]):
         yield from batch.to_pylist()
-
-
-class _ShardWriter:
-    """Kept rows of one content bucket as Arrow IPC shards of at most shard_chars (a longer row alone),
-    named by bucket, position and a hash of their ids: the same input gives the same shards."""
-
-    def __init__(self, bucket: int, schema, budget: int, staging: str) -> None:  # noqa: ANN001
-        self.bucket, self.schema, self.budget, self.staging = bucket, schema, budget, staging
-        self.buf: list = []
-        self.chars = 0
-        self.refs: list[ShardRef] = []
-
-    def add(self, table) -> None:  # noqa: ANN001
-        self.buf.append(table)
-        self.chars += sum(_lengths(table))
-        if self.chars >= 2 * self.budget:
-            self._write(final=False)
-
-    def close(self) -> list[ShardRef]:
-        self._write(final=True)
-        return self.refs
-
-    def _write(self, final: bool) -> None:
-        import pyarrow as pa
-
-        if not self.buf:
-            return
-        table = pa.concat_tables(self.buf)
-        lengths = _lengths(table)
-        ranges = plan_shards(lengths, self.budget)
-        if not final:
-            ranges = ranges[:-1]  # the last one may still grow
-        for a, b in ranges:
-            part = table.slice(a, b - a)
-            ids = part.column(0).to_pylist()
-            digest = hashlib.sha1("\n".join(ids).encode("utf-8", "replace")).hexdigest()[:10]
-            k = len(self.refs)
-            sid = f"{self.bucket:03d}-{k:05d}-{digest}"
-            uri = storage.join(self.staging, "shards", f"{sid}.arrow")
-            storage.write_table_ipc(uri, part.combine_chunks())
-            self.refs.append(
-                ShardRef(sid, uri, part.num_rows, sum(lengths[a:b]), self.bucket * 1_000_000 + k)
-            )
-        rest = ranges[-1][1] if ranges else 0
-        self.buf = [table.slice(rest)] if rest < table.num_rows else []
-        self.chars = sum(lengths[rest:])
-
-
-def _lengths(table) -> list[int]:  # noqa: ANN001
-    import pyarrow.compute as pc
-
-    if "n_chars" in table.column_names:
-        return [n or 0 for n in table["n_chars"].to_pylist()]
-    a = pc.utf8_length(table["src"]).to_pylist()
-    b = pc.utf8_length(table["mt"]).to_pylist()
-    return [x + y for x, y in zip(a, b, strict=True)]

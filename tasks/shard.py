@@ -1,4 +1,6 @@
-"""Cut accepted records into Arrow IPC shards with deterministic ids, under the run's staging area."""
+"""Cut accepted records into Arrow IPC shards with deterministic ids, under the run's staging area.
+
+Shard ids sort in processing order: `<bucket>-<n>-<sha1 of their ids>`."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ class ShardRef:
     uri: str
     rows: int
     chars: int
-    first_row: int  # offset of the shard's first record in the ingest table (for ordering)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,24 +39,64 @@ def plan_shards(lengths: list[int], budget: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def write_shards(table, staging: str, shard_chars: int, id_column: str = "doc_id") -> list[ShardRef]:  # noqa: ANN001
-    """Write shards; a shard that already exists (same id => same rows) is not rewritten on resume."""
+class ShardWriter:
+    """Kept rows of one content bucket as Arrow IPC shards of at most shard_chars (a longer row alone),
+    named by bucket, position and a hash of their ids: the same input gives the same shards."""
+
+    def __init__(self, bucket: int, schema, budget: int, staging: str) -> None:  # noqa: ANN001
+        self.bucket, self.schema, self.budget, self.staging = bucket, schema, budget, staging
+        self.buf: list = []
+        self.chars = 0
+        self.refs: list[ShardRef] = []
+
+    def add(self, table) -> None:  # noqa: ANN001
+        self.buf.append(table)
+        self.chars += sum(_lengths(table))
+        if self.chars >= 2 * self.budget:
+            self._write(final=False)
+
+    def close(self) -> list[ShardRef]:
+        self._write(final=True)
+        return self.refs
+
+    def _write(self, final: bool) -> None:
+        import pyarrow as pa
+
+        if not self.buf:
+            return
+        table = pa.concat_tables(self.buf)
+        lengths = _lengths(table)
+        ranges = plan_shards(lengths, self.budget)
+        if not final:
+            ranges = ranges[:-1]  # the last one may still grow
+        for a, b in ranges:
+            part = table.slice(a, b - a)
+            ids = part.column(0).to_pylist()
+            digest = hashlib.sha1("\n".join(ids).encode("utf-8", "replace")).hexdigest()[:10]
+            k = len(self.refs)
+            sid = f"{self.bucket:03d}-{k:05d}-{digest}"
+            uri = storage.join(self.staging, "shards", f"{sid}.arrow")
+            storage.write_table_ipc(uri, part.combine_chunks())
+            self.refs.append(
+                ShardRef(sid, uri, part.num_rows, sum(lengths[a:b]))
+            )
+        rest = ranges[-1][1] if ranges else 0
+        self.buf = [table.slice(rest)] if rest < table.num_rows else []
+        self.chars = sum(lengths[rest:])
+
+
+def write_shards(table, staging: str, shard_chars: int) -> list[ShardRef]:  # noqa: ANN001
+    """One table as the shards of bucket 0 (what one content reducer writes)."""
+    w = ShardWriter(0, table.schema, shard_chars, staging)
+    w.add(table)
+    return w.close()
+
+
+def _lengths(table) -> list[int]:  # noqa: ANN001
     import pyarrow.compute as pc
 
-    text_cols = [c for c in ("text", "src", "mt") if c in table.column_names]
-    lengths = [0] * table.num_rows
-    for c in text_cols:
-        for i, n in enumerate(pc.utf8_length(table[c]).to_pylist()):
-            lengths[i] += n or 0
-    existing = set(storage.list_files(storage.join(staging, "shards")))
-    refs = []
-    for idx, (a, b) in enumerate(plan_shards(lengths, shard_chars)):
-        part = table.slice(a, b - a)
-        ids = part[id_column].to_pylist()
-        digest = hashlib.sha1("\n".join(ids).encode("utf-8", "replace")).hexdigest()[:10]
-        shard_id = f"{idx:05d}-{digest}"
-        uri = storage.join(staging, "shards", f"{shard_id}.arrow")
-        if uri not in existing:
-            storage.write_table_ipc(uri, part)
-        refs.append(ShardRef(shard_id, uri, part.num_rows, sum(lengths[a:b]), a))
-    return refs
+    if "n_chars" in table.column_names:
+        return [n or 0 for n in table["n_chars"].to_pylist()]
+    a = pc.utf8_length(table["src"]).to_pylist()
+    b = pc.utf8_length(table["mt"]).to_pylist()
+    return [x + y for x, y in zip(a, b, strict=True)]

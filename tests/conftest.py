@@ -179,3 +179,24 @@ def cli_env(ray_local, prefect_stack):
         RAY_ADDRESS=ray_local.get_runtime_context().gcs_address,
     )
     return env
+
+
+def staged_docs(texts: list[str]):  # noqa: ANN201
+    """Staged document rows (what a shard holds) for `texts`, ids d0, d1, ..."""
+    import pyarrow as pa
+
+    from xlmflow.schemas import STAGED_DOCS
+
+    rows = [
+        {
+            "doc_id": f"d{i}",
+            "text": t,
+            "lang_hint": None,
+            "n_chars": len(t),
+            "source": "s",
+            "source_row": i,
+            "meta": "{}",
+        }
+        for i, t in enumerate(texts)
+    ]
+    return pa.Table.from_pylist(rows, schema=STAGED_DOCS)

@@ -260,6 +260,7 @@ def test_restore_brings_back_a_run_in_every_table(out):
 
 
 def test_schema_evolves_only_by_nullable_columns(tmp_path):
+    """Columns are added (nullable), or left out of a run's files (read as null); never retyped."""
     out = str(tmp_path / "out")
     _commit(out, _run_hex(1), 3, 1)
     wider = schemas.DOCUMENTS.append(pa.field("topic", pa.string()))
@@ -270,8 +271,11 @@ def test_schema_evolves_only_by_nullable_columns(tmp_path):
     retyped = wider.set(wider.get_field_index("n_chars"), pa.field("n_chars", pa.string()))
     with pytest.raises(ConfigError, match="'n_chars' is"):
         delta.ensure_table(out, "documents", retyped)
-    with pytest.raises(ConfigError, match="'topic' is missing"):
-        delta.ensure_table(out, "documents", schemas.DOCUMENTS)
+    # a run without the processor that adds `topic` writes files without it: they read it as null
+    delta.ensure_table(out, "documents", schemas.DOCUMENTS)
+    _commit(out, _run_hex(2), 4, 2)
+    again = read_partition(out, "documents", DATE)
+    assert again.num_rows == 4 and again.column("topic").null_count == 4
 
 
 def test_old_layout_is_refused_then_migrated_in_place(tmp_path):

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from flows.backfill import STATUSES, date_range, lock_name
-from flows.daily import partition_date, render_input
+from flows.backfill import STATUSES, date_range
+from flows.daily import partition_date
+from flows.params import lock_name, render_input
 from xlmflow.errors import ConfigError
 
 from .prefect_server import (

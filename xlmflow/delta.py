@@ -143,10 +143,11 @@ def _type(field) -> str:  # noqa: ANN001
 
 def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
     """Create the table if it is missing; add the nullable columns this run writes and it lacks;
-    returns the table at its latest version.
+    returns the table at its latest version. A nullable column of the table that this run's files lack
+    (the processor that adds it is not in this run) reads as null in them.
 
-    Anything else that differs (a column dropped, retyped or made required) is refused: readers of
-    older versions and other engines rely on the columns they know.
+    Anything else that differs (a column retyped, a required column added or left out) is refused:
+    readers of older versions and other engines rely on the columns they know.
     """
     from deltalake import DeltaTable
 
@@ -165,7 +166,8 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
     if dt.metadata().partition_columns != [PARTITION]:
         raise ConfigError(f"{uri} is a Delta table not partitioned by {PARTITION!r}; use another --out")
     wanted = {f.name: f for f in want.fields}
-    problems = [f"column {c!r} is missing" for c in have if c not in wanted]
+    # a nullable column this run does not write (its processor is not in the run) reads as null
+    problems = [f"required column {c!r} is missing" for c, f in have.items() if c not in wanted and not f.nullable]
     problems += [
         f"column {c!r} is {_type(have[c])} in the table, {_type(f)} in this run"
         for c, f in wanted.items()
