@@ -16,6 +16,7 @@ is `LoadedModel.info`:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -81,8 +82,20 @@ def make_tiny(kind: str, out: str, seed: int = 0) -> str:
     return cls.make_tiny(out, seed)
 
 
+@functools.cache
+def _tiny_tokenizer():  # noqa: ANN202 - loading tokenizer.json takes seconds; the object is only saved
+    from transformers import XLMRobertaTokenizerFast
+
+    return XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
+
+
 # XLM-R-base's shape (benchmarks build random-weight checkpoints of it: the FLOPs of the real model)
-BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+BASE_SHAPE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
 
 
 def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dict, init: Any = None) -> str:
@@ -90,9 +103,9 @@ def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dic
     `config` overrides any config field (`**BASE_SHAPE` for XLM-R-base's shape)."""
     import torch
     import transformers
-    from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
+    from transformers import XLMRobertaConfig
 
-    tok = XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
+    tok = _tiny_tokenizer()
     shape = dict(
         vocab_size=250002,
         hidden_size=32,

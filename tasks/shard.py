@@ -77,9 +77,7 @@ class ShardWriter:
             sid = f"{self.bucket:03d}-{k:05d}-{digest}"
             uri = storage.join(self.staging, "shards", f"{sid}.arrow")
             storage.write_table_ipc(uri, part.combine_chunks())
-            self.refs.append(
-                ShardRef(sid, uri, part.num_rows, sum(lengths[a:b]))
-            )
+            self.refs.append(ShardRef(sid, uri, part.num_rows, sum(lengths[a:b])))
         rest = ranges[-1][1] if ranges else 0
         self.buf = [table.slice(rest)] if rest < table.num_rows else []
         self.chars = sum(lengths[rest:])

@@ -35,6 +35,14 @@ def _sharpen(model) -> None:  # noqa: ANN001 - random heads give near-uniform sc
         model.classifier.out_proj.weight.normal_(0.0, 2.0)
 
 
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One tiny checkpoint per head kind, built once."""
+    root = tmp_path_factory.mktemp("classify-models")
+    kinds = [("single_label_classification", 3), ("multi_label_classification", 4), ("regression", 1)]
+    return {problem: _checkpoint(root / problem, problem, n) for problem, n in kinds}
+
+
 def _checkpoint(path, problem: str | None, num_labels: int) -> str:
     cfg = {"num_labels": num_labels, "problem_type": problem}
     if num_labels > 1:
@@ -52,7 +60,7 @@ def texts():
     return picked
 
 
-def _classify(model_dir: str, texts: list[str], tmp_path, **options) -> list[dict]:
+def _classify(model_dir: str, texts: list[str], tmp_path, **options) -> tuple[list[dict], object]:
     opts = {f"classify_{k}": v for k, v in options.items()}
     s = make_settings(inputs=("in",), out=str(tmp_path), tasks="classify", classify_model=model_dir, **opts)
     (proc,) = build_processors(s)
@@ -61,21 +69,26 @@ def _classify(model_dir: str, texts: list[str], tmp_path, **options) -> list[dic
     assert out.rejects == []
     (table,) = out.datasets["classifications"]
     assert table["doc_id"].to_pylist() == [f"d{i}" for i in range(len(texts))]
-    return table.to_pylist()
+    return table.to_pylist(), proc
 
 
 @pytest.mark.parametrize(
     ("problem", "num_labels"),
     [("single_label_classification", 3), ("multi_label_classification", 4), ("regression", 1)],
 )
-def test_labels_and_scores_equal_the_text_classification_pipeline(tmp_path, texts, problem, num_labels):
+def test_labels_and_scores_equal_the_text_classification_pipeline(
+    checkpoints, tmp_path, texts, problem, num_labels
+):
     from transformers import pipeline
 
-    model = _checkpoint(tmp_path / "m", problem, num_labels)
-    ours = _classify(model, texts, tmp_path, threshold=0.5)
-    with warnings.catch_warnings():
+    model = checkpoints[problem]
+    ours, proc = _classify(model, texts, tmp_path, threshold=0.5)
+    with warnings.catch_warnings():  # the same weights and tokenizer objects, loaded once
         warnings.simplefilter("ignore")
-        ref = pipeline("text-classification", model=model, tokenizer=model, top_k=None, device="cpu")(texts)
+        pl = pipeline(
+            "text-classification", model=proc.engine.model, tokenizer=proc.engine.tokenizer, top_k=None
+        )
+        ref = pl(texts)
     for row, want in zip(ours, ref, strict=True):
         assert row["instance"] == "classify" and row["model"].startswith("tiny-classify@")
         got = {s["label"]: s["score"] for s in row["scores"]}
@@ -93,16 +106,25 @@ def test_labels_and_scores_equal_the_text_classification_pipeline(tmp_path, text
     assert len({round(r["score"], 5) for r in ours}) > 1  # the scores are not constant
 
 
-def test_a_long_document_is_every_window_combined(tmp_path, texts):
+def test_a_long_document_is_every_window_combined(checkpoints, tmp_path, texts):
     from ray_cluster.processors.classify import combine_windows
 
-    model = _checkpoint(tmp_path / "m", "single_label_classification", 3)
-    long_doc = " ".join(texts) * 4  # several 510-token windows
-    (mean,) = _classify(model, [long_doc], tmp_path)
-    (top,) = _classify(model, [long_doc], tmp_path, combine="max")
-    (head,) = _classify(model, [long_doc[:300]], tmp_path)
-    assert abs(sum(s["score"] for s in mean["scores"]) - 1) < 1e-5
-    assert mean["scores"] != top["scores"] != head["scores"]  # not only the first window
+    model = checkpoints["single_label_classification"]
+    s = make_settings(inputs=("in",), out=str(tmp_path), tasks="classify", classify_model=model)
+    (proc,) = build_processors(s)
+    proc.setup("cpu")
+    long_doc = " ".join(texts) * 4
+    assert len(proc.prepare(staged_docs([long_doc]))) > 2  # several 510-token windows
+
+    def scores(text: str) -> dict:
+        (row,) = proc.process(staged_docs([text])).datasets["classifications"][0].to_pylist()
+        return {x["label"]: x["score"] for x in row["scores"]}
+
+    mean, head = scores(long_doc), scores(texts[0])
+    proc.options = proc.options.model_copy(update={"combine": "max"})
+    top = scores(long_doc)
+    assert abs(sum(mean.values()) - 1) < 1e-5 and abs(sum(top.values()) - 1) < 1e-5
+    assert mean != top and mean != head  # not only the first window, and the two rules differ
 
     class W:  # two windows of one document owning 3 and 1 tokens
         def __init__(self, doc, own_start, own_end):
@@ -119,7 +141,7 @@ def test_a_one_output_checkpoint_without_regression_is_refused(tmp_path, texts):
         _classify(model, texts[:1], tmp_path)
 
 
-def test_models_tiny_builds_a_classify_checkpoint(tmp_path, texts):
+def test_models_tiny_builds_a_classify_checkpoint(tmp_path):
     from transformers import AutoConfig
 
     from xlmflow.cli import main
@@ -127,4 +149,4 @@ def test_models_tiny_builds_a_classify_checkpoint(tmp_path, texts):
     assert main(["models", "tiny", "--task", "classify", "--out", str(tmp_path / "tiny")]) == 0
     cfg = AutoConfig.from_pretrained(tmp_path / "tiny")
     assert cfg.num_labels == 3 and cfg.xlmflow_smoke_test
-    assert len(_classify(str(tmp_path / "tiny"), texts[:3], tmp_path)) == 3
+    assert cfg.architectures == ["XLMRobertaForSequenceClassification"]

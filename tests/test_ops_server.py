@@ -86,7 +86,7 @@ def test_triggered_run_completes_with_artifacts(prefect_stack, tmp_path_factory)
     fr = ensure_partition_run(prefect_stack, tmp_path_factory)
     assert fr.state.is_completed(), (fr.state, prefect_stack.log_tail("worker"))
     assert fr.name == "corpus-2026-11-01"
-    assert "date:2026-11-01" in fr.tags and "task:lid" in fr.tags
+    assert "date:2026-11-01" in fr.tags and "processor:lid" in fr.tags
     with prefect_stack.settings(), get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id]))

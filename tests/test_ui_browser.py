@@ -118,7 +118,7 @@ def test_flow_run_page_shows_partition_name_and_artifacts(prefect_stack, tmp_pat
         page.call("Page.navigate", url=f"{prefect_stack.url}/runs/flow-run/{fr.id}")
         # name, state, tags (date, tasks), deployment and work pool: all rendered client-side, so wait for them
         page.wait_text(
-            "corpus-2026-11-01", "Completed", "date:2026-11-01", "task:lid", "partition", "xlmflow"
+            "corpus-2026-11-01", "Completed", "date:2026-11-01", "processor:lid", "partition", "xlmflow"
         )
         page.screenshot(tmp_path / "flow-run.png")
 

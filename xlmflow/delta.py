@@ -167,7 +167,9 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
         raise ConfigError(f"{uri} is a Delta table not partitioned by {PARTITION!r}; use another --out")
     wanted = {f.name: f for f in want.fields}
     # a nullable column this run does not write (its processor is not in the run) reads as null
-    problems = [f"required column {c!r} is missing" for c, f in have.items() if c not in wanted and not f.nullable]
+    problems = [
+        f"required column {c!r} is missing" for c, f in have.items() if c not in wanted and not f.nullable
+    ]
     problems += [
         f"column {c!r} is {_type(have[c])} in the table, {_type(f)} in this run"
         for c, f in wanted.items()

@@ -44,7 +44,10 @@ TINY_LABELS = ["negative", "neutral", "positive"]
 
 class ClassifyOptions(ModelOptions):
     threshold: float = Field(
-        default=0.5, ge=0, le=1, description="Multi-label checkpoints: labels scoring at least this are in `labels`."
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Multi-label checkpoints: labels scoring at least this are in `labels`.",
     )
     combine: Literal["mean", "max"] = Field(
         default="mean",
