@@ -10,7 +10,8 @@ Every model processor (ner, embed, qe) goes through one `Engine`:
   overlap each token is *owned* by the window where it sits furthest from a window edge (the cut is the
   middle of the overlap), so consumers can merge windows with every token counted exactly once.
 - **Batching**: sequences are sorted by length (longest first, so an OOM shows up at once) and cut so
-  that rows * longest <= `max_batch_tokens` (padded tokens per batch); results come back in input order.
+  that rows * longest <= `max_batch_tokens` (padded tokens per batch) and padding stays under 25% (on
+  CUDA once a batch holds a quarter of the budget); results come back in input order.
   A batch without padding is run without an attention mask (SDPA can then pick its fastest kernel).
 - **Device**: CUDA when available, with `torch.inference_mode()` and bf16 autocast; batch k+1 is padded,
   copied (pinned, non-blocking) and launched before the outputs of batch k are copied back. On CPU, fp32
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from ray_cluster.models import LoadedModel
 
 log = logging.getLogger(__name__)
+
+PAD_SLACK = 1.25  # a batch pads its rows by at most this factor (see Engine.batches)
 
 # head(model_output, attention_mask [B, T] on the device, rows) -> tensor or tuple of tensors, dim 0 = B
 Head = Callable[[Any, Any, list[int]], Any]
@@ -107,6 +110,7 @@ class Engine:
         self.model = lm.model.to(self.device).eval()
         self.max_batch_tokens = max_batch_tokens
         self.prefetch_docs = prefetch_docs  # rows per prepare/infer chunk on CUDA
+        self.min_fill = max_batch_tokens // 4 if self.device == "cuda" else 0  # see batches()
         tok = self.tokenizer
         positions = getattr(self.model.config, "max_position_embeddings", 514)
         # XLM-R/RoBERTa reserve 2 positions (padding_idx + 1 offset)
@@ -177,14 +181,22 @@ class Engine:
 
     # ---- the forward loop ----
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices sorted longest first, cut so that rows * longest <= max_batch_tokens."""
+        """Indices sorted longest first, cut so that rows * longest <= max_batch_tokens, and so that
+        padding stays small: a row shorter than the batch's longest / PAD_SLACK starts the next batch
+        (one budget-filling batch of a shard's short texts would otherwise pad them all to the longest).
+        On CUDA that cut waits until the batch holds a quarter of the budget: small batches leave the
+        GPU idle; on CPU the cost is per token, batch size hardly matters."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         out: list[list[int]] = []
         for i in order:
-            if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= self.max_batch_tokens:
-                out[-1].append(i)
-            else:
-                out.append([i])
+            if out:
+                longest, rows = lengths[out[-1][0]], len(out[-1]) + 1
+                fits = rows * longest <= self.max_batch_tokens
+                full_enough = (rows - 1) * longest >= self.min_fill
+                if fits and not (full_enough and lengths[i] * PAD_SLACK < longest):
+                    out[-1].append(i)
+                    continue
+            out.append([i])
         return out
 
     def run(self, seqs: Sequence[list[int]], head: Head, **model_kw: Any) -> list[tuple[np.ndarray, ...]]:

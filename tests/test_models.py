@@ -245,6 +245,11 @@ def test_batches_respect_the_token_budget_and_results_keep_input_order(tiny_ner)
     batches = eng.batches(lengths)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in batches)
+    # a batch takes no row it would pad by more than 25% (on CUDA: once it holds a quarter of the budget)
+    wide = _engine(tiny_ner, max_batch_tokens=8192)
+    assert [len(b) for b in wide.batches([100] * 30 + [90] * 10 + [70] * 30 + [10] * 200)] == [40, 30, 200]
+    wide.min_fill = 8192 // 4
+    assert [len(b) for b in wide.batches([100] * 10 + [70] * 30 + [10] * 200)] == [21, 30, 189]
     seqs = [[0, *range(100, 100 + n - 2), 2] for n in lengths]
 
     def head(out, mask, rows):
@@ -285,6 +290,7 @@ def test_oom_splits_the_batch_and_a_single_row_that_fails_raises(tiny_ner):
 
     wrapped = _OomAbove(tiny_ner.model, limit=2)
     eng = _engine(LoadedModel(tiny_ner.tokenizer, wrapped, tiny_ner.info), max_batch_tokens=10_000)
+    eng.min_fill = eng.max_batch_tokens  # all seven rows in one batch, however their lengths differ
     ref = _engine(tiny_ner, max_batch_tokens=10_000)
     seqs = [[0, *range(200, 200 + n), 2] for n in (3, 9, 4, 6, 5, 8, 2)]
 
