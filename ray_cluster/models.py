@@ -385,9 +385,9 @@ def load_model(spec: str, kind: str, settings: RunSettings | None = None) -> Loa
     return LoadedModel(tok, model.eval(), info)
 
 
-def _short_name(info: dict, task: str, tiny_task: str | None) -> str:
+def _short_name(info: dict, kind: str, tiny_kind: str | None) -> str:
     if info["smoke_test"]:
-        base = f"tiny-{tiny_task or task}"
+        base = f"tiny-{tiny_kind or kind}"
     elif info["spec"].startswith("s3://") or info["spec"] in ("tiny",):
         base = info["spec"].rstrip("/")
     elif os.path.isdir(os.path.expanduser(info["spec"])):

@@ -228,6 +228,12 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
             )
             continue
         stats = done[sid]
+        stray = set(stats["counts"]) - set(names)
+        if stray:  # staged by an actor but not a dataset of this run: it would never be committed
+            raise FatalError(
+                f"shard {sid} staged datasets {sorted(stray)} that no processor of the run declares; the "
+                "partition was not committed (this is a bug, please report)"
+            )
         by_reason.update(stats["rejects_by_reason"])
         by_lang.update(stats["by_lang"])
         for inst, pstats in (stats.get("processors") or {}).items():

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
       1    the run failed: storage or network errors after retries, no space left, no permission, an
            input or bucket that does not exist, anything unexpected; rerunning resumes from finished shards;
       2    configuration error: an option, model or URI must change (credentials embedded in a URI,
-           pickle-only weights, unknown task, …); nothing was started;
+           pickle-only weights, unknown processor, …); nothing was started;
       3    the inputs of a committed partition changed; it was left as it is (--force recomputes it);
       130  interrupted (Ctrl-C).
     The traceback is printed only with -v/--debug. Every message is redacted of URI credentials.
