@@ -81,7 +81,7 @@ def plan_layout(actors: int | None, gpu_fraction: float = 1.0) -> Layout:
     """One actor per GPU (or 1/gpu_fraction per GPU) when the cluster has GPUs, else CPU actors.
 
     CPUs are always declared: an actor holding an implicit CPU for its whole life starves other work
-    on small machines (NOTES.md).
+    on small machines.
     """
     import ray
 

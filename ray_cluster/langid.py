@@ -43,7 +43,7 @@ Decision order for one text (the rules are linguistic facts, listed here so a re
      so it calls Serbian Latin text Bosnian or Croatian, often with confidence ~1 (UDHR corpus);
    - the answer is Malay or Indonesian: lingua's Malay model claims a large part of Indonesian text with
      confidence up to 1 (UDHR corpus: 21 of 52 Indonesian paragraphs), so neither answer can be trusted.
-   Both `NEVER` rules were chosen after seeing the UDHR benchmark (NOTES.md lists the same misses).
+   Both `NEVER` rules were chosen after seeing the UDHR benchmark.
 8. Any other script -> `und_<Script>`, score 0.
 
 `lang_score`: share of letters in the script (steps 3-5, x0.9 for shared scripts and rules); CLD2's

@@ -22,7 +22,7 @@ import pytest
 from .prefect_server import ensure_partition_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# offline headless flags (NOTES.md): without the background-networking ones Chromium floods the closed network
+# offline headless flags: without the background-networking ones Chromium floods the closed network
 FLAGS = [
     "--headless",
     "--no-sandbox",
