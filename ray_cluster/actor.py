@@ -28,9 +28,10 @@ class ShardWorker:
         from ray_cluster.processors.base import build_processors
 
         self.settings = RunSettings.model_validate_json(settings_json)
-        self.device = _pick_device(num_cpus)
         t0 = time.perf_counter()
         self.processors = build_processors(self.settings)
+        # torch takes seconds to import: an actor without a model (lid alone) never needs it
+        self.device = _pick_device(num_cpus) if any(p.model_class for p in self.processors) else "cpu"
         for p in self.processors:
             p.setup(self.device)
         self.setup_seconds = time.perf_counter() - t0

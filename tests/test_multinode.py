@@ -136,7 +136,11 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
     assert m["ingest"]["splits"] > 2
     # split tasks and actors ran on both workers (the lost one before it went), nothing on the head
     assert (set(m["nodes"]["ingest"]), set(m["nodes"]["actors"])) == (both, both)
-    assert cluster.head_node.node_id not in m["nodes"]["ingest"] + m["nodes"]["writers"]
+    # nothing read on the head; writers (after the loss) ran on the survivor, or on the head when aimed at
+    # the lost node before Ray marked it dead (soft placement: Ray runs the task elsewhere)
+    assert cluster.head_node.node_id not in m["nodes"]["ingest"]
+    survivor = both - {victim.node_id}
+    assert survivor <= set(m["nodes"]["writers"]) <= survivor | {cluster.head_node.node_id}
     got = _docs(lossy)
     assert sorted((d, r) for d, _, r in got) == want  # none lost, none twice
     assert all(lang for _, lang, _ in got)
