@@ -208,9 +208,6 @@ class JobSettings(BaseModel):
         """Bytes one line/record may take: room for JSON escapes and multi-byte UTF-8 of max_text_chars."""
         return self.max_record_bytes or 4 * self.max_text_chars
 
-    def instance(self, name: str) -> ProcessorSpec:
-        return next(s for s in self.processors if s.name == name)
-
 
 class RunSettings(JobSettings):
     """Everything that decides what one partition run computes and where it goes."""
@@ -234,9 +231,6 @@ class RunSettings(JobSettings):
             if has_userinfo(uri):
                 raise ValueError(f"input {i}: {REFUSED}")
         return v
-
-    def job(self) -> JobSettings:
-        return JobSettings.model_validate(self.model_dump(exclude={"inputs", "date"}))
 
     def config_hash(self) -> str:
         """Hash of what decides the output rows (not where or how fast), keying staging and the manifest."""

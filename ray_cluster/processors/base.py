@@ -275,6 +275,7 @@ class ModelProcessor(Processor):
 
     Options: ClassVar[type[Options]] = ModelOptions
     model_class: ClassVar[str | None] = "AutoModel"
+    pipelined: bool = False  # set by setup: prepare the next chunk while the device runs (CUDA)
 
     def setup(self, device: str) -> None:
         from ray_cluster.engine import Engine
