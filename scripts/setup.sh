@@ -12,9 +12,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch first, pinned: this version is the CPU build; a bare `torch` would pull GBs of CUDA wheels
-  # --no-compile: byte-compiling every module of torch/ray/transformers up front takes minutes; Python
-  # compiles (and caches) the few it imports on first use
-  .venv/bin/pip install -q --no-compile "torch==2.13.0"
-  .venv/bin/pip install -q --no-compile -e ".[dev]"
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
