@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ray_cluster.models import load_model
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, staged_docs
 from xlmflow.settings import make_settings
 
 LANGS = ("eng_Latn", "deu_Latn", "rus_Cyrl", "arb_Arab", "cmn_Hans", "hin_Deva", "jpn_Jpan", "kor_Hang")
@@ -101,28 +101,15 @@ def test_lawdr_averages_the_last_layers(lm, texts):
 
 
 def test_embed_processor_writes_one_vector_per_document(lm, settings):
-    import pyarrow as pa
 
     from ray_cluster.processors.base import build_processors
-    from xlmflow.schemas import STAGED_DOCS, embeddings_schema
+    from xlmflow.schemas import embeddings_schema
 
     texts = ["Alle Menschen sind frei.", "", "Все люди рождаются свободными. " * 200]
-    rows = [
-        {
-            "doc_id": f"d{i}",
-            "text": t,
-            "lang_hint": None,
-            "n_chars": len(t),
-            "source": "s",
-            "source_row": i,
-            "meta": "{}",
-        }
-        for i, t in enumerate(texts)
-    ]
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="embed", embed_model="tiny")
     (proc,) = build_processors(s)
     proc.setup("cpu")
-    out = proc.process(pa.Table.from_pylist(rows, schema=STAGED_DOCS))
+    out = proc.process(staged_docs(texts))
     assert out.rejects == []
     (emb,) = out.datasets["embeddings"]
     assert emb.schema == embeddings_schema(lm.model.config.hidden_size)

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from ray_cluster.models import load_model
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, staged_docs
 from xlmflow.settings import make_settings
 
 LANGS = ["eng_Latn", "deu_Latn", "rus_Cyrl", "arb_Arab", "cmn_Hans", "hin_Deva", "jpn_Jpan", "tha_Thai"]
@@ -200,7 +200,7 @@ def test_ner_processor_writes_entities_rows(lm, settings):
     import pyarrow as pa
 
     from ray_cluster.processors.base import build_processors
-    from xlmflow.schemas import ENTITIES, STAGED_DOCS
+    from xlmflow.schemas import ENTITIES
 
     texts = [
         "Angela Merkel besuchte Paris im Jahr 2015.",
@@ -208,19 +208,7 @@ def test_ner_processor_writes_entities_rows(lm, settings):
         "Москва — столица России.",
         "东京是日本的首都。",
     ]
-    rows = [
-        {
-            "doc_id": f"d{i}",
-            "text": t,
-            "lang_hint": None,
-            "n_chars": len(t),
-            "source": "s",
-            "source_row": i,
-            "meta": "{}",
-        }
-        for i, t in enumerate(texts)
-    ]
-    table = pa.Table.from_pylist(rows, schema=STAGED_DOCS).append_column("lang", pa.array(["deu_Latn"] * 4))
+    table = staged_docs(texts).append_column("lang", pa.array(["deu_Latn"] * 4))
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="ner", ner_model="tiny")
     (proc,) = build_processors(s)
     assert proc.name == "ner"
@@ -230,7 +218,7 @@ def test_ner_processor_writes_entities_rows(lm, settings):
     (ents,) = out.datasets["entities"]
     assert ents.schema == ENTITIES and ents.num_rows > 3
     assert set(ents["doc_id"].to_pylist()) <= {"d0", "d2", "d3"}
-    by_id = {r["doc_id"]: r["text"] for r in rows}
+    by_id = {f"d{i}": t for i, t in enumerate(texts)}
     for r in ents.to_pylist():
         assert by_id[r["doc_id"]][r["start"] : r["end"]] == r["text"]
         assert r["label"] in {"PER", "ORG", "LOC", "DATE"} and 0 < r["score"] <= 1
@@ -244,22 +232,9 @@ def test_pipelined_chunks_give_the_same_entities(lm, settings, corpus):
     import pyarrow as pa
 
     from ray_cluster.processors.base import build_processors
-    from xlmflow.schemas import STAGED_DOCS
 
     texts = [t for _, t in _paragraphs(corpus)][:10]
-    rows = [
-        {
-            "doc_id": f"d{i}",
-            "text": t,
-            "lang_hint": None,
-            "n_chars": len(t),
-            "source": "s",
-            "source_row": i,
-            "meta": "{}",
-        }
-        for i, t in enumerate(texts)
-    ]
-    table = pa.Table.from_pylist(rows, schema=STAGED_DOCS)
+    table = staged_docs(texts)
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="ner", ner_model="tiny")
     (proc,) = build_processors(s)
     proc.setup("cpu")
@@ -301,26 +276,13 @@ def test_a_document_that_does_not_fit_even_alone_becomes_a_reject(lm, settings):
     from ray_cluster.engine import Engine
     from ray_cluster.models import LoadedModel
     from ray_cluster.processors.base import build_processors
-    from xlmflow.schemas import STAGED_DOCS
 
     texts = ["Angela Merkel besuchte Paris.", "word " * 300, "Москва — столица России."]
-    rows = [
-        {
-            "doc_id": f"d{i}",
-            "text": t,
-            "lang_hint": None,
-            "n_chars": len(t),
-            "source": "s",
-            "source_row": i,
-            "meta": "{}",
-        }
-        for i, t in enumerate(texts)
-    ]
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="ner", ner_model="tiny")
     (proc,) = build_processors(s)
     proc.pipelined = False
     proc.engine = Engine(LoadedModel(lm.tokenizer, _OomOnLong(lm.model, 100), lm.info), "cpu")
-    out = proc.process(pa.Table.from_pylist(rows, schema=STAGED_DOCS))
+    out = proc.process(staged_docs(texts))
     assert [(r["source_row"], r["reason"]) for r in out.rejects] == [(1, "processing_error")]
     assert "OutOfMemoryError" in out.rejects[0]["detail"]
     assert out.table["doc_id"].to_pylist() == ["d0", "d2"]
