@@ -287,7 +287,7 @@ class ModelProcessor(Processor):
                 f"processor {self.instance} ({self.name}) needs a model: --{self.instance}.model or "
                 f"--{self.name}-model (HF id, local dir, s3:// prefix, or tiny)"
             )
-        lm = load_model(o.model, self.name, s)
+        lm = load_model(o.model, self.model_kind(), s)
         self.check_model(lm)
         self.engine = Engine(
             lm,
@@ -296,6 +296,10 @@ class ModelProcessor(Processor):
             stride=s.stride if o.stride is None else o.stride,
         )
         self.pipelined = self.engine.device == "cuda"
+
+    def model_kind(self) -> str:
+        """The processor type whose model class (and tiny model) loads this instance's model."""
+        return self.name
 
     def check_model(self, lm: Any) -> None:
         """Refuse a checkpoint this processor cannot use (raise ConfigError)."""

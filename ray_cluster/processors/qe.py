@@ -145,32 +145,26 @@ class QeProcessor(ModelProcessor):
     def tiny_config(cls) -> dict:
         return {"num_labels": 1, "problem_type": "regression"}
 
-    def setup(self, device: str) -> None:
-        from ray_cluster.engine import Engine
-        from ray_cluster.langid import LanguageIdentifier
-        from ray_cluster.models import load_model
+    def model_kind(self) -> str:
+        return "qe" if self.options.method == "regression" else "embed"  # cosine: a sentence encoder
 
-        o, s = self.options, self.settings
-        if not o.model:
-            raise ConfigError(
-                f"processor {self.instance} (qe) needs a model: --qe-model (HF id, local dir, s3:// prefix, or tiny)"
-            )
-        lm = load_model(o.model, "qe" if o.method == "regression" else "embed", s)
+    def check_model(self, lm) -> None:  # noqa: ANN001
         cfg = lm.model.config
         archs = getattr(cfg, "architectures", None) or []
-        if o.method == "regression" and (
+        if self.options.method == "regression" and (
             cfg.num_labels != 1 or (archs and not any(a.endswith("ForSequenceClassification") for a in archs))
         ):
             raise ConfigError(
-                f"QE model {o.model!r} is not a one-output sequence classifier (num_labels "
+                f"QE model {self.options.model!r} is not a one-output sequence classifier (num_labels "
                 f"{cfg.num_labels}, architectures {archs}): its regression score would be an untrained "
                 "head. Use a QE cross-encoder (e.g. TransQuest/monotransquest-da-multilingual), or "
                 "--qe-method cosine for a sentence encoder"
             )
-        stride = s.stride if o.stride is None else o.stride
-        self.engine = Engine(
-            lm, device, max_batch_tokens=o.max_batch_tokens or s.max_batch_tokens, stride=stride
-        )
+
+    def setup(self, device: str) -> None:
+        from ray_cluster.langid import LanguageIdentifier
+
+        super().setup(device)
         self.pipelined = False  # pairs are scored whole: one prepare, one infer
         self.lid = LanguageIdentifier()  # CLD2 first; lingua only for what CLD2 cannot decide
 
