@@ -25,9 +25,10 @@ class ShardWorker:
     """Ray actor body (wrapped with ray.remote by the pool). Also usable in-process for tests."""
 
     def __init__(self, settings_json: str, num_cpus: float = 1.0) -> None:
-        from ray_cluster.processors.base import build_processors
+        from ray_cluster.processors.base import build_processors, main_schema
 
         self.settings = RunSettings.model_validate_json(settings_json)
+        self.main_schema = main_schema(self.settings)  # the same for every shard of the run
         t0 = time.perf_counter()
         self.processors = build_processors(self.settings)
         # torch takes seconds to import: an actor without a model (lid alone) never needs it
@@ -59,7 +60,6 @@ class ShardWorker:
         """Process one shard and write its results; idempotent (a finished shard is not redone)."""
         import pyarrow as pa
 
-        from ray_cluster.processors.base import main_schema
         from xlmflow import schemas
 
         out_dir = results_uri(staging, shard["shard_id"])
@@ -79,7 +79,7 @@ class ShardWorker:
                 datasets[name].extend(parts)
             per_proc[p.instance] = {"type": p.name, **res.stats}
         main_name = "pairs" if self.settings.mode == "pairs" else "documents"
-        main = _conform(table, main_schema(self.settings))
+        main = _conform(table, self.main_schema)
         counts = {main_name: main.num_rows, "rejects": len(rejects)}
         nbytes = {main_name: main.nbytes}
         # data objects first, the marker last: a shard is done only when all its files are whole
