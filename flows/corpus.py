@@ -11,6 +11,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from xlmflow.errors import ConfigError
+from xlmflow.manifest import run_models
 from xlmflow.settings import JobSettings
 
 
@@ -130,7 +131,7 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
     processed = timed("process", steps.process_shards, ing, settings, progress_id)
     shards, done, _failed, infos, content = processed
     run["actors"] = infos
-    run["models"] = infos[0]["models"] if infos else {}
+    run["models"] = run_models(infos)
     secs = time.perf_counter() - t0
     accepted = sum(s["accepted"] for s in content)
     chars = sum(s["chars"] for s in shards)

@@ -13,9 +13,15 @@ Every model processor (ner, embed, qe) goes through one `Engine`:
   that rows * longest <= `max_batch_tokens` (padded tokens per batch) and padding stays under 25% (on
   CUDA once a batch holds a quarter of the budget); results come back in input order.
   A batch without padding is run without an attention mask (SDPA can then pick its fastest kernel).
-- **Device**: CUDA when available, with `torch.inference_mode()` and bf16 autocast; batch k+1 is padded,
-  copied (pinned, non-blocking) and launched before the outputs of batch k are copied back. On CPU, fp32
-  and the thread count of the actor (the actor sets torch's threads; `num_threads` overrides).
+- **Forward path**: XLM-R/RoBERTa encoders and their token/sequence classifiers run *packed*
+  (ray_cluster.packed: no padding FLOPs, attention per sequence); other models run the padded forward,
+  which stays the reference. Packed batches are cut by real tokens (`max_batch_tokens`), padded ones by
+  rows * longest. `forward_path` says which ran; `forward="packed"` refuses a model it cannot pack.
+- **Precision**: CUDA runs bf16 *weights* (no autocast over fp32 weights) unless `gpu_precision="fp32"`;
+  CPU runs fp32, or int8 Linear layers with `cpu_precision="int8"` (ray_cluster.quantize).
+- **Device**: CUDA when available; batch k+1 is built, copied (pinned, non-blocking) and launched
+  before the outputs of batch k are copied back. On CPU the thread count of the actor (the actor sets
+  torch's threads; `num_threads` overrides).
 - **OOM**: a CUDA out-of-memory error splits the batch in halves and retries each; a single sequence
   that still does not fit raises, so the processor base class isolates the document as a reject.
 
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAD_SLACK = 1.25  # a batch pads its rows by at most this factor (see Engine.batches)
+OUTPUT_SLACK = 4  # a packed batch's outputs, padded back for the heads, hold <= 4 x its token budget
+FORWARDS = ("auto", "packed", "padded")
 
 # head(model_output, attention_mask [B, T] on the device, rows) -> tensor or tuple of tensors, dim 0 = B
 Head = Callable[[Any, Any, list[int]], Any]
@@ -100,14 +108,36 @@ class Engine:
         stride: int = 128,
         num_threads: int | None = None,
         prefetch_docs: int = 2048,
+        forward: str = "auto",
+        cpu_precision: str = "fp32",
+        gpu_precision: str = "bf16",
     ) -> None:
         import torch
+
+        from ray_cluster import packed
 
         self.lm, self.tokenizer = lm, lm.tokenizer
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         if self.device == "cpu" and num_threads:
             torch.set_num_threads(num_threads)
+        if forward not in FORWARDS:
+            raise ConfigError(f"forward {forward!r}: choose one of {', '.join(FORWARDS)}")
+        why = packed.unsupported(lm.model)
+        if forward == "packed" and why:
+            raise ConfigError(f"forward=packed cannot run model {lm.name}: {why}; use forward=auto or padded")
+        self.forward_path = "packed" if forward != "padded" and why is None else "padded"
+        self.precision = gpu_precision if self.device == "cuda" else cpu_precision
         self.model = lm.model.to(self.device).eval()
+        if self.precision == "bf16":
+            self.model = self.model.to(torch.bfloat16)
+        elif self.precision == "int8":
+            from ray_cluster.quantize import quantize_linears
+
+            quantize_linears(self.model)
+        elif self.precision != "fp32":
+            raise ConfigError(
+                f"precision {self.precision!r} on {self.device}: bf16 (CUDA), fp32 or int8 (CPU)"
+            )
         self.max_batch_tokens = max_batch_tokens
         self.prefetch_docs = prefetch_docs  # rows per prepare/infer chunk on CUDA
         self.min_fill = max_batch_tokens // 4 if self.device == "cuda" else 0  # see batches()
@@ -185,11 +215,23 @@ class Engine:
         padding stays small: a row shorter than the batch's longest / PAD_SLACK starts the next batch
         (one budget-filling batch of a shard's short texts would otherwise pad them all to the longest).
         On CUDA that cut waits until the batch holds a quarter of the budget: small batches leave the
-        GPU idle; on CPU the cost is per token, batch size hardly matters."""
+        GPU idle; on CPU the cost is per token, batch size hardly matters.
+        Packed batches cost their real tokens only: they are cut at max_batch_tokens real tokens (and
+        at OUTPUT_SLACK x the budget of rows * longest, the outputs padded back for the heads)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         out: list[list[int]] = []
+        tokens = 0
         for i in order:
-            if out:
+            if out and self.forward_path == "packed":
+                longest, rows = lengths[out[-1][0]], len(out[-1]) + 1
+                if (
+                    tokens + lengths[i] <= self.max_batch_tokens
+                    and rows * longest <= OUTPUT_SLACK * self.max_batch_tokens
+                ):
+                    out[-1].append(i)
+                    tokens += lengths[i]
+                    continue
+            elif out:
                 longest, rows = lengths[out[-1][0]], len(out[-1]) + 1
                 fits = rows * longest <= self.max_batch_tokens
                 full_enough = (rows - 1) * longest >= self.min_fill
@@ -197,6 +239,7 @@ class Engine:
                     out[-1].append(i)
                     continue
             out.append([i])
+            tokens = lengths[i]
         return out
 
     def run(self, seqs: Sequence[list[int]], head: Head, **model_kw: Any) -> list[tuple[np.ndarray, ...]]:
@@ -231,21 +274,36 @@ class Engine:
     def _forward(self, rows: list[int], seqs: Sequence[list[int]], head: Head, model_kw: dict) -> tuple:
         import torch
 
-        width = max(len(seqs[r]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : len(seqs[r])] = torch.tensor(seqs[r], dtype=torch.long)
-            mask[j, : len(seqs[r])] = 1
-        padded = not bool(mask.all())
+        from ray_cluster import packed
+
+        lengths = torch.tensor([len(seqs[r]) for r in rows], dtype=torch.long)
+        width = int(lengths.max())
+        mask = (torch.arange(width) < lengths[:, None]).long()  # the heads' view: [B, W]
+        if self.forward_path == "packed":
+            ids = torch.tensor([t for r in rows for t in seqs[r]], dtype=torch.long)
+        else:
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            ids[mask.bool()] = torch.tensor([t for r in rows for t in seqs[r]], dtype=torch.long)
+        padded = width * len(rows) != int(lengths.sum())
         if self.device == "cuda":
             ids = ids.pin_memory().to("cuda", non_blocking=True)
             mask = mask.pin_memory().to("cuda", non_blocking=True)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda")
-        with torch.inference_mode(), autocast:
-            out = self.model(input_ids=ids, attention_mask=mask if padded else None, **model_kw)
+        # nested (jagged) tensors cannot be built under inference_mode; no_grad is what the packed path needs
+        with torch.no_grad() if self.forward_path == "packed" else torch.inference_mode():
+            if self.forward_path == "packed":
+                kw = dict(model_kw)
+                hidden = bool(kw.pop("output_hidden_states", False))
+                if kw:
+                    raise TypeError(f"the packed forward takes no {sorted(kw)}")
+                out = packed.forward(self.model, ids, lengths.tolist(), output_hidden_states=hidden)
+            else:
+                out = self.model(input_ids=ids, attention_mask=mask if padded else None, **model_kw)
             res = head(out, mask, rows)
         return res if isinstance(res, tuple) else (res,)
+
+    def describe(self) -> dict:
+        """What ran, for the manifest: the forward path and the weights' precision."""
+        return {"forward": self.forward_path, "precision": self.precision, "device": self.device}
 
     @staticmethod
     def _collect(parts: list, results: list) -> None:

@@ -26,3 +26,24 @@ def write_manifest(out: str, manifest: dict) -> None:
     date = manifest["date"]
     storage.write_json(run_manifest_uri(out, date, manifest["run_id"]), manifest)
     storage.write_json(manifest_uri(out, date), manifest)
+
+
+RAN_KEYS = (
+    "device",
+    "precision",
+    "forward",
+)  # how each actor ran a model (ray_cluster.engine.Engine.describe)
+
+
+def run_models(infos: list[dict]) -> dict:
+    """Per instance, the model record of the run's actors: one actor's record, where the actors ran it
+    differently (a CPU and a GPU node) each of `device`, `precision`, `forward` lists every value seen."""
+    models: dict = {}
+    for info in infos:
+        for name, rec in (info.get("models") or {}).items():
+            cur = models.setdefault(name, dict(rec))
+            for key in RAN_KEYS:
+                seen = cur.get(key)
+                if key in rec and seen != rec[key] and rec[key] not in str(seen).split("+"):
+                    cur[key] = f"{seen}+{rec[key]}"
+    return models

@@ -103,6 +103,19 @@ class JobSettings(BaseModel):
     # run-level defaults of the model processors (each instance may override them)
     stride: int = Field(default=128, ge=0, description="Overlap in tokens between windows of long documents.")
     max_batch_tokens: int = Field(default=8192, gt=0, description="Padded tokens per model batch.")
+    forward: Literal["auto", "packed", "padded"] = Field(
+        default="auto",
+        description="Model forward: packed (no padding; XLM-R/RoBERTa encoders and their token/sequence "
+        "classifiers), padded (any model), auto (packed where it can run).",
+    )
+    cpu_precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="Weights on CPU actors: fp32, or int8 Linear layers (dynamic quantization; faster, "
+        "outputs close to fp32 but not equal).",
+    )
+    gpu_precision: Literal["bf16", "fp32"] = Field(
+        default="bf16", description="Weights on GPU actors: bf16 (half the memory, tensor cores) or fp32."
+    )
     gpu_fraction: float = Field(
         default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs several actors on a GPU)."
     )
@@ -249,7 +262,8 @@ class RunSettings(JobSettings):
 
 # the settings that decide the output rows (the config hash); the others say where and how fast
 OUTPUT_FIELDS = ("inputs", "processors", "max_text_chars", "max_record_bytes", "max_file_bytes",
-                 "shard_chars", "stride", "max_batch_tokens", "max_error_fraction")  # fmt: skip
+                 "shard_chars", "stride", "max_batch_tokens", "max_error_fraction", "forward",
+                 "cpu_precision", "gpu_precision")  # fmt: skip
 
 
 def _refuse_userinfo(uri: str, what: str) -> str:

@@ -294,6 +294,9 @@ class ModelProcessor(Processor):
             device,
             max_batch_tokens=o.max_batch_tokens or s.max_batch_tokens,
             stride=s.stride if o.stride is None else o.stride,
+            forward=s.forward,
+            cpu_precision=s.cpu_precision,
+            gpu_precision=s.gpu_precision,
         )
         self.pipelined = self.engine.device == "cuda"
 
@@ -324,7 +327,7 @@ class ModelProcessor(Processor):
         return merge_outputs(outs)
 
     def model_info(self) -> dict:
-        return dict(self.engine.lm.info)
+        return {**self.engine.lm.info, **self.engine.describe()}
 
     @classmethod
     def tiny_config(cls) -> dict:

@@ -1,0 +1,197 @@
+"""NER roofline: the engine's tokens/s as a share of this machine's fp32 GEMM ceiling on XLM-R-base's shapes.
+
+Per token XLM-R-base runs 6 Linear GEMMs per layer (Q, K, V, attention output, FFN in, FFN out) plus the
+classifier: FLOPs/token = 2 * sum(in*out). Each distinct shape is timed with F.linear (x @ W.T + b) at M
+rows (tokens per batch), best of `--reps` after a warm-up; ceiling tokens/s = 1 / sum_i(FLOP_i / speed_i).
+Attention scores, LayerNorm, GELU, embeddings, tokenization and aggregation are extra, so the ceiling is
+an upper bound (int8 variants are compared with the same fp32 ceiling).
+Model: XLM-R-base shaped, random weights, real XLM-R tokenizer, 9 NER labels; documents: UDHR articles
+(../shared/corpora/parallel_articles.jsonl). Rounds alternate a ceiling measurement and one
+`predict_entities` per variant (forward x precision), so load from other jobs falls on both; "forward"
+is its `window_probs` phase (engine.run over the windows) alone.
+
+    .venv/bin/python benchmarks/roofline.py --docs 120 --rounds 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
+
+
+def build_model(out: str) -> str:
+    from ray_cluster.models import BASE_SHAPE, TINY_NER_LABELS, make_tiny_xlmr
+
+    lab = TINY_NER_LABELS
+    cfg = {**BASE_SHAPE, "id2label": dict(enumerate(lab)), "label2id": {s: i for i, s in enumerate(lab)}}
+    return make_tiny_xlmr("ner", "AutoModelForTokenClassification", out, 0, cfg)
+
+
+def gemm_shapes(cfg) -> dict[tuple[int, int], int]:  # noqa: ANN001 - a transformers config
+    """(in, out) -> GEMMs of that shape per token."""
+    h, f, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    return {(h, h): 4 * n, (h, f): n, (f, h): n, (h, cfg.num_labels): 1}
+
+
+def gemm_speeds(shapes, rows: list[int], reps: int) -> dict[tuple[int, int, int], float]:  # noqa: ANN001
+    """FLOP/s of F.linear per (M, in, out): best of `reps` after one warm-up."""
+    import torch
+    import torch.nn.functional as F
+
+    speeds = {}
+    with torch.inference_mode():
+        for m in rows:
+            for k, n in shapes:
+                x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+                F.linear(x, w, b)
+                best = float("inf")
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    F.linear(x, w, b)
+                    best = min(best, time.perf_counter() - t0)
+                speeds[(m, k, n)] = 2 * m * k * n / best
+    return speeds
+
+
+def ceiling(shapes, speeds) -> float:  # noqa: ANN001
+    """Tokens/s if every GEMM ran at its best measured speed (over M)."""
+    best = {s: max(v for (_, k, n), v in speeds.items() if (k, n) == s) for s in shapes}
+    return 1 / sum(c * 2 * k * n / best[(k, n)] for (k, n), c in shapes.items())
+
+
+def run_engine(eng, texts: list[str]) -> tuple[float, float]:  # noqa: ANN001
+    """Seconds of predict_entities (its three phases) and of its forward phase alone."""
+    from ray_cluster.processors.ner import finish_entities, prepare_windows, window_probs
+
+    t0 = time.perf_counter()
+    docs, wins = prepare_windows(eng, texts)
+    t1 = time.perf_counter()
+    scores = window_probs(eng, wins)
+    t2 = time.perf_counter()
+    finish_entities(eng, texts, docs, wins, scores, "simple")
+    return time.perf_counter() - t0, t2 - t1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=120)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--forward", nargs="+", default=["auto"], choices=["auto", "packed", "padded"])
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8"])
+    ap.add_argument("--rows", type=int, nargs="+", default=[2048, 8192], help="M of the ceiling GEMMs")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per GEMM shape")
+    ap.add_argument("--max-batch-tokens", type=int, default=8192)
+    ap.add_argument("--stride", type=int, default=128)
+    ap.add_argument("--out", help="markdown file to write (default: print)")
+    a = ap.parse_args()
+
+    import torch
+    import transformers
+
+    from ray_cluster.engine import Engine
+    from ray_cluster.models import load_model
+    from ray_cluster.processors.ner import predict_entities
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads)
+    with open(CORPUS, encoding="utf-8") as f:
+        texts = [r["text"] for r in random.Random(0).sample([json.loads(line) for line in f], a.docs)]
+
+    engines = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_model(tmp)
+        lms = {p: load_model(path, "ner") for p in a.precision}  # int8 quantizes its model in place
+    for p in a.precision:
+        for fw in a.forward:
+            kw = {"max_batch_tokens": a.max_batch_tokens, "stride": a.stride, "forward": fw}
+            eng = Engine(lms[p], "cpu", cpu_precision=p, **kw)
+            predict_entities(eng, texts[:4], "simple")  # warm-up
+            engines[f"{fw}->{eng.forward_path} {p}"] = eng
+    eng0 = next(iter(engines.values()))
+    cfg = eng0.model.config
+    shapes = gemm_shapes(cfg)
+    flops = sum(c * 2 * k * n for (k, n), c in shapes.items())
+    docs = eng0.tokenize(texts)
+    n_tokens = sum(len(d.ids) for d in docs)
+    n_window = sum(len(w.input_ids) for w in eng0.windows(docs))
+
+    rounds = []  # (ceiling tokens/s, speeds, {variant: (seconds, forward seconds)})
+    for r in range(a.rounds):
+        speeds = gemm_speeds(shapes, a.rows, a.reps)
+        ceil = ceiling(shapes, speeds)
+        times = {name: run_engine(eng, texts) for name, eng in engines.items()}
+        rounds.append((ceil, speeds, times))
+        msg = ", ".join(f"{k} {n_tokens / s:.0f}" for k, (s, _) in times.items())
+        print(f"round {r + 1}/{a.rounds}: ceiling {ceil:.0f} tok/s, {msg}", file=sys.stderr)
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    med = statistics.median
+    out = [
+        "# NER roofline (CPU, fp32 GEMM ceiling)",
+        "",
+        f"    {shlex.join(sys.orig_argv)}",
+        "",
+        f"- machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, threads {a.threads}",
+        f"- model: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, FFN {cfg.intermediate_size}, "
+        f"{cfg.num_labels} labels; Linear FLOPs/token = {flops:,} ({flops / 1e6:.1f} MFLOP)",
+        f"- {a.docs} UDHR articles, {n_tokens} content tokens ({n_window} window tokens with specials and "
+        f"stride overlap), max_batch_tokens {a.max_batch_tokens}, stride {a.stride}",
+        f"- ceiling: F.linear at M in {a.rows}, best of {a.reps} per shape, best M per shape",
+        "",
+        "| round | variant | engine tok/s | forward tok/s | ceiling tok/s | share | forward share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, (c, _, times) in enumerate(rounds, 1):
+        for name, (s, fs) in times.items():
+            e, fw = n_tokens / s, n_tokens / fs
+            out.append(f"| {r} | {name} | {e:.0f} | {fw:.0f} | {c:.0f} | {e / c:.1%} | {fw / c:.1%} |")
+    out += [
+        "\nMedians over rounds (share = median of the per-round shares):\n",
+        "| variant | engine tok/s | forward tok/s | ceiling tok/s | share | forward share | forward/total time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ceils = [c for c, _, _ in rounds]
+    for name in engines:
+        s = [t[name][0] for _, _, t in rounds]
+        fs = [t[name][1] for _, _, t in rounds]
+        share = med(n_tokens / x / c for x, c in zip(s, ceils, strict=True))
+        fshare = med(n_tokens / x / c for x, c in zip(fs, ceils, strict=True))
+        ratio = med(f / x for f, x in zip(fs, s, strict=True))
+        out.append(
+            f"| {name} | {n_tokens / med(s):.0f} | {n_tokens / med(fs):.0f} | {med(ceils):.0f} "
+            f"| {share:.1%} | {fshare:.1%} | {ratio:.0%} |"
+        )
+    out += ["\nGEMM GFLOP/s per shape (median over rounds of the best rep):\n"]
+    out += ["| in -> out | per token | " + " | ".join(f"M={m}" for m in a.rows) + " |"]
+    out += ["|---|---|" + "---|" * len(a.rows)]
+    for (k, n), c in shapes.items():
+        cells = " | ".join(f"{med(sp[(m, k, n)] for _, sp, _ in rounds) / 1e9:.0f}" for m in a.rows)
+        out.append(f"| {k} -> {n} | {c} | {cells} |")
+    text = "\n".join(out) + "\n"
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {a.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The packed (padding-free) forward equals the padded one, and says when it did not run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ray_cluster.engine import Engine
+from ray_cluster.models import LoadedModel, load_model
+from tests.conftest import CORPUS
+from xlmflow.errors import ConfigError
+from xlmflow.settings import make_settings
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    return make_settings(
+        inputs=("in",), out="out", model_cache=str(tmp_path_factory.getbasetemp() / "xlmflow-model-cache")
+    )
+
+
+@pytest.fixture(scope="module")
+def texts():
+    with open(CORPUS, encoding="utf-8") as f:
+        recs = [json.loads(line) for line in f]
+    some = [r["text"] for r in recs][:: max(1, len(recs) // 60)]
+    # lengths from a few tokens to several windows, in many scripts
+    return [*some, " ".join(some)[:6000], "", "x"]
+
+
+def _engines(lm, **kw):
+    packed, padded = Engine(lm, "cpu", forward="packed", **kw), Engine(lm, "cpu", forward="padded", **kw)
+    assert (packed.forward_path, padded.forward_path) == ("packed", "padded")
+    return packed, padded
+
+
+def _logits(out, mask, rows):
+    return out.logits.float()
+
+
+def test_token_logits_and_entities_equal_the_padded_forward(settings, texts):
+    from ray_cluster.processors.ner import predict_entities, prepare_windows
+
+    lm = load_model("tiny", "ner", settings)
+    packed, padded = _engines(lm, max_batch_tokens=2048)
+    _, wins = prepare_windows(packed, texts)
+    assert len(wins) > len(texts)  # the long text has windows
+    seqs = [w.input_ids for w in wins]
+    assert len(packed.batches([len(s) for s in seqs])) < len(padded.batches([len(s) for s in seqs]))
+    got, ref = packed.run(seqs, _logits), padded.run(seqs, _logits)
+    worst = max(
+        float(np.abs(a[: len(s)] - b[: len(s)]).max()) for (a,), (b,), s in zip(got, ref, seqs, strict=True)
+    )
+    assert worst <= 1e-5
+    got_ents, ref_ents = predict_entities(packed, texts), predict_entities(padded, texts)
+    spans = [[{k: e[k] for k in ("start", "end", "text", "label")} for e in doc] for doc in ref_ents]
+    assert sum(map(len, spans)) > 50
+    assert [[{k: e[k] for k in ("start", "end", "text", "label")} for e in doc] for doc in got_ents] == spans
+    scores = [e["score"] for doc in got_ents for e in doc], [e["score"] for doc in ref_ents for e in doc]
+    assert np.abs(np.subtract(*scores)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("pooling", ["mean", "lawdr"])
+def test_embeddings_equal_the_padded_forward(settings, texts, pooling):
+    from ray_cluster.processors.embed import embed_texts
+
+    lm = load_model("tiny", "embed", settings)
+    packed, padded = _engines(lm, max_batch_tokens=2048)
+    a, b = embed_texts(packed, texts, pooling), embed_texts(padded, texts, pooling)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.99999
+
+
+@pytest.mark.parametrize("kind", ["classify", "qe"])
+def test_sequence_logits_equal_the_padded_forward(settings, texts, kind):
+    lm = load_model("tiny", kind, settings)
+    packed, padded = _engines(lm, max_batch_tokens=1024)
+    seqs = [w.input_ids for w in packed.windows(packed.tokenize(texts))]
+    got, ref = packed.run(seqs, _logits), padded.run(seqs, _logits)
+    assert max(float(np.abs(a - b).max()) for (a,), (b,) in zip(got, ref, strict=True)) <= 1e-5
+
+
+def test_jagged_attention_equals_the_per_sequence_loop(settings, texts):
+    """CUDA runs attention over a jagged nested tensor; on CPU the loop is faster. Same numbers."""
+    import torch
+
+    from ray_cluster import packed
+
+    lm = load_model("tiny", "ner", settings)
+    eng = Engine(lm, "cpu")
+    seqs = [w.input_ids for w in eng.windows(eng.tokenize(texts[:20]))]
+    ids = torch.tensor([t for s in seqs for t in s])
+    with torch.no_grad():
+        outs = [
+            packed.forward(lm.model, ids, [len(s) for s in seqs], attention=a) for a in ("loop", "jagged")
+        ]
+    assert float((outs[0].logits - outs[1].logits).abs().max()) <= 1e-5
+
+
+def test_models_it_does_not_cover_run_padded_and_packed_refuses_them(settings, texts):
+    from transformers import BertConfig, BertForTokenClassification
+
+    tiny = load_model("tiny", "ner", settings)
+    cfg = BertConfig(vocab_size=tiny.tokenizer.vocab_size + 10, hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, num_labels=3)  # fmt: skip
+    bert = LoadedModel(tiny.tokenizer, BertForTokenClassification(cfg).eval(), dict(tiny.info, name="bert"))
+    eng = Engine(bert, "cpu")
+    assert eng.forward_path == "padded" and eng.describe()["forward"] == "padded"
+    assert len(eng.run([[0, 5, 6, 2], [0, 7, 2]], _logits)) == 2
+    with pytest.raises(ConfigError, match="BertForTokenClassification.*forward=auto or padded"):
+        Engine(bert, "cpu", forward="packed")
+
+
+class _OomOver:  # stands in for one Linear: out of memory on more than `limit` tokens
+    def __init__(self, linear, limit: int) -> None:
+        self.linear, self.limit, self.calls = linear, limit, []
+
+    def __call__(self, x):
+        import torch
+
+        tokens = x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[1]
+        self.calls.append(tokens)
+        if tokens > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.linear(x)
+
+
+def test_out_of_memory_splits_packed_batches(settings, texts):
+    from ray_cluster.processors.ner import predict_entities
+
+    lm = load_model("tiny", "ner", settings)
+    ref = predict_entities(Engine(lm, "cpu", forward="packed"), texts[:30])
+    layer = lm.model.base_model.encoder.layer[0].attention.self
+    oom = _OomOver(layer.query, 600)
+    try:
+        layer.__dict__["query"] = oom  # shadows the registered module until deleted
+        eng = Engine(lm, "cpu", forward="packed", max_batch_tokens=4096)
+        got = predict_entities(eng, texts[:30])
+        assert [[e["label"] for e in d] for d in got] == [[e["label"] for e in d] for d in ref]
+        assert max(oom.calls) > 600 and sum(c <= 600 for c in oom.calls) > 1  # failed, then halves ran
+    finally:
+        del layer.__dict__["query"]
