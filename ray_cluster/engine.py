@@ -114,12 +114,35 @@ class Engine:
     ) -> None:
         import torch
 
-        from ray_cluster import packed
-
         self.lm, self.tokenizer = lm, lm.tokenizer
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         if self.device == "cpu" and num_threads:
             torch.set_num_threads(num_threads)
+        self.config = lm.config
+        if lm.model is None:  # tokenizer and config only: the CPU phases of a processor, no forward
+            self.model, self.forward_path, self.precision = None, "none", "none"
+        else:
+            self._place_model(lm, forward, cpu_precision, gpu_precision)
+        self.max_batch_tokens = max_batch_tokens
+        self.prefetch_docs = prefetch_docs  # rows per prepare/infer chunk on CUDA
+        self.min_fill = max_batch_tokens // 4 if self.device == "cuda" else 0  # see batches()
+        tok = self.tokenizer
+        positions = getattr(self.config, "max_position_embeddings", 514)
+        # XLM-R/RoBERTa reserve 2 positions (padding_idx + 1 offset)
+        self.max_len = min(int(tok.model_max_length), positions - 2)
+        self.max_content = self.max_len - tok.num_special_tokens_to_add(pair=False)
+        self.max_pair_content = self.max_len - tok.num_special_tokens_to_add(pair=True)
+        if not 0 <= stride < self.max_content:
+            raise ConfigError(f"stride {stride} must be between 0 and {self.max_content - 1} tokens")
+        self.stride = stride
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def _place_model(self, lm: LoadedModel, forward: str, cpu_precision: str, gpu_precision: str) -> None:
+        """Pick the forward path and precision, and put the model on the device in that precision."""
+        import torch
+
+        from ray_cluster import packed
+
         if forward not in FORWARDS:
             raise ConfigError(f"forward {forward!r}: choose one of {', '.join(FORWARDS)}")
         why = packed.unsupported(lm.model)
@@ -130,27 +153,16 @@ class Engine:
         self.model = lm.model.to(self.device).eval()
         if self.precision == "bf16":
             self.model = self.model.to(torch.bfloat16)
-        elif self.precision == "int8":
-            from ray_cluster.quantize import quantize_linears
-
-            quantize_linears(self.model)
-        elif self.precision != "fp32":
+        elif self.precision not in ("fp32", "int8") or (self.precision == "int8" and self.device != "cpu"):
             raise ConfigError(
                 f"precision {self.precision!r} on {self.device}: bf16 (CUDA), fp32 or int8 (CPU)"
             )
-        self.max_batch_tokens = max_batch_tokens
-        self.prefetch_docs = prefetch_docs  # rows per prepare/infer chunk on CUDA
-        self.min_fill = max_batch_tokens // 4 if self.device == "cuda" else 0  # see batches()
-        tok = self.tokenizer
-        positions = getattr(self.model.config, "max_position_embeddings", 514)
-        # XLM-R/RoBERTa reserve 2 positions (padding_idx + 1 offset)
-        self.max_len = min(int(tok.model_max_length), positions - 2)
-        self.max_content = self.max_len - tok.num_special_tokens_to_add(pair=False)
-        self.max_pair_content = self.max_len - tok.num_special_tokens_to_add(pair=True)
-        if not 0 <= stride < self.max_content:
-            raise ConfigError(f"stride {stride} must be between 0 and {self.max_content - 1} tokens")
-        self.stride = stride
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        if self.precision == "int8":  # quantized in a copy: the caller's model stays as it was
+            import copy
+
+            from ray_cluster.quantize import quantize_linears
+
+            self.model = quantize_linears(copy.deepcopy(self.model))
 
     # ---- tokenization and windows ----
     def tokenize(self, texts: Sequence[str]) -> list[DocTokens]:

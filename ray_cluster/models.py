@@ -41,8 +41,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     tokenizer: Any  # a fast (Rust) tokenizer: we need offsets and word_ids
-    model: Any  # a torch nn.Module in eval mode
+    model: Any  # a torch nn.Module in eval mode; None when loaded without weights (CPU phase workers)
     info: dict
+    config: Any = None  # the transformers config (the model's, when there is a model)
+
+    def __post_init__(self) -> None:
+        if self.config is None and self.model is not None:
+            self.config = self.model.config
 
     @property
     def name(self) -> str:
@@ -358,9 +363,11 @@ def resolve(spec: str, kind: str, settings: RunSettings | None = None) -> dict:
     return info
 
 
-def load_model(spec: str, kind: str, settings: RunSettings | None = None) -> LoadedModel:
+def load_model(
+    spec: str, kind: str, settings: RunSettings | None = None, *, weights: bool = True
+) -> LoadedModel:
     """Resolve `spec` and load its fast tokenizer and the model class processor type `kind` declares
-    (eval mode, CPU)."""
+    (eval mode, CPU); without `weights`, the tokenizer and config only (what the CPU phases need)."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -372,7 +379,11 @@ def load_model(spec: str, kind: str, settings: RunSettings | None = None) -> Loa
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         cls = getattr(transformers, registry()[kind].model_class or "AutoModel")
-        model = cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
+        model = (
+            cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
+            if weights
+            else None
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cannot load {kind} model from {path} (spec {spec!r}): {exc}") from exc
     if not getattr(tok, "is_fast", False):
@@ -382,7 +393,7 @@ def load_model(spec: str, kind: str, settings: RunSettings | None = None) -> Loa
         tok.model_max_length = int(getattr(config, "max_position_embeddings", 514)) - 2
     info["smoke_test"] = bool(getattr(config, "xlmflow_smoke_test", False))
     info["name"] = _short_name(info, kind, getattr(config, "xlmflow_tiny_task", None))
-    return LoadedModel(tok, model.eval(), info)
+    return LoadedModel(tok, model.eval() if model is not None else None, info, config)
 
 
 def _short_name(info: dict, kind: str, tiny_kind: str | None) -> str:

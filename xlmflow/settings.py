@@ -116,6 +116,13 @@ class JobSettings(BaseModel):
     gpu_precision: Literal["bf16", "fp32"] = Field(
         default="bf16", description="Weights on GPU actors: bf16 (half the memory, tensor cores) or fp32."
     )
+    cpu_workers: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="Worker processes per actor that tokenize and aggregate beside it (default: 2 per GPU "
+        "actor, 0 on CPU actors, whose own cores are better spent on the forward pass).",
+    )
     gpu_fraction: float = Field(
         default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs several actors on a GPU)."
     )

@@ -276,6 +276,10 @@ class ModelProcessor(Processor):
     Options: ClassVar[type[Options]] = ModelOptions
     model_class: ClassVar[str | None] = "AutoModel"
     pipelined: bool = False  # set by setup: prepare the next chunk while the device runs (CUDA)
+    # prepare/finish need only the tokenizer and config, so they may run in CPU workers
+    # (ray_cluster.phases); False for a processor whose finish runs the model or needs more state
+    cpu_phases: ClassVar[bool] = True
+    phases: Any = None  # the actor's PhaseWorkers, when it has them
 
     def setup(self, device: str) -> None:
         from ray_cluster.engine import Engine
@@ -300,6 +304,16 @@ class ModelProcessor(Processor):
         )
         self.pipelined = self.engine.device == "cuda"
 
+    def setup_phases(self) -> None:
+        """A CPU-side copy for the phase workers: tokenizer and config, no weights, no forward."""
+        from ray_cluster.engine import Engine
+        from ray_cluster.models import load_model
+
+        o, s = self.options, self.settings
+        lm = load_model(o.model, self.model_kind(), s, weights=False)
+        self.check_model(lm)
+        self.engine = Engine(lm, "cpu", stride=s.stride if o.stride is None else o.stride)
+
     def model_kind(self) -> str:
         """The processor type whose model class (and tiny model) loads this instance's model."""
         return self.name
@@ -311,6 +325,20 @@ class ModelProcessor(Processor):
         """On CUDA, chunk k+1 is prepared in a thread while the device runs chunk k (the Rust tokenizer
         releases the GIL); on CPU one chunk: preparing is cheap next to the model."""
         n, size = batch.num_rows, self.engine.prefetch_docs
+        if self.phases is not None:
+            from ray_cluster import phases
+
+            try:
+                return self.phases.run(self, batch, size)
+            except Exception as exc:
+                if not phases.lost(exc):
+                    raise
+                log.warning(
+                    "%s: a CPU worker was lost (%s); this actor runs the CPU phases itself",
+                    self.instance,
+                    exc,
+                )
+                self.phases = None
         if not self.pipelined or n <= size:
             return super().process_batch(batch)
         from concurrent.futures import ThreadPoolExecutor

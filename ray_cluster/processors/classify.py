@@ -74,7 +74,7 @@ class ClassifyProcessor(ModelProcessor):
         }
 
     def check_model(self, lm: Any) -> None:
-        cfg = lm.model.config
+        cfg = lm.config
         self.problem = cfg.problem_type or ("single_label_classification" if cfg.num_labels > 1 else None)
         if cfg.num_labels == 1 and self.problem != "regression":
             raise ConfigError(

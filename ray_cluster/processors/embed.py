@@ -92,7 +92,7 @@ def embed_texts(engine: Engine, texts: Sequence[str], pooling: str = "mean") -> 
     """L2-normalised document vectors, float32 [len(texts), hidden] (the three phases in a row)."""
     wins = prepare_windows(engine, texts)
     pooled = pooled_windows(engine, wins, pooling)
-    return document_vectors(len(texts), engine.model.config.hidden_size, wins, pooled)
+    return document_vectors(len(texts), engine.config.hidden_size, wins, pooled)
 
 
 class EmbedOptions(ModelOptions):
@@ -111,7 +111,7 @@ class EmbedProcessor(ModelProcessor):
     def dataset_schema(self, name: str) -> pa.Schema:
         from xlmflow.schemas import embeddings_schema
 
-        return embeddings_schema(self.engine.model.config.hidden_size)
+        return embeddings_schema(self.engine.config.hidden_size)
 
     def prepare(self, batch: pa.Table) -> list:
         return prepare_windows(self.engine, batch["text"].to_pylist())
@@ -120,7 +120,7 @@ class EmbedProcessor(ModelProcessor):
         return pooled_windows(self.engine, prepared, self.options.pooling)
 
     def finish(self, batch: pa.Table, prepared: list, inferred: list) -> BatchOutput:
-        dim = self.engine.model.config.hidden_size
+        dim = self.engine.config.hidden_size
         vecs = document_vectors(batch.num_rows, dim, prepared, inferred)
         n = batch.num_rows
         table = pa.table(

@@ -56,7 +56,7 @@ def finish_entities(
     """The CPU phase after the model: merge the windows' token scores, aggregate into entities."""
     import numpy as np
 
-    id2label = {int(k): v for k, v in engine.model.config.id2label.items()}
+    id2label = {int(k): v for k, v in engine.config.id2label.items()}
     bare_id = engine.tokenizer.convert_tokens_to_ids("▁")
     bare_id = None if bare_id == engine.tokenizer.unk_token_id else bare_id
     probs = [np.zeros((len(d.ids), len(id2label)), dtype=np.float32) for d in docs]
@@ -76,7 +76,8 @@ def predict_entities(engine: Engine, texts: Sequence[str], strategy: str = "simp
 def aggregate(
     text: str, doc: DocTokens, probs: np.ndarray, strategy: str, id2label: dict, bare_id: int | None = None
 ) -> list[dict]:
-    """Token probabilities of one document -> entities, with HF's grouping rules.
+    """Token probabilities of one document -> entities, with HF's grouping rules, in numpy over the
+    document's tokens (Python runs once per entity, not per token).
 
     `bare_id` is the id of the bare word-start token ("▁" in XLM-R), whose offset covers the first
     character of the following token; we give it an empty span so that an entity made of it alone is
@@ -84,55 +85,56 @@ def aggregate(
     """
     import numpy as np
 
-    if not len(doc.ids):
+    n = len(doc.ids)
+    if not n:
         return []
-    units = []  # (label, score, start, end) per token (simple) or per word
-    if strategy == "simple":
-        best = probs.argmax(axis=1)
-        for t, k in enumerate(best):
-            s, e = doc.offsets[t]
-            if (
-                doc.ids[t] == bare_id
-            ):  # a bare "▁" has no text of its own; its offset points into the next word
-                e = s
-            units.append((id2label[int(k)], float(probs[t, k]), s, e))
-    else:
-        for first, last in _words(doc.word_ids):
-            p = probs[first : last + 1]
-            if strategy == "first":
-                s = p[0]
-            elif strategy == "max":
-                s = p[int(p.max(axis=1).argmax())]
-            elif strategy == "average":
-                s = np.nanmean(p, axis=0)
-            else:
-                raise ValueError(f"unknown aggregation strategy {strategy!r}")
-            k = int(s.argmax())
-            units.append((id2label[k], float(s[k]), doc.offsets[first][0], doc.offsets[last][1]))
+    offsets = np.asarray(doc.offsets, dtype=np.int64).reshape(n, 2)
+    if strategy == "simple":  # units are tokens
+        scores, starts, ends = probs, offsets[:, 0], offsets[:, 1].copy()
+        if bare_id is not None:  # a bare "▁" has no text of its own; its offset points into the next word
+            bare = np.asarray(doc.ids) == bare_id
+            ends[bare] = starts[bare]
+    else:  # units are words
+        first, last = _words(doc.word_ids)
+        if strategy == "first":
+            scores = probs[first]
+        elif strategy == "average":
+            scores = np.add.reduceat(probs, first, axis=0) / (last - first + 1)[:, None]
+        elif strategy == "max":  # the word's token with the highest probability, the first on ties
+            top = probs.max(axis=1)
+            word = np.repeat(np.arange(len(first)), last - first + 1)
+            at_max = np.flatnonzero(top == np.maximum.reduceat(top, first)[word])
+            _, pick = np.unique(word[at_max], return_index=True)
+            scores = probs[at_max[pick]]
+        else:
+            raise ValueError(f"unknown aggregation strategy {strategy!r}")
+        starts, ends = offsets[first, 0], offsets[last, 1]
+    label = scores.argmax(axis=1)
+    score = scores[np.arange(len(label)), label].astype(np.float64)
     ents = []
-    for label, score, start, end in _group(units):
-        if label == "O":
+    for tag, g_score, start, end in _group(label, score, starts, ends, id2label):
+        if tag == "O":
             continue
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
             end -= 1
         if start < end:
-            ents.append({"start": start, "end": end, "text": text[start:end], "label": label, "score": score})
+            ents.append({"start": start, "end": end, "text": text[start:end], "label": tag, "score": g_score})
     return ents
 
 
-def _words(word_ids: list[int | None]) -> list[tuple[int, int]]:
-    """(first, last) token index of each word, from the fast tokenizer's word_ids."""
-    spans: list[tuple[int, int]] = []
-    prev = object()
-    for t, w in enumerate(word_ids):
-        if w is not None and w == prev:
-            spans[-1] = (spans[-1][0], t)
-        else:
-            spans.append((t, t))
-        prev = w
-    return spans
+def _words(word_ids: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+    """First and last token index of each word, from the fast tokenizer's word_ids (a token without a
+    word, None, is a word of its own)."""
+    import numpy as np
+
+    w = np.array([-1 if x is None else x for x in word_ids], dtype=np.int64)
+    new = np.ones(len(w), dtype=bool)
+    new[1:] = (w[1:] != w[:-1]) | (w[1:] == -1)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(w) - 1)
+    return first, last
 
 
 def _tag(label: str) -> tuple[str, str]:
@@ -141,27 +143,23 @@ def _tag(label: str) -> tuple[str, str]:
     return "I", label  # not B-/I- (e.g. "O"): a continuation, as HF's get_tag
 
 
-def _group(units: list[tuple]) -> list[tuple[str, float, int, int]]:
+def _group(label, score, starts, ends, id2label: dict) -> list[tuple[str, float, int, int]]:  # noqa: ANN001
     """HF's group_entities: adjacent units of one type join unless the next one is B-; score = mean."""
-    groups: list[tuple[str, float, int, int]] = []
-    cur: list[tuple] = []
+    import numpy as np
 
-    def close() -> None:
-        tag = _tag(cur[0][0])[1]
-        score = sum(u[1] for u in cur) / len(cur)
-        groups.append((tag, score, cur[0][2], cur[-1][3]))
-
-    for u in units:
-        if cur:
-            bi, tag = _tag(u[0])
-            if tag == _tag(cur[-1][0])[1] and bi != "B":
-                cur.append(u)
-                continue
-            close()
-        cur = [u]
-    if cur:
-        close()
-    return groups
+    tags = [_tag(id2label[k]) for k in range(len(id2label))]
+    kinds = sorted({t for _, t in tags})
+    kind = np.array([kinds.index(t) for _, t in tags])[label]
+    is_b = np.array([b == "B" for b, _ in tags])[label]
+    new = np.ones(len(label), dtype=bool)
+    new[1:] = (kind[1:] != kind[:-1]) | is_b[1:]
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(label) - 1)
+    mean = np.add.reduceat(score, first) / (last - first + 1)
+    return [
+        (kinds[kind[f]], float(m), int(starts[f]), int(ends[e]))
+        for f, e, m in zip(first, last, mean, strict=True)
+    ]
 
 
 class NerOptions(ModelOptions):

@@ -139,6 +139,7 @@ class QeProcessor(ModelProcessor):
     Options = QeOptions
     model_class = "AutoModelForSequenceClassification"
     datasets = {"qe": QE}
+    cpu_phases = False  # the cosine method runs the model in finish; the language check needs LID
     batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
 
     @classmethod
@@ -149,7 +150,7 @@ class QeProcessor(ModelProcessor):
         return "qe" if self.options.method == "regression" else "embed"  # cosine: a sentence encoder
 
     def check_model(self, lm) -> None:  # noqa: ANN001
-        cfg = lm.model.config
+        cfg = lm.config
         archs = getattr(cfg, "architectures", None) or []
         if self.options.method == "regression" and (
             cfg.num_labels != 1 or (archs and not any(a.endswith("ForSequenceClassification") for a in archs))
