@@ -33,29 +33,33 @@ class ShardWorker:
         self.processors = build_processors(self.settings)
         # torch takes seconds to import: an actor without a model (lid alone) never needs it
         self.device = _pick_device(num_cpus) if any(p.model_class for p in self.processors) else "cpu"
+        workers = self._start_phase_workers(settings_json)  # they load tokenizers while we load models
         for p in self.processors:
             p.setup(self.device)
-        self.cpu_workers = self._start_phase_workers(settings_json)
+        self.cpu_workers = 0
+        if workers is not None:
+            workers.wait_ready()
+            for p in self.processors:
+                if p.model_class and p.cpu_phases:
+                    p.phases = workers
+            self.cpu_workers = len(workers.workers)
         self.setup_seconds = time.perf_counter() - t0
 
-    def _start_phase_workers(self, settings_json: str) -> int:
+    def _start_phase_workers(self, settings_json: str):  # noqa: ANN202 - PhaseWorkers | None
         """CPU workers for the tokenize/aggregate phases (ray_cluster.phases): by default 2 beside a GPU
         actor, none on CPU, where they would only compete with the forward passes for the same cores."""
         n = self.settings.cpu_workers
         n = (2 if self.device == "cuda" else 0) if n is None else n
         procs = [p for p in self.processors if p.model_class and p.cpu_phases]
         if not n or not procs:
-            return 0
+            return None
         import ray
 
         from ray_cluster.phases import PhaseWorkers
 
         if not ray.is_initialized():  # in-process use (tests, benchmarks): no Ray to start workers on
-            return 0
-        workers = PhaseWorkers(settings_json, n)
-        for p in procs:
-            p.phases = workers
-        return n
+            return None
+        return PhaseWorkers(settings_json, n)
 
     def info(self) -> dict:
         """Where this actor runs and what it sees (used by the placement tests and the manifest)."""

@@ -363,6 +363,24 @@ def resolve(spec: str, kind: str, settings: RunSettings | None = None) -> dict:
     return info
 
 
+# tokenizers by the hash of their files: XLM-R's takes seconds to load, and the model instances of one
+# actor (ner and embed, named instances: XLM-R checkpoints share one tokenizer) load it once
+_TOKENIZERS: dict[str, Any] = {}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def _tokenizer_key(path: str) -> str:
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        return "path:" + os.path.abspath(path)  # built from other files: no sharing
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = os.path.join(path, name)
+        if os.path.exists(f):
+            with open(f, "rb") as fh:
+                h.update(name.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
 def load_model(
     spec: str, kind: str, settings: RunSettings | None = None, *, weights: bool = True
 ) -> LoadedModel:
@@ -377,7 +395,8 @@ def load_model(
     path = info["path"]
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        key = _tokenizer_key(path)
+        tok = _TOKENIZERS.get(key) or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         cls = getattr(transformers, registry()[kind].model_class or "AutoModel")
         model = (
             cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
@@ -391,6 +410,7 @@ def load_model(
     if not tok.model_max_length or tok.model_max_length > 100_000:
         # tokenizer files without a max length: trust the position table (XLM-R: 514 positions, 2 reserved)
         tok.model_max_length = int(getattr(config, "max_position_embeddings", 514)) - 2
+    _TOKENIZERS[key] = tok
     info["smoke_test"] = bool(getattr(config, "xlmflow_smoke_test", False))
     info["name"] = _short_name(info, kind, getattr(config, "xlmflow_tiny_task", None))
     return LoadedModel(tok, model.eval() if model is not None else None, info, config)

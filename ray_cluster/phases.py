@@ -38,7 +38,7 @@ class PhaseWorker:
         from xlmflow.settings import RunSettings
 
         settings = RunSettings.model_validate_json(settings_json)
-        self.procs = {p.instance: p for p in build_processors(settings) if p.cpu_phases}
+        self.procs = {p.instance: p for p in build_processors(settings) if p.model_class and p.cpu_phases}
         for p in self.procs.values():
             p.setup_phases()
         self.calls: collections.Counter[str] = collections.Counter()
@@ -63,7 +63,10 @@ class PhaseWorkers:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         cls = ray.remote(num_cpus=0, max_restarts=0)(PhaseWorker)
         self.workers = [cls.options(scheduling_strategy=here).remote(settings_json) for _ in range(n)]
-        ray.get([w.stats.remote() for w in self.workers])  # started (setup errors surface here)
+
+    def wait_ready(self) -> None:
+        """Block until every worker has set up (its setup error, if any, is raised here)."""
+        self.stats()
 
     def run(self, proc: ModelProcessor, batch: pa.Table, chunk_rows: int) -> BatchOutput:
         import ray

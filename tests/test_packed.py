@@ -142,3 +142,23 @@ def test_out_of_memory_splits_packed_batches(settings, texts):
         assert max(oom.calls) > 600 and sum(c <= 600 for c in oom.calls) > 1  # failed, then halves ran
     finally:
         del layer.__dict__["query"]
+
+
+def test_int8_quantizes_every_linear_of_a_copy_and_stays_close(settings, texts):
+    import torch
+
+    from ray_cluster.quantize import count_int8
+
+    lm = load_model("tiny", "ner", settings)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
+    eng = Engine(lm, "cpu", cpu_precision="int8")
+    assert eng.describe() == {"forward": "packed", "precision": "int8", "device": "cpu"}
+    assert count_int8(eng.model) == linears > 0 and count_int8(lm.model) == 0  # the loaded model is untouched
+    fp32 = Engine(lm, "cpu")
+    seqs = [w.input_ids for w in fp32.windows(fp32.tokenize(texts))]
+    got, ref = eng.run(seqs, _logits), fp32.run(seqs, _logits)
+    same = np.concatenate(
+        [a[: len(s)].argmax(1) == b[: len(s)].argmax(1) for (a,), (b,), s in zip(got, ref, seqs, strict=True)]
+    )
+    diff = max(float(np.abs(a - b).max()) for (a,), (b,) in zip(got, ref, strict=True))
+    assert same.mean() >= 0.95 and 0 < diff < 1.0  # int8: close to fp32, not equal

@@ -55,6 +55,7 @@ def test_workers_give_the_in_process_rows_and_survive_a_lost_worker(
     ref = _outputs(procs, table)
 
     workers = PhaseWorkers(settings.model_dump_json(), 2)
+    workers.wait_ready()
     for p in procs:
         p.phases = workers
     assert _outputs(procs, table) == ref

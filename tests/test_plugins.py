@@ -34,13 +34,16 @@ def plugin(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "xlmflow-tokstats"], check=False)
 
 
-def test_plugin_named_instances_and_classify_in_one_run(plugin, cli_env, tmp_path_factory, tmp_path):
+def test_plugin_named_instances_and_classify_in_one_run_int8_with_cpu_workers(
+    plugin, cli_env, tmp_path_factory, tmp_path
+):
     cache = str(tmp_path_factory.getbasetemp() / "xlmflow-model-cache")
     out = str(tmp_path / "out")
     cmd = [XLMFLOW, "run", SAMPLE, "--out", out, "--date", DATE, "--model-cache", cache]
     cmd += ["--tasks", "lid,tokstats,classify", "--classify-model", "tiny", "--tokstats-min-chars", "2"]
     cmd += ["--proc", "entities=ner", "--entities.model", "tiny"]
     cmd += ["--proc", "acronyms=ner", "--acronyms.model", "tiny", "--acronyms.aggregation", "first"]
+    cmd += ["--cpu-precision", "int8", "--cpu-workers", "1"]  # int8 Linear layers; phases in a worker
     p = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     with open(os.path.join(out, "_manifests", f"date={DATE}.json")) as f:
@@ -51,8 +54,10 @@ def test_plugin_named_instances_and_classify_in_one_run(plugin, cli_env, tmp_pat
     assert procs["tokstats"]["options"] == {"min_chars": 2}
     assert procs["acronyms"]["type"] == "ner" and procs["acronyms"]["options"]["aggregation"] == "first"
     assert procs["entities"]["options"]["aggregation"] == "simple"
-    for name in ("classify", "entities", "acronyms"):  # each instance's resolved model
+    for name in ("classify", "entities", "acronyms"):  # each instance's resolved model, and how it ran
         assert procs[name]["model"]["smoke_test"] and procs[name]["model"]["sha256"]
+        assert (procs[name]["model"]["precision"], procs[name]["model"]["forward"]) == ("int8", "packed")
+    assert all(a["cpu_workers"] == 1 for a in m["actors"]) and m["actors"]
     c = m["counts"]
     assert c["documents"] == c["classifications"] and c["token_stats"] > 0 and c["entities"] > 0
 

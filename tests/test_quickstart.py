@@ -39,6 +39,11 @@ def test_quickstart_runs_lid_ner_embed_end_to_end(tmp_path):
     assert c["input_rows"] == c["documents"] + c["rejects"] == 127 and c["documents"] > 100
     assert {"documents", "entities", "embeddings"} <= set(m["files"])
     assert {"ner", "embed", "lid"} <= set(m["models"])
+    # the default on CPU, as it ran: packed forward, fp32 weights
+    assert all(
+        (m["models"][k]["forward"], m["models"][k]["precision"]) == ("packed", "fp32")
+        for k in ("ner", "embed")
+    )
 
     con = None
     for name in ("documents", "entities", "embeddings"):

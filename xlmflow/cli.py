@@ -158,6 +158,30 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Prefect's temporary server gets 20 s to answer by default: too little on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def entry() -> None:
+    """The `xlmflow` console script: `main()`, then an exit without the interpreter's teardown.
+
+    The exit handler is registered first, so it runs last: after Ray's and Prefect's own handlers have
+    stopped the services they started; then torch, transformers and Ray's modules are not torn down
+    one by one (seconds on a small machine), as every output is committed or failed by then.
+    """
+    import atexit
+
+    rc = [0]
+
+    def exit_now() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(rc[0])
+
+    atexit.register(exit_now)
+    rc[0] = main()
+    sys.exit(rc[0])
 
 
 def main(argv: list[str] | None = None) -> int:
