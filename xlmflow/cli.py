@@ -180,7 +180,14 @@ def entry() -> None:
         os._exit(rc[0])
 
     atexit.register(exit_now)
-    rc[0] = main()
+    try:
+        rc[0] = main()
+    except SystemExit as exc:  # argparse's usage errors (2), --help (0)
+        code = exc.code
+        rc[0] = code if isinstance(code, int) else (0 if code is None else 1)
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+        raise
     sys.exit(rc[0])
 
 
