@@ -162,3 +162,13 @@ def test_int8_quantizes_every_linear_of_a_copy_and_stays_close(settings, texts):
     )
     diff = max(float(np.abs(a - b).max()) for (a,), (b,) in zip(got, ref, strict=True))
     assert same.mean() >= 0.95 and 0 < diff < 1.0  # int8: close to fp32, not equal
+
+
+def test_the_manifest_lists_every_way_the_actors_ran_a_model():
+    from xlmflow.manifest import run_models
+
+    cpu = {"models": {"ner": {"type": "ner", "device": "cpu", "precision": "fp32", "forward": "packed"}}}
+    gpu = {"models": {"ner": {"type": "ner", "device": "cuda", "precision": "bf16", "forward": "packed"}}}
+    assert run_models([cpu, cpu])["ner"] == cpu["models"]["ner"]
+    mixed = run_models([cpu, gpu, cpu])["ner"]
+    assert (mixed["device"], mixed["precision"], mixed["forward"]) == ("cpu+cuda", "fp32+bf16", "packed")
