@@ -101,5 +101,6 @@ def test_copies_of_one_line_keep_memory_flat(tmp_path):
         peaks[n] = hwm
     print("peak RSS KiB by rows:", peaks)
     assert splits > 1  # the file was cut: the copies cross split boundaries
-    # 5x the rows, next to no more memory: no per-row state anywhere (a dict of 1M ids alone is ~100 MB)
-    assert peaks[1_000_000] - peaks[200_000] < 24 * 1024, peaks
+    # 5x the rows, next to no more memory: no per-row state anywhere (a dict of 1M ids alone is ~100 MB;
+    # the allocator's own growth measured 17-34 MB on a busy 2-core machine)
+    assert peaks[1_000_000] - peaks[200_000] < 48 * 1024, peaks

@@ -240,13 +240,17 @@ def test_windows_cover_every_token_once(tiny_ner):
 def test_batches_respect_the_token_budget_and_results_keep_input_order(tiny_ner):
     import numpy as np
 
-    eng = _engine(tiny_ner, max_batch_tokens=64)
+    eng = _engine(tiny_ner, max_batch_tokens=64, forward="padded")
     lengths = [5, 30, 12, 64, 7, 7, 20, 3]
     batches = eng.batches(lengths)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in batches)
+    # packed batches cost real tokens only: the budget counts those
+    packed = _engine(tiny_ner, max_batch_tokens=64).batches(lengths)
+    assert sorted(i for b in packed for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 64 for b in packed) and len(packed) < len(batches)
     # a batch takes no row it would pad by more than 25% (on CUDA: once it holds a quarter of the budget)
-    wide = _engine(tiny_ner, max_batch_tokens=8192)
+    wide = _engine(tiny_ner, max_batch_tokens=8192, forward="padded")
     assert [len(b) for b in wide.batches([100] * 30 + [90] * 10 + [70] * 30 + [10] * 200)] == [40, 30, 200]
     wide.min_fill = 8192 // 4
     assert [len(b) for b in wide.batches([100] * 10 + [70] * 30 + [10] * 200)] == [21, 30, 189]

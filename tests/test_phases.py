@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -63,7 +64,12 @@ def test_workers_give_the_in_process_rows_and_survive_a_lost_worker(
     assert all(st["pid"] != os.getpid() and st["prepare"] >= 2 and st["finish"] >= 2 for st in stats)
 
     ray.kill(workers.workers[0])  # a worker process lost mid-run: the actor does the phases itself
-    assert _outputs(procs, table) == ref
+    log = logging.getLogger("ray_cluster.processors.base")
+    log.addHandler(caplog.handler)  # directly: other tests' logging setups may stop propagation
+    try:
+        assert _outputs(procs, table) == ref
+    finally:
+        log.removeHandler(caplog.handler)
     assert all(p.phases is None for p in procs)
     assert "CPU worker was lost" in caplog.text
     ray.kill(workers.workers[1])
