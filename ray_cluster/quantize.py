@@ -1,26 +1,26 @@
 """int8 Linear layers for CPU actors (`--cpu-precision int8`): dynamic quantization, our own module.
 
 Every `nn.Linear` of the model becomes an `Int8Linear`: weights quantized once, per output channel,
-symmetric int8; activations quantized per call (one scale for the batch, asymmetric, 7 bits: on CPUs
-without VNNI the u8*s8 pair sums of the int8 kernel saturate int16 with 8-bit activations — measured
-max error 9.5% vs 1.9% on a 768x3072 layer); the matmul is oneDNN's int8 GEMM
-(`torch.ops.onednn.qlinear_*`, the kernels torch's x86 int8 inductor path lowers to), accumulating in
-int32 and returning fp32. Embeddings, LayerNorm, GELU and attention stay fp32.
+symmetric int8; activations quantized per call inside the kernel (one scale per batch, 7 bits: on CPUs
+without VNNI, 8-bit activations can saturate the kernel's int16 pair sums); the matmul is PyTorch's
+fbgemm/x86 int8 GEMM (`torch.ops.quantized.linear_dynamic`), accumulating in int32, returning fp32.
+Embeddings, LayerNorm, GELU and attention stay fp32.
 
-Why this path: `torch.ao.quantization.quantize_dynamic` is deprecated, and so are the quantized tensors
-(`torch.quantize_per_channel`, qint8) its fbgemm kernels take; torchao's int8 dynamic quantization runs
-`torch._int_mm`, which on CPU in eager mode measured 25x *slower* than fp32 here (2 cores, AVX2); ONNX
-Runtime needs a 1 GB export and a quantization pass per checkpoint and runs the padded graph only. The
-oneDNN ops take plain int8/uint8 tensors, measured 1.9-2.3x a fp32 GEMM on these CPUs, and compose with
-the packed forward (ray_cluster.packed). Outputs are close to fp32, not equal: BENCHMARKS.md has the
-agreement figures.
+Why this kernel, measured on 2 AVX2 cores (BENCHMARKS.md): it ran a 2048x768x3072 Linear at 2.0x fp32
+and stays ahead at small batches; torchao's int8 dynamic quantization runs `torch._int_mm`, 25x *slower*
+than fp32 on CPU in eager mode; oneDNN's `qlinear_pointwise` with our own activation quantization ran
+1.2-1.7x (its weights are packed for one batch shape); ONNX Runtime needs a 1 GB export and a
+quantization pass per checkpoint and runs the padded graph only. The cost of the choice: the
+quantized-tensor constructor used to pack the weights (`torch.quantize_per_channel`) and the wrapper
+`torch.ao.quantization.quantize_dynamic` (which we do not use) are deprecated in torch 2.13, which we
+pin; when they go, ONNX Runtime's dynamic quantization is the replacement to measure. Outputs are close
+to fp32, not equal: BENCHMARKS.md has the agreement figures.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
-
-LEVELS = 127  # activation levels (7 bits), see above
 
 
 def _int8_linear_class() -> type:
@@ -32,24 +32,18 @@ def _int8_linear_class() -> type:
         def __init__(self, linear: torch.nn.Linear) -> None:
             super().__init__()
             w = linear.weight.detach().float()
-            self.w_scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-            w8 = torch.round(w / self.w_scale[:, None]).clamp(-127, 127).to(torch.int8)
-            self.w_zero = torch.zeros(w.shape[0], dtype=torch.long)
-            self.packed = torch.ops.onednn.qlinear_prepack(w8, None)
-            self.bias = None if linear.bias is None else linear.bias.detach().float()
+            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+            zero = torch.zeros(w.shape[0], dtype=torch.long)
+            with warnings.catch_warnings():  # its deprecation, discussed above; said once in the docs
+                warnings.simplefilter("ignore", UserWarning)
+                qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            bias = None if linear.bias is None else linear.bias.detach().float()
+            self.packed = torch.ops.quantized.linear_prepack(qw, bias)
             self.in_features, self.out_features = linear.in_features, linear.out_features
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x2 = x.reshape(-1, self.in_features).float()
-            lo, hi = torch.aminmax(x2)
-            lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-            scale = (hi - lo) / LEVELS or 1.0
-            zero = int(round(-lo / scale))
-            xq = torch.round(x2 / scale + zero).clamp_(0, LEVELS).to(torch.uint8)
-            y = torch.ops.onednn.qlinear_pointwise(
-                xq, scale, zero, self.packed, self.w_scale, self.w_zero, self.bias,
-                1.0, 0, torch.float32, "none", [], "",
-            )  # fmt: skip
+            # reduce_range: 7-bit activations, so x86's u8*s8 pair sums cannot saturate int16 (AVX2)
+            y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self.packed, True)
             return y.view(*x.shape[:-1], self.out_features)
 
         def extra_repr(self) -> str:
