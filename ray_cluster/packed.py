@@ -111,19 +111,16 @@ def _attend_loop(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:
     import torch.nn.functional as F
 
     _, _, lengths = spans
-    out = q.new_empty(q.shape)
-    dim = q.shape[-1] // heads
+    total, dim = q.shape[0], q.shape[-1] // heads
+    # heads-major copies, once per layer: each sequence is then one dense block per head
+    qh, kh, vh = (t.reshape(total, heads, dim).transpose(0, 1).contiguous() for t in (q, k, v))
+    out = q.new_empty((heads, total, dim))
     start = 0
     for n in lengths:
         sl = slice(start, start + n)
-
-        def split(t: Any, sl: slice = sl, n: int = n) -> Any:
-            return t[sl].view(1, n, heads, dim).transpose(1, 2)
-
-        o = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        out[sl] = o[0].transpose(0, 1).reshape(n, -1)
+        out[:, sl] = F.scaled_dot_product_attention(qh[None, :, sl], kh[None, :, sl], vh[None, :, sl])[0]
         start += n
-    return out
+    return out.transpose(0, 1).reshape(total, -1)
 
 
 def _attend_jagged(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:
