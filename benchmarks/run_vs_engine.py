@@ -79,14 +79,14 @@ class EngineSide:
         import pyarrow as pa
         import torch
 
-        from ray_cluster.processors.ner import NerProcessor
+        from ray_cluster.processors.base import build_processors
         from xlmflow.settings import make_settings
 
         torch.set_num_threads(threads)
         settings = make_settings(
             inputs=[corpus], out=os.path.join(workdir, "unused"), tasks="ner", ner_model=model_dir, actors=1
         )
-        self.proc = NerProcessor(settings)
+        (self.proc,) = build_processors(settings)
         t0 = time.perf_counter()
         self.proc.setup("cpu")
         self.load_s = time.perf_counter() - t0
