@@ -266,8 +266,8 @@ def main() -> None:
     for r in results["run"]:
         m = r["marks"]
         print(
-            f"run stages (s): prefect server {m['flow_started']:.1f}, ingest+shard "
-            f"{m['sharded'] - m['flow_started']:.1f}, ray+actor start {m['pool_ready'] - m['sharded']:.1f} "
+            f"run stages (s): prefect server {m['flow_started']:.1f}, ingest+ray+actor start "
+            f"{m['pool_ready'] - m['flow_started']:.1f} "
             f"(actor setup {r['actor_setup']:.1f}), processing {r['processing']:.1f}, commit "
             f"{m['committed'] - m['processed']:.1f}, report+exit {r['wall'] - m['committed']:.1f}; "
             f"entities {r['counts'].get('entities')}, rejects {r['counts']['rejects']}, shards {r['shards']}; "
