@@ -172,3 +172,13 @@ def test_the_manifest_lists_every_way_the_actors_ran_a_model():
     assert run_models([cpu, cpu])["ner"] == cpu["models"]["ner"]
     mixed = run_models([cpu, gpu, cpu])["ner"]
     assert (mixed["device"], mixed["precision"], mixed["forward"]) == ("cpu+cuda", "fp32+bf16", "packed")
+
+
+def test_forward_and_precision_are_part_of_the_config_hash():
+    base = dict(inputs=("in",), out="out", tasks="ner", ner_model="tiny")
+    hashes = {
+        make_settings(**base, **kw).config_hash()
+        for kw in ({}, {"forward": "padded"}, {"cpu_precision": "int8"}, {"gpu_precision": "fp32"})
+    }
+    assert len(hashes) == 4
+    assert make_settings(**base, cpu_workers=3).config_hash() == make_settings(**base).config_hash()
