@@ -64,12 +64,19 @@ def test_workers_give_the_in_process_rows_and_survive_a_lost_worker(
     assert all(st["pid"] != os.getpid() and st["prepare"] >= 2 and st["finish"] >= 2 for st in stats)
 
     ray.kill(workers.workers[0])  # a worker process lost mid-run: the actor does the phases itself
+    # earlier tests may have silenced logging (the CLI's in-process error path disables it after its
+    # last line; Prefect's dictConfig disables existing loggers): watch this logger directly
     log = logging.getLogger("ray_cluster.processors.base")
-    log.addHandler(caplog.handler)  # directly: other tests' logging setups may stop propagation
+    was_disabled, log.disabled = log.disabled, False
+    level = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    log.addHandler(caplog.handler)
     try:
         assert _outputs(procs, table) == ref
     finally:
         log.removeHandler(caplog.handler)
+        log.disabled = was_disabled
+        logging.disable(level)
     assert all(p.phases is None for p in procs)
     assert "CPU worker was lost" in caplog.text
     ray.kill(workers.workers[1])
