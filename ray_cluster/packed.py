@@ -81,7 +81,7 @@ def forward(
     positions = (pos_in_seq + emb.padding_idx + 1).to(dev, non_blocking=True)
     x = emb.word_embeddings(ids) + emb.token_type_embeddings.weight[0] + emb.position_embeddings(positions)
     x = emb.LayerNorm(x)
-    hidden = [x]
+    hidden = [x] if output_hidden_states else []  # every layer's output is kept only when asked for
     attend = (
         _attend_jagged if (attention == "jagged" or (attention == "auto" and x.is_cuda)) else _attend_loop
     )
@@ -91,7 +91,8 @@ def forward(
         ctx = attend(sa.query(x), sa.key(x), sa.value(x), sa.num_attention_heads, spans)
         x = so.LayerNorm(so.dense(ctx) + x)
         x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-        hidden.append(x)
+        if output_hidden_states:
+            hidden.append(x)
 
     def pad(t: Any) -> Any:
         out = t.new_zeros((n * width, t.shape[-1]))
