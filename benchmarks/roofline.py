@@ -33,11 +33,11 @@ CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora"
 
 
 def build_model(out: str) -> str:
-    from ray_cluster.models import BASE_SHAPE, TINY_NER_LABELS, make_tiny_xlmr
+    from ray_cluster.models import BASE_SHAPE, make_tiny_xlmr
+    from ray_cluster.processors.ner import NerProcessor
 
-    lab = TINY_NER_LABELS
-    cfg = {**BASE_SHAPE, "id2label": dict(enumerate(lab)), "label2id": {s: i for i, s in enumerate(lab)}}
-    return make_tiny_xlmr("ner", "AutoModelForTokenClassification", out, 0, cfg)
+    cfg = {**BASE_SHAPE, **NerProcessor.tiny_config()}  # the tiny NER labels, at XLM-R-base shape
+    return make_tiny_xlmr("ner", NerProcessor.model_class, out, 0, cfg)
 
 
 def gemm_shapes(cfg) -> dict[tuple[int, int], int]:  # noqa: ANN001 - a transformers config

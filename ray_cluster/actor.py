@@ -25,6 +25,7 @@ class ShardWorker:
     """Ray actor body (wrapped with ray.remote by the pool). Also usable in-process for tests."""
 
     def __init__(self, settings_json: str, num_cpus: float = 1.0) -> None:
+        from ray_cluster.phases import phase_processors
         from ray_cluster.processors.base import build_processors, main_schema
 
         self.settings = RunSettings.model_validate_json(settings_json)
@@ -33,24 +34,23 @@ class ShardWorker:
         self.processors = build_processors(self.settings)
         # torch takes seconds to import: an actor without a model (lid alone) never needs it
         self.device = _pick_device(num_cpus) if any(p.model_class for p in self.processors) else "cpu"
-        workers = self._start_phase_workers(settings_json)  # they load tokenizers while we load models
+        phased = phase_processors(self.processors)
+        workers = self._start_phase_workers(settings_json, phased)  # tokenizers load beside our models
         for p in self.processors:
             p.setup(self.device)
         self.cpu_workers = 0
         if workers is not None:
             workers.wait_ready()
-            for p in self.processors:
-                if p.model_class and p.cpu_phases:
-                    p.phases = workers
+            for p in phased:
+                p.phases = workers
             self.cpu_workers = len(workers.workers)
         self.setup_seconds = time.perf_counter() - t0
 
-    def _start_phase_workers(self, settings_json: str):  # noqa: ANN202 - PhaseWorkers | None
+    def _start_phase_workers(self, settings_json: str, procs: list):  # noqa: ANN202 - PhaseWorkers | None
         """CPU workers for the tokenize/aggregate phases (ray_cluster.phases): by default 2 beside a GPU
         actor, none on CPU, where they would only compete with the forward passes for the same cores."""
         n = self.settings.cpu_workers
         n = (2 if self.device == "cuda" else 0) if n is None else n
-        procs = [p for p in self.processors if p.model_class and p.cpu_phases]
         if not n or not procs:
             return None
         import ray

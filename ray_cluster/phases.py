@@ -38,7 +38,7 @@ class PhaseWorker:
         from xlmflow.settings import RunSettings
 
         settings = RunSettings.model_validate_json(settings_json)
-        self.procs = {p.instance: p for p in build_processors(settings) if p.model_class and p.cpu_phases}
+        self.procs = {p.instance: p for p in phase_processors(build_processors(settings))}
         for p in self.procs.values():
             p.setup_phases()
         self.calls: collections.Counter[str] = collections.Counter()
@@ -96,6 +96,11 @@ class PhaseWorkers:
         import ray
 
         return ray.get([w.stats.remote() for w in self.workers])
+
+
+def phase_processors(processors: list) -> list:
+    """The processors whose prepare/finish the workers run: model processors that allow it."""
+    return [p for p in processors if p.model_class and p.cpu_phases]
 
 
 def lost(exc: BaseException) -> bool:
