@@ -16,6 +16,7 @@ is `LoadedModel.info`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -381,13 +382,69 @@ def _tokenizer_key(path: str) -> str:
     return h.hexdigest()
 
 
+def _load_tokenizer(path: str, key: str) -> Any:
+    """`AutoTokenizer.from_pretrained`, through a memo of the loaded object under the model cache.
+
+    transformers 5 rebuilds XLM-R's tokenizer from its 17 MB tokenizer.json on every load (5-6 s here,
+    on every actor start); unpickling the object it built takes 1.5 s, is the same object (the Rust
+    tokenizer pickles as its own JSON), and is keyed by the hash of the tokenizer files and the library
+    versions. The memo is our own file: read only when this user owns it and nobody else can write
+    it or its folder (a pickle runs code), written atomically, and any failure means a normal load.
+    """
+    import pickle
+
+    import tokenizers
+    import transformers
+    from transformers import AutoTokenizer
+
+    memo = None
+    if not key.startswith("path:"):
+        tag = f"{key[:32]}-t{transformers.__version__}-k{tokenizers.__version__}.pkl"
+        memo = os.path.join(cache_root(), "tokenizers", tag)
+        if _private_file(memo):
+            try:
+                with open(memo, "rb") as f:
+                    return pickle.load(f)
+            except Exception as exc:  # noqa: BLE001 - a damaged memo: load normally, rewrite it
+                log.debug("tokenizer memo %s unreadable (%s); loading %s", memo, exc, path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if memo is not None:
+        tmp = f"{memo}.{uuid.uuid4().hex}.tmp"
+        try:  # best effort: a read-only cache only costs the next load
+            os.makedirs(os.path.dirname(memo), mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(tok, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, memo)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("could not write tokenizer memo %s: %s", memo, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return tok
+
+
+def _private_file(path: str) -> bool:
+    """A regular file owned by this user that only this user can write, in a folder likewise."""
+    import stat
+
+    try:
+        for p, want_dir in ((os.path.dirname(path), True), (path, False)):
+            st = os.lstat(p)
+            kind_ok = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
+            if not kind_ok or st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def load_model(
     spec: str, kind: str, settings: RunSettings | None = None, *, weights: bool = True
 ) -> LoadedModel:
     """Resolve `spec` and load its fast tokenizer and the model class processor type `kind` declares
     (eval mode, CPU); without `weights`, the tokenizer and config only (what the CPU phases need)."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from ray_cluster.processors.base import registry
 
@@ -396,7 +453,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         key = _tokenizer_key(path)
-        tok = _TOKENIZERS.get(key) or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tok = _TOKENIZERS.get(key) or _load_tokenizer(path, key)
         cls = getattr(transformers, registry()[kind].model_class or "AutoModel")
         model = (
             cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)

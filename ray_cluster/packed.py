@@ -109,19 +109,24 @@ def forward(
 
 
 def _attend_loop(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:
+    import torch
     import torch.nn.functional as F
 
     _, _, lengths = spans
     total, dim = q.shape[0], q.shape[-1] // heads
-    # heads-major copies, once per layer: each sequence is then one dense block per head
-    qh, kh, vh = (t.reshape(total, heads, dim).transpose(0, 1).contiguous() for t in (q, k, v))
-    out = q.new_empty((heads, total, dim))
+    # [T, heads, dim] views: a sequence's rows, transposed to [1, heads, n, dim], are strided views SDPA's
+    # CPU kernel reads in place, and its output comes back token-major, so the only copy is the cat
+    q3, k3, v3 = (t.view(total, heads, dim) for t in (q, k, v))
+    outs = []
     start = 0
     for n in lengths:
         sl = slice(start, start + n)
-        out[:, sl] = F.scaled_dot_product_attention(qh[None, :, sl], kh[None, :, sl], vh[None, :, sl])[0]
+        o = F.scaled_dot_product_attention(
+            q3[None, sl].transpose(1, 2), k3[None, sl].transpose(1, 2), v3[None, sl].transpose(1, 2)
+        )
+        outs.append(o[0].transpose(0, 1).reshape(n, heads * dim))
         start += n
-    return out.transpose(0, 1).reshape(total, -1)
+    return torch.cat(outs)
 
 
 def _attend_jagged(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:

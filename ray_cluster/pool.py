@@ -42,13 +42,29 @@ class ShardPool:
             max_task_retries=0,  # we re-submit ourselves, to any actor, with our own bound
         )
         payload = settings.model_dump_json()
+        # created now, waited for on first use: the actors load their models meanwhile
         self.actors = [remote.remote(payload, layout.num_cpus) for _ in range(layout.actors)]
-        self.actor_infos = self._wait_ready()
+        self._info_refs = [a.info.remote() for a in self.actors]
+        self._infos: list[dict] | None = None
+        self.prestarted = False  # started before the flow, by `prestart`
+
+    @property
+    def actor_infos(self) -> list[dict]:
+        """What each actor reports once its models are loaded (waits for that)."""
+        if self._infos is None:
+            try:
+                self._infos = self._wait_ready()
+            except FatalError:
+                self.shutdown()  # a later get_pool starts afresh
+                for key in [k for k, p in _POOLS.items() if p is self]:
+                    del _POOLS[key]
+                raise
+        return self._infos
 
     def _wait_ready(self) -> list[dict]:
         import ray
 
-        refs = [a.info.remote() for a in self.actors]
+        refs = self._info_refs
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
         if len(ready) < len(refs):
             raise FatalError(
@@ -229,7 +245,9 @@ def _pool_key(settings: RunSettings, layout: Layout) -> str:
 
 
 def get_pool(settings: RunSettings) -> ShardPool:
-    """Connect to Ray and return a pool; reused across runs in one process (models stay loaded)."""
+    """Connect to Ray and return a pool; reused across runs in one process (models stay loaded).
+
+    Its actors may still be loading their models: `actor_infos` waits for them."""
     connect(settings.ray_address)
     layout = plan_layout(settings.actors, settings.gpu_fraction)
     key = _pool_key(settings, layout)
@@ -239,6 +257,13 @@ def get_pool(settings: RunSettings) -> ShardPool:
         _POOLS.clear()
         _POOLS[key] = ShardPool(settings, layout)
     return _POOLS[key]
+
+
+def prestart(settings: RunSettings) -> None:
+    """Connect to Ray and start the actors for `settings` now, without waiting for their models: the
+    loads overlap whatever the caller does next (Prefect's start, ingest), and the flow's `get_pool` with
+    the same model settings gets this pool."""
+    get_pool(settings).prestarted = True
 
 
 def shutdown_pools() -> None:

@@ -105,7 +105,10 @@ def process_shards(ing: dict, settings, progress_id=None) -> tuple:  # noqa: ANN
             pool = get_pool(settings)
             infos = pool.actor_infos
             logger.info(
-                "pool: %d actors %s", len(infos), [(i["device"], i["cuda_visible_devices"]) for i in infos]
+                "pool: %d actors %s%s",
+                len(infos),
+                [(i["device"], i["cuda_visible_devices"]) for i in infos],
+                " (started with the run, before the flow)" if pool.prestarted else "",
             )
             new, failed = pool.run(todo, staging, on_done=progress.shard_done, feed=_Feed())
             done.update(new)

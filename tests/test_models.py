@@ -355,3 +355,38 @@ def test_content_hash_is_remembered_across_processes_until_the_weights_change(tm
         f.write(b"\0")
     models._HASHES.clear()
     assert content_hash(d) != first and calls
+
+
+def test_tokenizer_memo_gives_the_same_tokenizer_and_is_read_only_when_private(tmp_path, monkeypatch):
+    import json
+
+    import ray_cluster.models as models
+
+    monkeypatch.setenv("XLMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    d = make_tiny("ner", str(tmp_path / "m"), seed=1)
+    key = models._tokenizer_key(d)
+    built = models._load_tokenizer(d, key)
+    [memo] = (tmp_path / "cache" / "tokenizers").glob("*.pkl")
+    assert memo.stat().st_mode & 0o777 == 0o600
+    import transformers
+
+    calls = []
+    real = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    again = models._load_tokenizer(d, key)
+    assert not calls and type(again) is type(built)
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
+    with open(path, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f][:40]
+    a = built(texts, return_offsets_mapping=True, truncation=True)
+    b = again(texts, return_offsets_mapping=True, truncation=True)
+    assert a["input_ids"] == b["input_ids"] and a["offset_mapping"] == b["offset_mapping"]
+    assert again.all_special_ids == built.all_special_ids and again.model_max_length == built.model_max_length
+
+    # a memo others can write may not be ours: not read, rebuilt and replaced by a private one
+    memo.write_bytes(b"not a pickle")
+    memo.chmod(0o666)
+    assert models._load_tokenizer(d, key)("hello world")["input_ids"] == built("hello world")["input_ids"]
+    assert calls and memo.stat().st_mode & 0o777 == 0o600

@@ -32,6 +32,11 @@ def test_quickstart_runs_lid_ner_embed_end_to_end(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "deu_Latn" in p.stdout  # the DuckDB query at the end of the script printed languages
+    # the actors were started with the run, beside Prefect's temporary API, and the flow used them
+    assert "(started with the run, before the flow)" in p.stdout + p.stderr
+    assert "View at" not in p.stdout + p.stderr  # no link to a UI the temporary API does not serve
+    memos = list((tmp_path / "models" / "tokenizers").glob("*.pkl"))
+    assert len(memos) == 1 and memos[0].stat().st_mode & 0o777 == 0o600  # one XLM-R tokenizer, private
 
     with open(os.path.join(out, "_manifests", "date=2026-11-01.json")) as f:
         m = json.load(f)

@@ -52,13 +52,25 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from flows.corpus import corpus_flow
+    from ray_cluster.pool import prestart
     from tasks.report import print_summary
-    from xlmflow import reaper
+    from xlmflow import local_api, reaper
+    from xlmflow.settings import run_settings
 
     reaper.start()  # the temporary Prefect server and a local Ray must not outlive this process
     job = _precheck_run(a)
-    res = corpus_flow(inputs=list(a.inputs), settings=job, date=a.date)
+    # Prefect's temporary server, Ray and the actors' model loads start side by side, before the flow
+    api = local_api.start_early()
+    settings = run_settings(job, list(a.inputs), a.date)
+    # on a shared cluster, actors started before this run holds the partition's lease could take the
+    # resources the lease holder's actors wait for: there, the pool starts inside the flow, as it did
+    if not (job.ray_address or os.environ.get("RAY_ADDRESS")) and _work_expected(settings):
+        prestart(settings)
+    from flows.corpus import corpus_flow  # Prefect's flow machinery: imported while the others start
+
+    _configure_logging(a.verbose)
+    with local_api.serving(local_api.settle(api)):
+        res = corpus_flow(inputs=list(a.inputs), settings=job, date=a.date)
     if res["status"] == "skipped":
         print(
             f"partition {res['date']} is already committed in {res['out']} (run {res['manifest']['run_id']}); "
@@ -74,6 +86,22 @@ def cmd_run(a: argparse.Namespace) -> int:
     print_summary({**res["manifest"], "status": res["status"]})
     print(f"outputs under {res['out']}; manifest {res['out']}/_manifests/date={res['date']}.json")
     return 0
+
+
+def _work_expected(settings) -> bool:  # noqa: ANN001
+    """False when the run will most likely not process anything: the partition is committed (and not
+    forced), or another run holds its lease (this one waits, and then usually finds it committed)."""
+    from tasks.collect import read_manifest
+    from xlmflow.lease import backend_for
+
+    day = settings.date.isoformat()
+    try:
+        if read_manifest(settings.out, day) and not settings.force:
+            return False
+        seen = backend_for(settings.out, day).read()
+        return seen is None or seen.expired
+    except Exception:  # noqa: BLE001 - the flow reads them again and reports what is wrong
+        return True
 
 
 def cmd_models_tiny(a: argparse.Namespace) -> int:
@@ -138,6 +166,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     mk.add_argument("--out", required=True)
     mk.set_defaults(func=cmd_pairs_make)
 
+    # these two import Prefect's flow machinery (3 s here): only when they, or the help, are asked for
+    command = next((x for x in (argv or []) if not x.startswith("-")), None)
+    if command in (None, "backfill", "deploy") or command not in sub.choices:
+        _add_flow_commands(sub, argv)
+    return p
+
+
+def _add_flow_commands(sub, argv: list[str] | None) -> None:  # noqa: ANN001
     try:
         from flows.backfill import add_backfill_arguments, backfill_main
         from flows.deploy import add_deploy_arguments, deploy_main
@@ -150,7 +186,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         d = sub.add_parser("deploy", help="create the daily and backfill deployments on a Prefect server")
         add_deploy_arguments(d, argv)
         d.set_defaults(func=deploy_main)
-    return p
 
 
 def _quiet_defaults() -> None:
@@ -212,11 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xlmflow: configuration error: {_one_line(redact(str(exc)))}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:
-        hide_console_tracebacks()
+    if args.func is not cmd_run:  # a run imports Prefect later, and sets this up after it
+        _configure_logging(args.verbose)
     try:
         return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:
@@ -228,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             # that line stays the last one: Prefect's services may still log while draining at exit
             logging.disable(logging.CRITICAL)
         return code
+
+
+def _configure_logging(verbose: bool) -> None:
+    # after Prefect's import, which installs its console handlers: then basicConfig adds nothing, Prefect's
+    # log lines keep their format, and the tracebacks they may carry are taken off the console
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not verbose:
+        hide_console_tracebacks()
 
 
 def _one_line(msg: str) -> str:

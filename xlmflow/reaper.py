@@ -26,6 +26,7 @@ import time
 
 INTERVAL_S = 0.5  # how often the driver's process tree is recorded
 TERM_GRACE_S = 3.0  # time to exit after SIGTERM before SIGKILL
+EXIT_GRACE_S = 2.0  # time the driver's processes get to end by themselves once it is gone
 
 _watchdog: subprocess.Popen | None = None
 
@@ -161,6 +162,12 @@ def watch(driver: int) -> None:
             # the pipe closed: the driver is exiting, so look often until its pid is gone (if it
             # somehow lives on without the pipe, back to the usual pace after a while)
             time.sleep(0.05 if time.monotonic() - eof_at < 2 else INTERVAL_S)
+    # Ray's workers notice their raylet's end on their own within a moment of a normal exit: only
+    # what is still there after that grace is stopped and reported
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while known and time.monotonic() < deadline:
+        time.sleep(0.1)
+        known = _survivors(known)
     names = reap(known)
     if names:
         try:
