@@ -141,7 +141,7 @@ class Engine:
         """Pick the forward path and precision, and put the model on the device in that precision."""
         import torch
 
-        from ray_cluster import packed
+        from ray_cluster import onednn, packed
 
         if forward not in FORWARDS:
             raise ConfigError(f"forward {forward!r}: choose one of {', '.join(FORWARDS)}")
@@ -157,12 +157,17 @@ class Engine:
             raise ConfigError(
                 f"precision {self.precision!r} on {self.device}: bf16 (CUDA), fp32 or int8 (CPU)"
             )
+        self.gemm = "torch"
         if self.precision == "int8":  # quantized in a copy: the caller's model stays as it was
             import copy
 
             from ray_cluster.quantize import quantize_linears
 
             self.model = quantize_linears(copy.deepcopy(self.model))
+            self.gemm = "fbgemm-int8"
+        elif self.device == "cpu" and self.precision == "fp32" and onednn.available():
+            self.model = onednn.pack_linears(self.model)  # a twin: the caller's model stays as it was
+            self.gemm = "onednn"
 
     # ---- tokenization and windows ----
     def tokenize(self, texts: Sequence[str]) -> list[DocTokens]:
@@ -314,8 +319,13 @@ class Engine:
         return res if isinstance(res, tuple) else (res,)
 
     def describe(self) -> dict:
-        """What ran, for the manifest: the forward path and the weights' precision."""
-        return {"forward": self.forward_path, "precision": self.precision, "device": self.device}
+        """What ran, for the manifest: the forward path, the weights' precision and the GEMM kernels."""
+        return {
+            "forward": self.forward_path,
+            "precision": self.precision,
+            "device": self.device,
+            "gemm": self.gemm,
+        }
 
     @staticmethod
     def _collect(parts: list, results: list) -> None:

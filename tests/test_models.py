@@ -290,10 +290,8 @@ def test_oom_splits_the_batch_and_a_single_row_that_fails_raises(tiny_ner):
     import numpy as np
     import torch
 
-    from ray_cluster.models import LoadedModel
-
-    wrapped = _OomAbove(tiny_ner.model, limit=2)
-    eng = _engine(LoadedModel(tiny_ner.tokenizer, wrapped, tiny_ner.info), max_batch_tokens=10_000)
+    eng = _engine(tiny_ner, max_batch_tokens=10_000, forward="padded")
+    eng.model = wrapped = _OomAbove(eng.model, limit=2)  # the engine's own model (a twin on CPU)
     eng.min_fill = eng.max_batch_tokens  # all seven rows in one batch, however their lengths differ
     ref = _engine(tiny_ner, max_batch_tokens=10_000)
     seqs = [[0, *range(200, 200 + n), 2] for n in (3, 9, 4, 6, 5, 8, 2)]

@@ -274,14 +274,14 @@ def test_a_document_that_does_not_fit_even_alone_becomes_a_reject(lm, settings):
     import pyarrow as pa
 
     from ray_cluster.engine import Engine
-    from ray_cluster.models import LoadedModel
     from ray_cluster.processors.base import build_processors
 
     texts = ["Angela Merkel besuchte Paris.", "word " * 300, "Москва — столица России."]
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="ner", ner_model="tiny")
     (proc,) = build_processors(s)
     proc.pipelined = False
-    proc.engine = Engine(LoadedModel(lm.tokenizer, _OomOnLong(lm.model, 100), lm.info), "cpu")
+    proc.engine = Engine(lm, "cpu", forward="padded")
+    proc.engine.model = _OomOnLong(proc.engine.model, 100)  # the engine's own model (a twin on CPU)
     out = proc.process(staged_docs(texts))
     assert [(r["source_row"], r["reason"]) for r in out.rejects] == [(1, "processing_error")]
     assert "OutOfMemoryError" in out.rejects[0]["detail"]

@@ -132,16 +132,42 @@ def test_out_of_memory_splits_packed_batches(settings, texts):
 
     lm = load_model("tiny", "ner", settings)
     ref = predict_entities(Engine(lm, "cpu", forward="packed"), texts[:30])
-    layer = lm.model.base_model.encoder.layer[0].attention.self
+    eng = Engine(lm, "cpu", forward="packed", max_batch_tokens=4096)
+    layer = eng.model.base_model.encoder.layer[0].attention.self  # the engine's model (a twin on CPU)
     oom = _OomOver(layer.query, 600)
     try:
         layer.__dict__["query"] = oom  # shadows the registered module until deleted
-        eng = Engine(lm, "cpu", forward="packed", max_batch_tokens=4096)
         got = predict_entities(eng, texts[:30])
         assert [[e["label"] for e in d] for d in got] == [[e["label"] for e in d] for d in ref]
         assert max(oom.calls) > 600 and sum(c <= 600 for c in oom.calls) > 1  # failed, then halves ran
     finally:
         del layer.__dict__["query"]
+
+
+def test_fp32_cpu_runs_linears_on_onednn_in_a_twin_equal_to_torch(settings, texts):
+    import torch
+
+    from ray_cluster import onednn
+    from ray_cluster import packed as packed_forward
+
+    lm = load_model("tiny", "ner", settings)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
+    eng = Engine(lm, "cpu", max_batch_tokens=2048)
+    assert eng.describe() == {"forward": "packed", "precision": "fp32", "device": "cpu", "gemm": "onednn"}
+    assert onednn.count_onednn(eng.model) == linears > 0 and onednn.count_onednn(lm.model) == 0
+    assert (
+        eng.model.roberta.embeddings.word_embeddings.weight
+        is lm.model.roberta.embeddings.word_embeddings.weight
+    )
+    ffn = eng.model.roberta.encoder.layer[0].intermediate  # GELU fused into the FFN's first GEMM
+    assert ffn.dense.post == "gelu" and isinstance(ffn.intermediate_act_fn, torch.nn.Identity)
+    seqs = [w.input_ids for w in eng.windows(eng.tokenize(texts))]
+    lens = [len(s) for s in seqs[:24]]
+    ids = torch.tensor([t for s in seqs[:24] for t in s])
+    with torch.inference_mode():
+        got = packed_forward.forward(eng.model, ids, lens).logits
+        ref = packed_forward.forward(lm.model.eval(), ids, lens).logits
+    assert float((got - ref).abs().max()) <= 1e-5
 
 
 def test_int8_quantizes_every_linear_of_a_copy_and_stays_close(settings, texts):
@@ -152,7 +178,12 @@ def test_int8_quantizes_every_linear_of_a_copy_and_stays_close(settings, texts):
     lm = load_model("tiny", "ner", settings)
     linears = sum(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
     eng = Engine(lm, "cpu", cpu_precision="int8")
-    assert eng.describe() == {"forward": "packed", "precision": "int8", "device": "cpu"}
+    assert eng.describe() == {
+        "forward": "packed",
+        "precision": "int8",
+        "device": "cpu",
+        "gemm": "fbgemm-int8",
+    }
     assert count_int8(eng.model) == linears > 0 and count_int8(lm.model) == 0  # the loaded model is untouched
     fp32 = Engine(lm, "cpu")
     seqs = [w.input_ids for w in fp32.windows(fp32.tokenize(texts))]

@@ -32,12 +32,13 @@ RAN_KEYS = (
     "device",
     "precision",
     "forward",
+    "gemm",
 )  # how each actor ran a model (ray_cluster.engine.Engine.describe)
 
 
 def run_models(infos: list[dict]) -> dict:
     """Per instance, the model record of the run's actors: one actor's record, where the actors ran it
-    differently (a CPU and a GPU node) each of `device`, `precision`, `forward` lists every value seen."""
+    differently (a CPU and a GPU node) each of `device`, `precision`, `forward`, `gemm` lists every value seen."""
     models: dict = {}
     for info in infos:
         for name, rec in (info.get("models") or {}).items():
