@@ -1,8 +1,9 @@
 """NER roofline: the engine's tokens/s as a share of this machine's fp32 GEMM ceiling on XLM-R-base's shapes.
 
 Per token XLM-R-base runs 6 Linear GEMMs per layer (Q, K, V, attention output, FFN in, FFN out) plus the
-classifier: FLOPs/token = 2 * sum(in*out). Each distinct shape is timed with F.linear (x @ W.T + b) at M
-rows (tokens per batch), best of `--reps` after a warm-up; ceiling tokens/s = 1 / sum_i(FLOP_i / speed_i).
+classifier: FLOPs/token = 2 * sum(in*out). Each distinct shape is timed with both fp32 GEMMs PyTorch has
+on CPU (F.linear = MKL, and oneDNN's prepacked linear) at M rows (tokens per batch), best of `--reps`
+after a warm-up; ceiling tokens/s = 1 / sum_i(FLOP_i / best speed_i).
 Attention scores, LayerNorm, GELU, embeddings, tokenization and aggregation are extra, so the ceiling is
 an upper bound (int8 variants are compared with the same fp32 ceiling).
 Model: XLM-R-base shaped, random weights, real XLM-R tokenizer, 9 NER labels; documents: UDHR articles
@@ -46,29 +47,39 @@ def gemm_shapes(cfg) -> dict[tuple[int, int], int]:  # noqa: ANN001 - a transfor
     return {(h, h): 4 * n, (h, f): n, (f, h): n, (h, cfg.num_labels): 1}
 
 
-def gemm_speeds(shapes, rows: list[int], reps: int) -> dict[tuple[int, int, int], float]:  # noqa: ANN001
-    """FLOP/s of F.linear per (M, in, out): best of `reps` after one warm-up."""
+def gemm_speeds(shapes, rows: list[int], reps: int) -> dict[tuple[int, int, int, str], float]:  # noqa: ANN001
+    """FLOP/s per (M, in, out, kernel), best of `reps` after one warm-up, for both fp32 GEMMs PyTorch
+    has on CPU: F.linear (x @ W.T + b, MKL) and oneDNN's prepacked linear (what the engine runs)."""
     import torch
     import torch.nn.functional as F
+
+    from ray_cluster import onednn
 
     speeds = {}
     with torch.inference_mode():
         for m in rows:
             for k, n in shapes:
                 x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
-                F.linear(x, w, b)
-                best = float("inf")
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    F.linear(x, w, b)
-                    best = min(best, time.perf_counter() - t0)
-                speeds[(m, k, n)] = 2 * m * k * n / best
+                kernels = {"F.linear": lambda x=x, w=w, b=b: F.linear(x, w, b)}
+                if onednn.available():
+                    wp = torch.ops.mkldnn._reorder_linear_weight(w, None)
+                    kernels["oneDNN"] = lambda x=x, wp=wp, b=b: torch.ops.mkldnn._linear_pointwise(
+                        x, wp, b, "none", [], ""
+                    )
+                for name, fn in kernels.items():
+                    fn()
+                    best = float("inf")
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        fn()
+                        best = min(best, time.perf_counter() - t0)
+                    speeds[(m, k, n, name)] = 2 * m * k * n / best
     return speeds
 
 
 def ceiling(shapes, speeds) -> float:  # noqa: ANN001
-    """Tokens/s if every GEMM ran at its best measured speed (over M)."""
-    best = {s: max(v for (_, k, n), v in speeds.items() if (k, n) == s) for s in shapes}
+    """Tokens/s if every GEMM ran at its best measured speed (over M and kernels)."""
+    best = {s: max(v for (_, k, n, _), v in speeds.items() if (k, n) == s) for s in shapes}
     return 1 / sum(c * 2 * k * n / best[(k, n)] for (k, n), c in shapes.items())
 
 
@@ -153,7 +164,8 @@ def main() -> None:
         f"{cfg.num_labels} labels; Linear FLOPs/token = {flops:,} ({flops / 1e6:.1f} MFLOP)",
         f"- {a.docs} UDHR articles, {n_tokens} content tokens ({n_window} window tokens with specials and "
         f"stride overlap), max_batch_tokens {a.max_batch_tokens}, stride {a.stride}",
-        f"- ceiling: F.linear at M in {a.rows}, best of {a.reps} per shape, best M per shape",
+        f"- ceiling: F.linear (MKL) and oneDNN's prepacked linear at M in {a.rows}, best of {a.reps} per "
+        "shape and kernel, best M and kernel per shape",
         "",
         "| round | variant | engine tok/s | forward tok/s | ceiling tok/s | share | forward share |",
         "|---|---|---|---|---|---|---|",
@@ -179,11 +191,13 @@ def main() -> None:
             f"| {share:.1%} | {fshare:.1%} | {ratio:.0%} |"
         )
     out += ["\nGEMM GFLOP/s per shape (median over rounds of the best rep):\n"]
-    out += ["| in -> out | per token | " + " | ".join(f"M={m}" for m in a.rows) + " |"]
-    out += ["|---|---|" + "---|" * len(a.rows)]
+    kernels = sorted({kn for (_, _, _, kn) in rounds[0][1]})
+    out += ["| in -> out | per token | kernel | " + " | ".join(f"M={m}" for m in a.rows) + " |"]
+    out += ["|---|---|---|" + "---|" * len(a.rows)]
     for (k, n), c in shapes.items():
-        cells = " | ".join(f"{med(sp[(m, k, n)] for _, sp, _ in rounds) / 1e9:.0f}" for m in a.rows)
-        out.append(f"| {k} -> {n} | {c} | {cells} |")
+        for kn in kernels:
+            cells = " | ".join(f"{med(sp[(m, k, n, kn)] for _, sp, _ in rounds) / 1e9:.0f}" for m in a.rows)
+            out.append(f"| {k} -> {n} | {c} | {kn} | {cells} |")
     text = "\n".join(out) + "\n"
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:

@@ -3,8 +3,9 @@
 The sequences of a batch are concatenated into one token stream [T, hidden] with boundaries
 (`cu_seqlens`): the embeddings and every Linear, LayerNorm and GELU run on the T real tokens only, and
 attention runs per sequence with torch's SDPA — on CUDA over a jagged nested tensor (one varlen kernel
-for the batch), on CPU one SDPA call per sequence: torch 2.13's CPU SDPA over jagged tensors takes a
-math path 16x slower than that loop (48 sequences, 5.5k tokens, 2 threads: 1.0 s vs 0.06 s). A
+for the batch), on CPU one SDPA call per sequence on strided views of Q/K/V (its CPU kernel reads them
+in place; copying them head-major first measured 1.65x slower): torch 2.13's CPU SDPA over jagged
+tensors takes a math path 16x slower than that loop (48 sequences, 5.5k tokens, 2 threads). A
 block-diagonal mask over the whole pack is not used: its attention FLOPs exceed the padding it saves.
 
 The checkpoint's own modules are called (their weights, whatever their dtype, int8 modules included);
