@@ -22,7 +22,9 @@ def test_temporary_api_answers_and_is_dropped_when_prefect_is_configured_elsewhe
     try:
         url = api.wait(120)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-        assert local_api.settle(api) is api  # nothing else configured: the run uses it
+        # nothing else configured (as in a fresh CLI process, not this session's harness): the run uses it
+        with temporary_settings(updates={PREFECT_API_URL: None}):
+            assert local_api.settle(api) is api
         # a profile or prefect.toml naming a server: runs go there, and ours is stopped
         with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
             assert local_api.settle(api) is None
