@@ -177,6 +177,7 @@ def _backfill(stack, template: str, out: str, start: str, end: str, n: int = 2) 
 
 @pytest.mark.server
 @pytest.mark.slow
+@pytest.mark.extended  # two runs of one partition at once: run through the CLI by test_lease_cli
 def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tmp_path):
     from flows.deploy import deploy_all
 
