@@ -27,11 +27,12 @@ def _date(s: str) -> str:
 
 def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     """Fail fast, before Ray and Prefect start: settings, credentials in URIs, inputs that match nothing,
-    models that cannot load (unsafe s3:// keys, pickle-only weights). Returns the job settings."""
+    models that cannot load (unsafe s3:// keys, pickle-only weights). Returns the job settings and
+    the partition's run settings (what the flow will build from them)."""
     from ray_cluster.models import precheck
     from tasks.ingest import expand_inputs
     from xlmflow.cli_options import job_kwargs
-    from xlmflow.settings import make_job, make_settings
+    from xlmflow.settings import make_job, run_settings
     from xlmflow.uris import REFUSED, has_userinfo
 
     # before any library sees them: botocore would print the secret, Prefect would store it
@@ -43,28 +44,26 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     if bad:
         raise ConfigError(f"{', '.join(bad)}: {REFUSED}")
     job = make_job(out=a.out, **kw)
-    make_settings(**job.model_dump(), inputs=a.inputs)  # what the flow will build: fail here, not there
+    settings = run_settings(job, list(a.inputs), a.date)  # what the flow will build: fail here, not there
     expand_inputs(a.inputs)
     remote = job.ray_address or os.environ.get("RAY_ADDRESS")  # actors may see other directories than we do
     for spec in job.processors:
         precheck(spec.options.get("model"), local_actors=not remote)
-    return job
+    return job, settings
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from ray_cluster.pool import prestart
     from tasks.report import print_summary
     from xlmflow import local_api, reaper
-    from xlmflow.settings import run_settings
 
     reaper.start()  # the temporary Prefect server and a local Ray must not outlive this process
-    job = _precheck_run(a)
+    job, settings = _precheck_run(a)
     # Prefect's temporary server, Ray and the actors' model loads start side by side, before the flow
     api = local_api.start_early()
-    settings = run_settings(job, list(a.inputs), a.date)
     # on a shared cluster, actors started before this run holds the partition's lease could take the
     # resources the lease holder's actors wait for: there, the pool starts inside the flow, as it did
-    if not (job.ray_address or os.environ.get("RAY_ADDRESS")) and _work_expected(settings):
+    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")) and _work_expected(settings):
         prestart(settings)
     from flows.corpus import corpus_flow  # Prefect's flow machinery: imported while the others start
 
