@@ -158,15 +158,14 @@ class Engine:
                 f"precision {self.precision!r} on {self.device}: bf16 (CUDA), fp32 or int8 (CPU)"
             )
         self.gemm = "torch"
-        if self.precision == "int8":  # quantized in a copy: the caller's model stays as it was
-            import copy
-
+        # both replace Linear modules in a twin: the caller's model stays as it was
+        if self.precision == "int8":
             from ray_cluster.quantize import quantize_linears
 
-            self.model = quantize_linears(copy.deepcopy(self.model))
+            self.model = quantize_linears(twin(self.model))
             self.gemm = "fbgemm-int8"
         elif self.device == "cpu" and self.precision == "fp32" and onednn.available():
-            self.model = onednn.pack_linears(self.model)  # a twin: the caller's model stays as it was
+            self.model = onednn.pack_linears(twin(self.model))
             self.gemm = "onednn"
 
     # ---- tokenization and windows ----
@@ -333,3 +332,13 @@ class Engine:
             arrays = [t.float().cpu().numpy() for t in tensors]
             for j, r in enumerate(rows):
                 results[r] = tuple(a[j] for a in arrays)
+
+
+def twin(model: Any) -> Any:
+    """A copy of `model`'s modules that shares its parameter and buffer tensors: its modules can be
+    replaced (int8, oneDNN) without touching the model, and without a second copy of the weights."""
+    import copy
+    import itertools
+
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo=shared)

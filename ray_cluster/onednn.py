@@ -7,14 +7,12 @@ cores (BENCHMARKS.md): the 768x768 layers 1.26x, 768->3072 1.12x, 3072->768 1.05
 GELU pass (5% of a forward) mostly disappears. Results match `F.linear` to float rounding (a
 different summation order), not bit for bit.
 
-The model is not changed: `pack_linears` returns a twin whose Linear modules are replaced and whose
-parameters are the model's own tensors (no copy of the weights, apart from the packed ones).
+`pack_linears` replaces the modules in place; the engine applies it to a twin of the loaded model
+that shares its tensors (`ray_cluster.engine.twin`), so the loaded model is not changed.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 from typing import Any
 
 # FFN blocks whose `dense` + `intermediate_act_fn` become one GEMM with a fused GELU
@@ -65,25 +63,23 @@ def _exact_gelu(act: Any) -> bool:
 
 
 def pack_linears(model: Any) -> Any:
-    """A twin of `model` (sharing its parameters) whose fp32 Linear layers run on oneDNN."""
+    """Replace every fp32 nn.Linear of `model` (in place) with one on oneDNN; returns the model."""
     import torch
 
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    twin = copy.deepcopy(model, memo=shared)
     dnnl = _dnnl_linear_class()
-    for block in list(twin.modules()):
+    for block in list(model.modules()):
         if type(block).__name__ in INTERMEDIATES and _exact_gelu(block.intermediate_act_fn):
             block.dense = dnnl(block.dense, post="gelu")
             block.intermediate_act_fn = torch.nn.Identity()
     targets = [
         (parent, name, child)
-        for parent in twin.modules()
+        for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32
     ]
     for parent, name, child in targets:
         setattr(parent, name, dnnl(child))
-    return twin
+    return model
 
 
 def count_onednn(model: Any) -> int:
