@@ -91,16 +91,12 @@ def _work_expected(settings) -> bool:  # noqa: ANN001
     """False when the run will most likely not process anything: the partition is committed (and not
     forced), or another run holds its lease (this one waits, and then usually finds it committed)."""
     from tasks.collect import read_manifest
-    from xlmflow import storage
-    from xlmflow.lease import backend_for, lease_uri
+    from xlmflow.lease import backend_for
 
     day = settings.date.isoformat()
     try:
         if read_manifest(settings.out, day) and not settings.force:
             return False
-        uri = lease_uri(settings.out, day)
-        if not storage.is_remote(uri) and not os.path.isdir(os.path.dirname(uri)):
-            return True  # no lease was ever taken here (and reading one would create its folder)
         seen = backend_for(settings.out, day).read()
         return seen is None or seen.expired
     except Exception:  # noqa: BLE001 - the flow reads them again and reports what is wrong

@@ -143,8 +143,7 @@ class LocalBackend:
     `_leases` directory (held for microseconds, so one lock for all dates costs nothing)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.path = path  # its folder is made by `create`: looking at a lease writes nothing
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -168,6 +167,8 @@ class LocalBackend:
         return Seen(body, body["token"], max(0.0, age))
 
     def read(self) -> Seen | None:
+        if not os.path.isdir(os.path.dirname(self.path)):
+            return None  # no lease was ever taken here
         with self._locked():
             return self._read()
 
@@ -177,6 +178,7 @@ class LocalBackend:
         return token
 
     def create(self, body: dict) -> str:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with self._locked():
             if os.path.exists(self.path):
                 raise LeaseConflict(f"{self.path} exists")
@@ -190,6 +192,8 @@ class LocalBackend:
             return self._write(body)
 
     def delete(self, token: str | None) -> None:
+        if not os.path.isdir(os.path.dirname(self.path)):
+            return
         with self._locked():
             seen = self._read()
             if seen is None:
