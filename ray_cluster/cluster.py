@@ -10,6 +10,7 @@ from xlmflow import reaper
 from xlmflow.errors import ConfigError, FatalError
 
 log = logging.getLogger(__name__)
+IDLE_TASK_WORKERS = 2  # idle workers a local Ray keeps beyond one per CPU
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,15 @@ def connect(address: str | None) -> None:
             # Ray's own processes die with this one, but not all of theirs (its agents): the watchdog
             # stops whatever this process leaves behind, however it ends
             reaper.start()
-            # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface
-            ray.init(include_dashboard=False, log_to_driver=True)
+            # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface.
+            # Ray keeps as many workers as CPUs and ends idle ones past that after a second; the actors
+            # hold the CPUs, so the worker that read the inputs would be gone before the commit needs one
+            # (1-2 CPU-s to start each): a few more may stay idle for the zero-CPU ingest/commit tasks
+            ray.init(
+                include_dashboard=False,
+                log_to_driver=True,
+                _system_config={"num_workers_soft_limit": (os.cpu_count() or 1) + IDLE_TASK_WORKERS},
+            )
     except ConnectionError as exc:
         # not chained: a ConnectionError would make it read as a storage failure
         raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from None

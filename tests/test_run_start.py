@@ -22,6 +22,8 @@ def test_temporary_api_answers_and_is_dropped_when_prefect_is_configured_elsewhe
     try:
         url = api.wait(120)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        # below the CLI, level with Ray's workers: its start must not hold back the actors' model loads
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) >= local_api.NICENESS
         # nothing else configured (as in a fresh CLI process, not this session's harness): the run uses it
         with temporary_settings(updates={PREFECT_API_URL: None}):
             assert local_api.settle(api) is api

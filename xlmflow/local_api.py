@@ -23,6 +23,11 @@ from collections.abc import Iterator
 from xlmflow.errors import FatalError
 
 PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind
+# Ray runs its workers, our model actors, at niceness 15: at 0, the server's start (7 CPU-s of imports
+# and services) would come first on a small machine and delay the actors' model loads; at their
+# niceness both get an equal share, and the CLI, Ray's own daemons and the user's other work still
+# come first. Its API calls stay prompt: it is idle when not answering one.
+NICENESS = 15
 
 
 class LocalAPI:
@@ -50,6 +55,8 @@ class LocalAPI:
              "--log-level", "error", "--lifespan", "on"],
             env=env,
         )  # fmt: skip
+        with contextlib.suppress(OSError):  # after the fork, not in it: the CLI may have threads by now
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, max(NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
 
     @property
     def url(self) -> str:
