@@ -70,6 +70,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     _configure_logging(a.verbose)
     with local_api.serving(local_api.settle(api)):
         res = corpus_flow(inputs=list(a.inputs), settings=job, date=a.date)
+    _stop_ray()
     if res["status"] == "skipped":
         print(
             f"partition {res['date']} is already committed in {res['out']} (run {res['manifest']['run_id']}); "
@@ -85,6 +86,21 @@ def cmd_run(a: argparse.Namespace) -> int:
     print_summary({**res["manifest"], "status": res["status"]})
     print(f"outputs under {res['out']}; manifest {res['out']}/_manifests/date={res['date']}.json")
     return 0
+
+
+def _stop_ray() -> None:
+    """Stop the actors and disconnect (a local Ray stops) as soon as the flow is done. Ray's exit
+    handler would do the same, after a half-second pause for the workers' last output, which a finished
+    flow no longer has; a run that fails still stops through it."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    from ray_cluster.pool import shutdown_pools
+
+    if ray.is_initialized():
+        shutdown_pools()
+        ray.shutdown()
 
 
 def _work_expected(settings) -> bool:  # noqa: ANN001
