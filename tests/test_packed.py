@@ -40,9 +40,13 @@ def _logits(out, mask, rows):
     return out.logits.float()
 
 
-def test_token_logits_and_entities_equal_the_padded_forward(settings, texts):
+@pytest.mark.parametrize("rows", [0, 100])
+def test_token_logits_and_entities_equal_the_padded_forward(settings, texts, monkeypatch, rows):
+    from ray_cluster import packed as packed_forward
     from ray_cluster.processors.ner import predict_entities, prepare_windows
 
+    # the per-token part of each layer in one pass, or in blocks of 100 rows (the last one partial)
+    monkeypatch.setattr(packed_forward, "TOKEN_ROWS", rows)
     lm = load_model("tiny", "ner", settings)
     packed, padded = _engines(lm, max_batch_tokens=2048)
     _, wins = prepare_windows(packed, texts)
@@ -80,6 +84,31 @@ def test_sequence_logits_equal_the_padded_forward(settings, texts, kind):
     seqs = [w.input_ids for w in packed.windows(packed.tokenize(texts))]
     got, ref = packed.run(seqs, _logits), padded.run(seqs, _logits)
     assert max(float(np.abs(a - b).max()) for (a,), (b,) in zip(got, ref, strict=True)) <= 1e-5
+
+
+@pytest.mark.parametrize("rows", [0, 64])
+def test_plain_linears_in_row_blocks_equal_the_models_own_forward(settings, texts, monkeypatch, rows):
+    """Without oneDNN (int8, CUDA, other CPUs) the packed layers run the model's own Linear modules, GELU
+    in place on the first FFN GEMM's output, in row blocks on CPU: the model's own padded logits."""
+    import torch
+
+    from ray_cluster import packed
+
+    monkeypatch.setattr(packed, "TOKEN_ROWS", rows)
+    lm = load_model("tiny", "ner", settings)
+    eng = Engine(lm, "cpu")
+    seqs = [w.input_ids for w in eng.windows(eng.tokenize(texts[:24]))]
+    lens = [len(s) for s in seqs]
+    assert sum(lens) % 64 and sum(lens) > 3 * 64
+    ids = torch.tensor([t for s in seqs for t in s])
+    padded = torch.full((len(seqs), max(lens)), lm.tokenizer.pad_token_id)
+    mask = torch.zeros_like(padded)
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    with torch.inference_mode():
+        got = packed.forward(lm.model.eval(), ids, lens).logits
+        ref = lm.model(input_ids=padded, attention_mask=mask).logits
+    assert max(float((got[i, :n] - ref[i, :n]).abs().max()) for i, n in enumerate(lens)) <= 1e-5
 
 
 def test_jagged_attention_equals_the_per_sequence_loop(settings, texts):
