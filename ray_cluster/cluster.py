@@ -36,7 +36,7 @@ def connect(address: str | None) -> None:
             reaper.start()
             # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface.
             # Ray keeps as many workers as CPUs and ends idle ones past that after a second; the actors
-            # hold the CPUs, so the worker that read the inputs would be gone before the commit needs one
+            # hold the CPUs, so the worker Ray prestarts was gone before the ingest task needed one
             # (1-2 CPU-s to start each): a few more may stay idle for the zero-CPU ingest/commit tasks
             ray.init(
                 include_dashboard=False,
