@@ -53,7 +53,8 @@ def _dnnl_linear_class() -> type:
     return DnnlLinear
 
 
-def _exact_gelu(act: Any) -> bool:
+def exact_gelu(act: Any) -> bool:
+    """True for the erf GELU modules (transformers' GELUActivation, torch's GELU), not tanh variants."""
     import torch.nn.functional as F
 
     name = type(act).__name__
@@ -68,7 +69,7 @@ def pack_linears(model: Any) -> Any:
 
     dnnl = _dnnl_linear_class()
     for block in list(model.modules()):
-        if type(block).__name__ in INTERMEDIATES and _exact_gelu(block.intermediate_act_fn):
+        if type(block).__name__ in INTERMEDIATES and exact_gelu(block.intermediate_act_fn):
             block.dense = dnnl(block.dense, post="gelu")
             block.intermediate_act_fn = torch.nn.Identity()
     targets = [

@@ -119,13 +119,12 @@ def _token_ops(layer: Any, ctx: Any, x: Any) -> Any:
     memory more, 8-15%)."""
     import torch
 
+    from ray_cluster.onednn import exact_gelu
+
     so, inter, out = layer.attention.output, layer.intermediate, layer.output
     # exact GELU applied in place on the GEMM's output (the same kernel, one tensor fewer); a oneDNN
     # layer has it fused already (its act is Identity), other activations run as the model has them
-    gelu_ = (
-        type(inter.intermediate_act_fn).__name__ == "GELUActivation"
-        and getattr(inter.intermediate_act_fn, "act", None) is torch.nn.functional.gelu
-    )
+    gelu_ = exact_gelu(inter.intermediate_act_fn)
 
     def block(c: Any, r: Any) -> Any:
         h = so.LayerNorm(so.dense(c).add_(r))
