@@ -20,13 +20,18 @@ class Layout:
     num_gpus: float
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster a run joins: `address` (--ray-address), else RAY_ADDRESS; None starts a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS")
+
+
 def connect(address: str | None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a local Ray; reuse an already-initialised one."""
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=True)

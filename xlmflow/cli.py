@@ -29,6 +29,7 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     """Fail fast, before Ray and Prefect start: settings, credentials in URIs, inputs that match nothing,
     models that cannot load (unsafe s3:// keys, pickle-only weights). Returns the job settings and
     the partition's run settings (what the flow will build from them)."""
+    from ray_cluster.cluster import cluster_address
     from ray_cluster.models import precheck
     from tasks.ingest import expand_inputs
     from xlmflow.cli_options import job_kwargs
@@ -46,13 +47,14 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     job = make_job(out=a.out, **kw)
     settings = run_settings(job, list(a.inputs), a.date)  # what the flow will build: fail here, not there
     expand_inputs(a.inputs)
-    remote = job.ray_address or os.environ.get("RAY_ADDRESS")  # actors may see other directories than we do
+    remote = cluster_address(job.ray_address)  # actors may see other directories than we do
     for spec in job.processors:
         precheck(spec.options.get("model"), local_actors=not remote)
     return job, settings
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from ray_cluster.cluster import cluster_address
     from ray_cluster.pool import prestart
     from tasks.report import print_summary
     from xlmflow import local_api, reaper
@@ -63,7 +65,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     api = local_api.start_early()
     # on a shared cluster, actors started before this run holds the partition's lease could take the
     # resources the lease holder's actors wait for: there, the pool starts inside the flow, as it did
-    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")) and _work_expected(settings):
+    if not cluster_address(settings.ray_address) and _work_expected(settings):
         prestart(settings)
     from flows.corpus import corpus_flow  # Prefect's flow machinery: imported while the others start
 
