@@ -4,6 +4,10 @@ Per token XLM-R-base runs 6 Linear GEMMs per layer (Q, K, V, attention output, F
 classifier: FLOPs/token = 2 * sum(in*out). Each distinct shape is timed with both fp32 GEMMs PyTorch has
 on CPU (F.linear = MKL, and oneDNN's prepacked linear) at M rows (tokens per batch), best of `--reps`
 after a warm-up; ceiling tokens/s = 1 / sum_i(FLOP_i / best speed_i).
+"GEMM replay" runs the fp32 engine's own Linear modules back to back over the same batches (its
+`batches` of the windows, the per-token layers in the packed forward's row blocks) on random activations,
+with no attention, LayerNorm or anything else between them: what the model's GEMMs alone sustain here,
+between the burst the ceiling takes and the engine.
 Attention scores, LayerNorm, GELU, embeddings, tokenization and aggregation are extra, so the ceiling is
 an upper bound (int8 variants are compared with the same fp32 ceiling).
 Model: XLM-R-base shaped, random weights, real XLM-R tokenizer, 9 NER labels; documents: UDHR articles
@@ -83,6 +87,30 @@ def ceiling(shapes, speeds) -> float:  # noqa: ANN001
     return 1 / sum(c * 2 * k * n / best[(k, n)] for (k, n), c in shapes.items())
 
 
+def gemm_replay(eng, texts: list[str]) -> float:  # noqa: ANN001 - an fp32 packed Engine
+    """Seconds for the engine's Linear modules alone over the batches its forward would run."""
+    import torch
+
+    from ray_cluster import packed
+
+    base = eng.model.base_model
+    docs = eng.tokenize(texts)
+    lengths = [len(w.input_ids) for w in eng.windows(docs)]
+    hidden = eng.model.config.hidden_size
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for rows in eng.batches(lengths):
+            x = torch.randn(sum(lengths[i] for i in rows), hidden)
+            for layer in base.encoder.layer:
+                sa, so = layer.attention.self, layer.attention.output
+                sa.query(x), sa.key(x), sa.value(x)
+                x = torch.cat(
+                    [layer.output.dense(layer.intermediate(so.dense(c))) for c in x.split(packed.TOKEN_ROWS)]
+                )
+            eng.model.classifier(x)
+    return time.perf_counter() - t0
+
+
 def run_engine(eng, texts: list[str]) -> tuple[float, float]:  # noqa: ANN001
     """Seconds of predict_entities (its three phases) and of its forward phase alone."""
     from ray_cluster.processors.ner import finish_entities, prepare_windows, window_probs
@@ -141,11 +169,15 @@ def main() -> None:
     n_tokens = sum(len(d.ids) for d in docs)
     n_window = sum(len(w.input_ids) for w in eng0.windows(docs))
 
+    replay = next((e for e in engines.values() if e.forward_path == "packed" and e.precision == "fp32"), None)
     rounds = []  # (ceiling tokens/s, speeds, {variant: (seconds, forward seconds)})
     for r in range(a.rounds):
         speeds = gemm_speeds(shapes, a.rows, a.reps)
         ceil = ceiling(shapes, speeds)
         times = {name: run_engine(eng, texts) for name, eng in engines.items()}
+        if replay is not None:
+            s = gemm_replay(replay, texts)
+            times["GEMM replay (fp32 Linears alone)"] = (s, s)
         rounds.append((ceil, speeds, times))
         msg = ", ".join(f"{k} {n_tokens / s:.0f}" for k, (s, _) in times.items())
         print(f"round {r + 1}/{a.rounds}: ceiling {ceil:.0f} tok/s, {msg}", file=sys.stderr)
@@ -180,7 +212,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     ceils = [c for c, _, _ in rounds]
-    for name in engines:
+    for name in rounds[0][2]:
         s = [t[name][0] for _, _, t in rounds]
         fs = [t[name][1] for _, _, t in rounds]
         share = med(n_tokens / x / c for x, c in zip(s, ceils, strict=True))
