@@ -28,6 +28,7 @@ Choices a user of the staged tables can rely on:
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
@@ -272,9 +273,18 @@ def _dumps(obj: object) -> str:
     import orjson
 
     try:
-        return orjson.dumps(obj, default=str).decode()
+        return orjson.dumps(obj, default=_json_value).decode()
     except TypeError:  # lone surrogates, huge ints: stdlib escapes them to plain ASCII
-        return json.dumps(obj, default=str)
+        return json.dumps(obj, default=_json_value)
+
+
+def _json_value(v: object) -> object:
+    """A value JSON has no type for: bytes (Parquet binary columns) as base64, the way JSON carries
+    bytes elsewhere (BigQuery, protobuf's JSON mapping); anything else (decimals, durations) as its
+    string."""
+    if isinstance(v, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    return str(v)
 
 
 _TYPE_NAMES = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}

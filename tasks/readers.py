@@ -509,6 +509,7 @@ def _csv(src: _Source, limit: int, delimiter: str) -> Iterator[Record]:
         return
     if type(header) is _TooLong:
         raise ValueError(f"the CSV header is over max_record_bytes={limit} (raise --max-record-bytes)")
+    header = unique_names(header)
     n, prev = 0, None
     for row in rows:  # one row of lookahead: when the file is cut, the last row is the cut-off tail
         if prev is not None:
@@ -521,6 +522,27 @@ def _csv(src: _Source, limit: int, delimiter: str) -> Iterator[Record]:
         yield _csv_record(n, header, prev, delimiter, limit)
     elif bad:
         yield 1, bad, ""
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique as pandas does: a repeated `x` becomes `x.1`, `x.2`, ... (skipping names
+    the header already has). A record is a dict, so a repeated name would otherwise keep only one of
+    its values, silently; this way the first keeps its name (and its role: `text`, `id`, ...) and the
+    others reach `meta`."""
+    if len(set(names)) == len(names):
+        return names
+    taken, out = set(names), []
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            k = 1
+            while f"{name}.{k}" in taken:
+                k += 1
+            name = f"{name}.{k}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out
 
 
 def _csv_rows(feed: _CsvFeed, delimiter: str) -> Iterator[list[str] | _TooLong]:
@@ -570,6 +592,8 @@ def _parquet(
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(f)
+    names = pf.schema_arrow.names
+    renamed = unique_names(names)  # Parquet allows repeated column names too
     n = used = 0
     for i in range(pf.metadata.num_row_groups):
         group = pf.metadata.row_group(i)
@@ -599,7 +623,7 @@ def _parquet(
             continue
         batch = max(1, min(8192, BATCH_BYTES * rows // max(size, 1)))
         for b in pf.iter_batches(batch_size=batch, row_groups=[i]):
-            for rec in b.to_pylist():
+            for rec in (b if renamed is names else b.rename_columns(renamed)).to_pylist():
                 yield n, rec, None
                 n += 1
 

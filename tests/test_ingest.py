@@ -227,6 +227,35 @@ def test_parquet_rows_types_and_meta(tmp_path):
     assert '"id": 11' in res.rejects[0]["raw"] or '"id":11' in res.rejects[0]["raw"]
 
 
+def test_repeated_column_names_keep_every_value(tmp_path):
+    # spreadsheet exports repeat headers; a record is a dict, so a repeat would keep one value silently
+    (tmp_path / "a.csv").write_text("id,text,text,note,note,note.1\nc1,first,second,x,y,z\n")
+    t = pa.Table.from_arrays(
+        [pa.array(["p1"]), pa.array(["parquet first"]), pa.array(["parquet second"])],
+        names=["id", "text", "text"],
+    )
+    pq.write_table(t, tmp_path / "b.parquet")
+    res = run(tmp_path, tmp_path)
+    assert_accounting(res)
+    rows = {r["doc_id"]: r for r in res.table.to_pylist()}
+    # the first keeps its name and its role; the others reach meta under pandas' names, none clobbered
+    assert rows["c1"]["text"] == "first"
+    assert json.loads(rows["c1"]["meta"]) == {"text.1": "second", "note": "x", "note.2": "y", "note.1": "z"}
+    assert rows["p1"]["text"] == "parquet first"
+    assert json.loads(rows["p1"]["meta"]) == {"text.1": "parquet second"}
+
+
+def test_parquet_binary_meta_is_base64(tmp_path):
+    import base64
+
+    blobs = [b"\x00\xff\xfe", b"", None]
+    t = pa.table({"text": ["one", "two", "three"], "blob": pa.array(blobs, pa.binary())})
+    pq.write_table(t, tmp_path / "a.parquet")
+    res = run(tmp_path, tmp_path)
+    got = [json.loads(r["meta"])["blob"] for r in res.table.to_pylist()]
+    assert [None if g is None else base64.b64decode(g) for g in got] == blobs
+
+
 def test_directory_of_txt_files_one_document_each(tmp_path):
     d = tmp_path / "docs"
     (d / "sub").mkdir(parents=True)
