@@ -33,6 +33,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import time
 import unicodedata
 import zlib
@@ -111,6 +112,16 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
             ) from exc
         if files == [path] and format_of(path) is None:  # a file the user named explicitly
             raise FatalError(f"input {inp!r} is not a supported file type; supported: {SUPPORTED}")
+        if not proto:
+            special = {p: why for p in files if (why := _not_a_file(p))}
+            if files == [path] and special:
+                raise FatalError(f"input {inp!r} cannot be read: {special[path]}")
+            if special:
+                eg = "; ".join(f"{p}: {why}" for p, why in list(special.items())[:3])
+                log.warning(
+                    "input %r: skipped %d paths that are not files to read, e.g. %s", inp, len(special), eg
+                )
+            files = [p for p in files if p not in special]
         ok = [proto + p for p in files if format_of(p) is not None]
         skipped += [p for p in files if format_of(p) is None]
         if skipped:
@@ -121,6 +132,22 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
             raise FatalError(f"input {inp!r} matched no files; check the path/glob (supported: {SUPPORTED})")
         found.update(ok)
     return sorted(found)
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why a local path found among the inputs is not a file to read, or None. Opening a FIFO blocks until
+    something writes to it, a device never ends, and a symlink loop or a dangling link fails to open:
+    none is data, so they are skipped, with a warning, like hidden files."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"{exc.strerror or exc} (a broken or looping symlink?)"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or other"
+    return f"{kind}, not a regular file"
 
 
 def ingest(settings: RunSettings, staging: str | None = None) -> IngestResult:

@@ -329,6 +329,26 @@ def test_expand_inputs_errors_and_globs(tmp_path):
         run(tmp_path / "nope", tmp_path)
 
 
+@pytest.mark.timeout(60)  # a FIFO that got opened would block here forever
+def test_fifos_devices_and_broken_symlinks_in_a_directory_are_skipped(tmp_path):
+    import os
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(jl({"id": "a", "text": "the one real document"}))
+    os.mkfifo(d / "pipe.jsonl")
+    (d / "zero.txt").symlink_to("/dev/zero")
+    (d / "loop1.jsonl").symlink_to(d / "loop2.jsonl")
+    (d / "loop2.jsonl").symlink_to(d / "loop1.jsonl")
+    (d / "gone.csv").symlink_to(d / "missing.csv")
+    assert expand_inputs([str(d)]) == [str(d / "a.jsonl")]
+    res = run(d, tmp_path)
+    assert_accounting(res)
+    assert res.table.column("doc_id").to_pylist() == ["a"] and res.rejects == []
+    with pytest.raises(FatalError, match="FIFO, not a regular file"):
+        expand_inputs([str(d / "pipe.jsonl")])
+
+
 def test_pairs_mode_reasons_ids_and_hints(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_bytes(
