@@ -217,6 +217,15 @@ def test_pickle_only_model_exits_2_before_ray_or_prefect_start(tmp_path):
     assert secs < 20, secs  # the bare CLI start-up; Ray plus a temporary Prefect server take longer
 
 
+def test_out_at_a_file_exits_2_before_ray_or_prefect_start(tmp_path):
+    (tmp_path / "taken").write_text("a file where the output directory should go")
+    sessions = set(glob.glob("/tmp/ray/session_2*"))
+    p, _ = _run(["run", SAMPLE, "--out", str(tmp_path / "taken" / "out"), "--tasks", "lid"], _plain_env())
+    last = _one_error_line(p, 2)
+    assert f"{tmp_path / 'taken'} exists and is not a directory" in last and "choose a directory" in last
+    assert set(glob.glob("/tmp/ray/session_2*")) == sessions  # failed before Ray started
+
+
 def test_missing_output_bucket_is_named(cli_env, tmp_path):
     p, _ = _run(["run", SAMPLE, "--out", "s3://no-such-bucket-xlmflow/out", "--date", "2026-01-01"], cli_env)
     last = _one_error_line(p, 1)

@@ -32,6 +32,7 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     from ray_cluster.cluster import cluster_address
     from ray_cluster.models import precheck
     from tasks.ingest import expand_inputs
+    from xlmflow import storage
     from xlmflow.cli_options import job_kwargs
     from xlmflow.settings import make_job, run_settings
     from xlmflow.uris import REFUSED, has_userinfo
@@ -46,6 +47,8 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
         raise ConfigError(f"{', '.join(bad)}: {REFUSED}")
     job = make_job(out=a.out, **kw)
     settings = run_settings(job, list(a.inputs), a.date)  # what the flow will build: fail here, not there
+    if why := storage.local_dir_problem(a.out):
+        raise ConfigError(f"--out {a.out!r}: {why}; choose a directory (created if missing) or an s3:// URI")
     expand_inputs(a.inputs)
     remote = cluster_address(job.ray_address)  # actors may see other directories than we do
     for spec in job.processors:

@@ -38,6 +38,21 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def local_dir_problem(uri: str) -> str | None:
+    """Why a local output root cannot be a directory we write to (None: it can, or it is remote): its
+    nearest existing ancestor must be a writable directory (the missing rest is created)."""
+    if is_remote(uri):
+        return None
+    path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} exists and is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable by this user"
+    return None
+
+
 def fresh(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """fs and path with no cached listing for the path: s3fs answers exists/size from a directory
     listing it cached earlier, so a manifest replaced since would read as missing or truncated."""
