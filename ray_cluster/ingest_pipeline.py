@@ -166,7 +166,7 @@ def read_inputs(
     from xlmflow import storage
 
     t0 = time.perf_counter()
-    listing = list_inputs(settings.inputs)
+    listing = list_inputs(settings.inputs, settings.out)
     plan = plan_splits(listing, settings.split_bytes, settings.max_file_bytes, settings.dedup_buckets)
     root = storage.join(staging, f"plan-{plan.plan_id}")
     log.info(

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from tasks.readers import SUPPORTED, Bad, format_of, read_piece, read_records
 from xlmflow import schemas, storage
-from xlmflow.errors import FatalError
+from xlmflow.errors import ConfigError, FatalError
 from xlmflow.settings import RunSettings
 from xlmflow.storage import fs_for, is_remote
 
@@ -101,9 +101,11 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
                 if not fs.isdir(top):
                     files.append(top)
                     continue
-                for p in fs.find(top):  # hidden/underscore files (.crc, _SUCCESS) are not data
-                    name = p.rsplit("/", 1)[-1]
-                    (skipped if name.startswith((".", "_")) else files).append(p)
+                for p in fs.find(top):
+                    # hidden/underscore files and folders below the input (.crc, _SUCCESS, .git/,
+                    # _delta_log/) are not data, as in Spark and Hadoop
+                    below = p[len(top.rstrip("/")) + 1 :].split("/")
+                    (skipped if any(c.startswith((".", "_")) for c in below) else files).append(p)
         except FatalError:
             raise
         except (OSError, ValueError) as exc:
@@ -134,6 +136,32 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
+def check_output_apart(inputs: Sequence[str], files: Sequence[str], out: str) -> None:
+    """A ConfigError if a run would read its own outputs (their Parquet files, their Delta log's JSON)
+    as input documents: the output root is inside an input directory, or holds input files."""
+    root = _norm(out)
+    why = next(
+        (
+            f"it is inside the input {inp!r}"
+            for inp in inputs
+            if not any(c in inp for c in "*?[") and (root == _norm(inp) or root.startswith(_norm(inp) + "/"))
+        ),
+        None,
+    )
+    hit = next((f for f in files if _norm(f) == root or _norm(f).startswith(root + "/")), None)
+    if why or hit:
+        raise ConfigError(
+            f"--out {out!r}: {why or f'it holds the input file {hit!r}'}, so a run would read its own outputs "
+            "as documents; put the output outside the input directories"
+        )
+
+
+def _norm(uri: str) -> str:
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 def _not_a_file(path: str) -> str | None:
     """Why a local path found among the inputs is not a file to read, or None. Opening a FIFO blocks until
     something writes to it, a device never ends, and a symlink loop or a dangling link fails to open:
@@ -159,7 +187,7 @@ def ingest(settings: RunSettings, staging: str | None = None) -> IngestResult:
     from tasks import dedup
     from tasks.splits import list_inputs, plan_splits
 
-    listing = list_inputs(settings.inputs)
+    listing = list_inputs(settings.inputs, settings.out)
     plan = plan_splits(listing, settings.split_bytes, settings.max_file_bytes, settings.dedup_buckets)
     payload = settings.model_dump_json()
     with tempfile.TemporaryDirectory(prefix="xlmflow-ingest-") as tmp:

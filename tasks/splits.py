@@ -60,12 +60,16 @@ class Plan:
     plan_id: str  # keys the staging of this plan: a changed listing never reuses stale splits
 
 
-def list_inputs(inputs) -> list[dict]:  # noqa: ANN001
-    """The input files with size and version (ETag or mtime): tasks.fingerprint's entries."""
+def list_inputs(inputs, out: str | None = None) -> list[dict]:  # noqa: ANN001
+    """The input files with size and version (ETag or mtime): tasks.fingerprint's entries. With `out`,
+    a ConfigError if the run would read its own outputs."""
     from tasks.fingerprint import fingerprint
-    from tasks.ingest import expand_inputs
+    from tasks.ingest import check_output_apart, expand_inputs
 
-    return fingerprint(expand_inputs(inputs))
+    files = expand_inputs(inputs)
+    if out is not None:
+        check_output_apart(inputs, files, out)
+    return fingerprint(files)
 
 
 def plan_splits(listing: list[dict], split_bytes: int, max_file_bytes: int, buckets: int | None) -> Plan:

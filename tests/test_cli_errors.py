@@ -226,6 +226,16 @@ def test_out_at_a_file_exits_2_before_ray_or_prefect_start(tmp_path):
     assert set(glob.glob("/tmp/ray/session_2*")) == sessions  # failed before Ray started
 
 
+def test_out_inside_an_input_directory_exits_2(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "a document"}\n')
+    p, _ = _run(
+        ["run", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "out"), "--tasks", "lid"], _plain_env()
+    )
+    last = _one_error_line(p, 2)
+    assert "inside the input" in last and "read its own outputs" in last
+
+
 def test_missing_output_bucket_is_named(cli_env, tmp_path):
     p, _ = _run(["run", SAMPLE, "--out", "s3://no-such-bucket-xlmflow/out", "--date", "2026-01-01"], cli_env)
     last = _one_error_line(p, 1)

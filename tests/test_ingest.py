@@ -16,13 +16,14 @@ import zstandard
 
 from tasks.ingest import expand_inputs, ingest
 from xlmflow import schemas
-from xlmflow.errors import FatalError
+from xlmflow.errors import ConfigError, FatalError
 from xlmflow.settings import make_settings
 
 
 def run(inputs, tmp_path: Path, **kw):
     paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
-    return ingest(make_settings(inputs=paths, out=str(tmp_path / "out"), **kw))
+    # beside tmp_path, not in it: tests read tmp_path itself as the input directory
+    return ingest(make_settings(inputs=paths, out=str(tmp_path.with_name(tmp_path.name + "-out")), **kw))
 
 
 def jl(*rows) -> bytes:
@@ -327,6 +328,40 @@ def test_expand_inputs_errors_and_globs(tmp_path):
     # a FatalError from ingest too, before anything is read
     with pytest.raises(FatalError, match="nope"):
         run(tmp_path / "nope", tmp_path)
+
+
+def test_hidden_and_underscore_folders_below_an_input_are_not_data(tmp_path):
+    from tasks.ingest import check_output_apart
+
+    d = tmp_path / "in"
+    for name in (
+        "ok.jsonl",
+        "sub/ok.jsonl",
+        "t/_delta_log/00000.json",
+        ".git/x.jsonl",
+        "sub/_tmp/x.jsonl",
+        "_x.csv",
+    ):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text('{"text": "x"}\n')
+    files = expand_inputs([str(d)])
+    assert files == [str(d / "ok.jsonl"), str(d / "sub/ok.jsonl")]
+    # a folder the user names is read even if its own name is hidden
+    assert expand_inputs([str(d / ".git")]) == [str(d / ".git/x.jsonl")]
+    # an output root inside an input, or holding input files, would feed a run its own outputs
+    for inputs, listed, out, why in [
+        ([str(d)], files, str(d / "out"), "inside the input"),
+        ([str(d)], files, str(d), "inside the input"),
+        ([str(d / "*.jsonl")], files[:1], str(d), "holds the input file"),
+        (["s3://b/in/"], ["s3://b/in/a.jsonl"], "s3://b/in/out", "inside the input"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            check_output_apart(inputs, listed, out)
+    check_output_apart([str(d)], files, str(tmp_path / "out"))
+    check_output_apart(["s3://b/in/"], ["s3://b/in/a.jsonl"], "s3://b/in2")
+    # the ingest itself refuses too (scheduled runs do not pass through the CLI's checks)
+    with pytest.raises(ConfigError, match="read its own outputs"):
+        ingest(make_settings(inputs=[str(d)], out=str(d / "out")))
 
 
 @pytest.mark.timeout(60)  # a FIFO that got opened would block here forever
