@@ -136,24 +136,23 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def check_output_apart(inputs: Sequence[str], files: Sequence[str], out: str) -> None:
-    """A ConfigError if a run would read its own outputs (their Parquet files, their Delta log's JSON)
-    as input documents: the output root is inside an input directory, or holds input files."""
+def check_output_apart(inputs: Sequence[str], out: str) -> None:
+    """A ConfigError if the output root is inside (or is) an input directory, or under the folder of a
+    recursive (`**`) glob: later runs would read their own outputs (the tables' Parquet files) as input
+    documents. An output beside or above the inputs is fine: nothing reads it."""
     root = _norm(out)
-    why = next(
-        (
-            f"it is inside the input {inp!r}"
-            for inp in inputs
-            if not any(c in inp for c in "*?[") and (root == _norm(inp) or root.startswith(_norm(inp) + "/"))
-        ),
-        None,
-    )
-    hit = next((f for f in files if _norm(f) == root or _norm(f).startswith(root + "/")), None)
-    if why or hit:
-        raise ConfigError(
-            f"--out {out!r}: {why or f'it holds the input file {hit!r}'}, so a run would read its own outputs "
-            "as documents; put the output outside the input directories"
-        )
+    for inp in inputs:
+        if any(c in inp for c in "*?["):
+            if "**" not in inp:
+                continue  # a one-level glob matches no file inside the output's folders
+            fixed = inp[: min(inp.index(c) for c in "*?[" if c in inp)]  # the folder the glob starts in
+            inp = (fixed.rsplit("/", 1)[0] or "/") if "/" in fixed else "."
+        top = _norm(inp)
+        if root == top or root.startswith(top.rstrip("/") + "/"):
+            raise ConfigError(
+                f"--out {out!r} is inside the input {inp!r}, so later runs would read its outputs as "
+                "documents; put the output outside the input directories"
+            )
 
 
 def _norm(uri: str) -> str:

@@ -68,7 +68,7 @@ def list_inputs(inputs, out: str | None = None) -> list[dict]:  # noqa: ANN001
 
     files = expand_inputs(inputs)
     if out is not None:
-        check_output_apart(inputs, files, out)
+        check_output_apart(inputs, out)
     return fingerprint(files)
 
 

@@ -233,7 +233,7 @@ def test_out_inside_an_input_directory_exits_2(tmp_path):
         ["run", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "out"), "--tasks", "lid"], _plain_env()
     )
     last = _one_error_line(p, 2)
-    assert "inside the input" in last and "read its own outputs" in last
+    assert "is inside the input" in last and "would read its outputs as documents" in last
 
 
 def test_missing_output_bucket_is_named(cli_env, tmp_path):

@@ -348,19 +348,26 @@ def test_hidden_and_underscore_folders_below_an_input_are_not_data(tmp_path):
     assert files == [str(d / "ok.jsonl"), str(d / "sub/ok.jsonl")]
     # a folder the user names is read even if its own name is hidden
     assert expand_inputs([str(d / ".git")]) == [str(d / ".git/x.jsonl")]
-    # an output root inside an input, or holding input files, would feed a run its own outputs
-    for inputs, listed, out, why in [
-        ([str(d)], files, str(d / "out"), "inside the input"),
-        ([str(d)], files, str(d), "inside the input"),
-        ([str(d / "*.jsonl")], files[:1], str(d), "holds the input file"),
-        (["s3://b/in/"], ["s3://b/in/a.jsonl"], "s3://b/in/out", "inside the input"),
+    # an output root inside an input would feed later runs their own outputs; beside or above is fine
+    for inputs, out in [
+        ([str(d)], d / "out"),
+        ([str(d)], d),
+        ([f"{d}/**/*.jsonl"], d / "sub" / "out"),
+        (["s3://b/in/"], "s3://b/in/out"),
     ]:
-        with pytest.raises(ConfigError, match=why):
-            check_output_apart(inputs, listed, out)
-    check_output_apart([str(d)], files, str(tmp_path / "out"))
-    check_output_apart(["s3://b/in/"], ["s3://b/in/a.jsonl"], "s3://b/in2")
+        with pytest.raises(ConfigError, match="is inside the input"):
+            check_output_apart(inputs, str(out))
+    for inputs, out in [
+        ([str(d)], tmp_path / "out"),
+        ([str(d)], tmp_path),
+        ([f"{d}/*.jsonl"], d),
+        (["s3://b/in/"], "s3://b/in2"),
+        (["s3://b/in/a.jsonl"], "s3://b/in"),
+        (["**/*.jsonl"], tmp_path / "elsewhere"),  # relative to the working directory
+    ]:
+        check_output_apart(inputs, str(out))
     # the ingest itself refuses too (scheduled runs do not pass through the CLI's checks)
-    with pytest.raises(ConfigError, match="read its own outputs"):
+    with pytest.raises(ConfigError, match="would read its outputs as documents"):
         ingest(make_settings(inputs=[str(d)], out=str(d / "out")))
 
 
