@@ -360,6 +360,9 @@ def _jsonl(lines: _Lines, src: _Source) -> Iterator[Record]:
         body = body.rstrip(b"\r\n")
         if not body.strip():
             continue
+        if _LONG_DIGITS.search(body):  # maybe an integer past 64 bits, which orjson turns into a float
+            yield n, _slow_json(body), body
+            continue
         try:
             yield n, orjson.loads(body), body
         except orjson.JSONDecodeError:
@@ -368,9 +371,15 @@ def _jsonl(lines: _Lines, src: _Source) -> Iterator[Record]:
         yield n + 1, bad, b""
 
 
+# 19+ digits in a row: stdlib json parses such integers exactly (two ids past 2**64 would otherwise
+# round to the same float); inside a string it costs only the slower parse
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
 def _slow_json(body: bytes) -> object:
-    """orjson refused the line: say why (bad UTF-8 / bad JSON), or parse what stdlib json accepts
-    (NaN, lone surrogates like "\\ud800" - the caller rejects those as unencodable_text)."""
+    """A line orjson refused or could misread (integers past 64 bits): say why it is bad (bad UTF-8 /
+    bad JSON), or parse what stdlib json accepts (NaN, lone surrogates like "\\ud800", which the caller
+    rejects as unencodable_text; big integers, exactly)."""
     try:
         s = body.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -135,6 +135,19 @@ def test_every_bad_row_kind_is_a_reject_and_accounting_holds(tmp_path):
     assert pq.read_table(tmp_path / "r.parquet").num_rows == len(res.rejects)
 
 
+def test_integers_past_64_bits_keep_every_digit(tmp_path):
+    # orjson reads them as floats: these two ids would round to one and the second be a duplicate_id
+    big = 123456789012345678901234567890
+    f = tmp_path / "a.jsonl"
+    f.write_text(
+        f'{{"id": {big}, "text": "first", "n": -9223372036854775809}}\n{{"id": {big + 1}, "text": "second"}}\n'
+    )
+    res = run(f, tmp_path)
+    rows = res.table.to_pylist()
+    assert [r["doc_id"] for r in rows] == [str(big), str(big + 1)] and res.rejects == []
+    assert json.loads(rows[0]["meta"]) == {"n": -9223372036854775809}
+
+
 def test_dedup_is_global_first_row_wins_and_ids_are_stable(tmp_path):
     (tmp_path / "1.jsonl").write_bytes(jl({"text": "Cafe\u0301  au lait"}, {"text": "second"}))
     (tmp_path / "2.jsonl").write_bytes(jl({"text": " Caf\u00e9 au\nlait"}, {"id": "z", "text": "second"}))
