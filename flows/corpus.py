@@ -36,6 +36,7 @@ def corpus_flow(
     (plain, forced or a no-op rerun, from any entry point) waits instead of racing this one.
     """
     from flows.params import job_settings
+    from xlmflow import storage
     from xlmflow.lease import PartitionLease
     from xlmflow.settings import run_settings
 
@@ -44,6 +45,7 @@ def corpus_flow(
     if not inputs:
         raise ConfigError("flow 'corpus' needs `inputs` (files, directories or globs)")
     settings = run_settings(job, inputs, date)
+    storage.check_output_root(settings.out)  # scheduled runs do not pass through the CLI's checks
     day = settings.date.isoformat()
     _tag_run(day, [s.name for s in settings.processors])
     if missing_input == "skip" and not _any_input(settings.inputs):

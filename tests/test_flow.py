@@ -121,6 +121,23 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert parts() == listed(m2)
 
 
+def test_flow_refuses_an_output_it_cannot_write_or_would_read_back(prefect_harness, corpus, tmp_path):
+    # what a scheduled run (no CLI checks in front of it) says, before it takes a lease or starts Ray
+    from xlmflow.errors import ConfigError
+
+    path, _ = corpus
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ConfigError, match="taken exists and is not a directory"):
+        _run(path, str(tmp_path / "taken" / "out"))
+    folder = os.path.dirname(path)
+    with pytest.raises(ConfigError, match="is inside the input"):
+        corpus_flow(
+            inputs=[folder],
+            settings=make_job(out=os.path.join(folder, "out"), tasks="lid"),
+            date="2026-11-01",
+        )
+
+
 def test_same_on_s3(prefect_harness, ray_local, corpus, s3_bucket):
     path, n_good = corpus
     src = storage.join(s3_bucket, "raw", "corpus.jsonl")

@@ -47,8 +47,7 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
         raise ConfigError(f"{', '.join(bad)}: {REFUSED}")
     job = make_job(out=a.out, **kw)
     settings = run_settings(job, list(a.inputs), a.date)  # what the flow will build: fail here, not there
-    if why := storage.local_dir_problem(a.out):
-        raise ConfigError(f"--out {a.out!r}: {why}; choose a directory (created if missing) or an s3:// URI")
+    storage.check_output_root(a.out)
     expand_inputs(a.inputs)
     check_output_apart(a.inputs, a.out)
     remote = cluster_address(job.ray_address)  # actors may see other directories than we do

@@ -38,19 +38,23 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def local_dir_problem(uri: str) -> str | None:
-    """Why a local output root cannot be a directory we write to (None: it can, or it is remote): its
-    nearest existing ancestor must be a writable directory (the missing rest is created)."""
+def check_output_root(uri: str) -> None:
+    """A ConfigError if a local output root cannot be a directory we write to: its nearest existing
+    ancestor must be a writable directory (the missing rest is created). Remote roots pass."""
     if is_remote(uri):
-        return None
+        return
     path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
     while not os.path.lexists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        return f"{path} exists and is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable by this user"
-    return None
+    why = (
+        f"{path} exists and is not a directory"
+        if not os.path.isdir(path)
+        else f"{path} is not writable by this user"
+        if not os.access(path, os.W_OK | os.X_OK)
+        else None
+    )
+    if why:
+        raise ConfigError(f"--out {uri!r}: {why}; choose a directory (created if missing) or an s3:// URI")
 
 
 def fresh(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
