@@ -140,25 +140,19 @@ def check_output_apart(inputs: Sequence[str], out: str) -> None:
     """A ConfigError if the output root is inside (or is) an input directory, or under the folder of a
     recursive (`**`) glob: later runs would read their own outputs (the tables' Parquet files) as input
     documents. An output beside or above the inputs is fine: nothing reads it."""
-    root = _norm(out)
+    root = storage.canonical(out)
     for inp in inputs:
         if any(c in inp for c in "*?["):
             if "**" not in inp:
                 continue  # a one-level glob matches no file inside the output's folders
             fixed = inp[: min(inp.index(c) for c in "*?[" if c in inp)]  # the folder the glob starts in
             inp = (fixed.rsplit("/", 1)[0] or "/") if "/" in fixed else "."
-        top = _norm(inp)
+        top = storage.canonical(inp)
         if root == top or root.startswith(top.rstrip("/") + "/"):
             raise ConfigError(
                 f"--out {out!r} is inside the input {inp!r}, so later runs would read its outputs as "
                 "documents; put the output outside the input directories"
             )
-
-
-def _norm(uri: str) -> str:
-    if is_remote(uri):
-        return uri.rstrip("/")
-    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
 def _not_a_file(path: str) -> str | None:

@@ -38,12 +38,20 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def canonical(uri: str) -> str:
+    """One spelling of a location, for comparing them: a remote URI without its trailing slash, a local
+    path absolute (`~` and a `file://` prefix resolved)."""
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 def check_output_root(uri: str) -> None:
     """A ConfigError if a local output root cannot be a directory we write to: its nearest existing
     ancestor must be a writable directory (the missing rest is created). Remote roots pass."""
     if is_remote(uri):
         return
-    path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    path = canonical(uri)
     while not os.path.lexists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     why = (
