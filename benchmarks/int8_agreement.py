@@ -18,11 +18,9 @@ Random weights make agreement a proxy: a trained model's label margins and score
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import platform
 import random
 import shlex
 import sys
@@ -32,6 +30,8 @@ import warnings
 from statistics import median
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.report import cpu_name, emit  # noqa: E402
+
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
 PRECISIONS = ("fp32", "int8")
 KINDS = ("ner", "embed", "qe")
@@ -178,9 +178,7 @@ def main() -> None:
             del engs  # one base-shaped model (and its int8 copy) in memory at a time
             gc.collect()
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    cpu = cpu_name()
     out = [
         "# int8 vs fp32 on CPU: speed and agreement",
         "",
@@ -205,13 +203,7 @@ def main() -> None:
         "|---|---|",
         *(g for _, g in rows),
     ]
-    text = "\n".join(out) + "\n"
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"wrote {a.out}", file=sys.stderr)
-    else:
-        print(text, end="")
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.report import cpu_name, emit  # noqa: E402
+
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
 # per layer: Q, K, V and the attention output; FFN in; FFN out
 SHAPES = {(768, 768): 4, (768, 3072): 1, (3072, 768): 1}
@@ -212,10 +214,9 @@ def main() -> None:
                     speeds.setdefault((k, n, name), []).append(flop / (time.perf_counter() - t0))
             print(f"kernel round {r + 1}/{a.rounds} done", file=sys.stderr)
 
+    cpu = cpu_name()
     with open("/proc/cpuinfo") as f:
-        info = f.read().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), "?")
-    flags = next((ln for ln in info if ln.startswith("flags")), "") + " "
+        flags = next((ln for ln in f if ln.startswith("flags")), "").strip() + " "
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f} " in flags]
     med = statistics.median
     names = [name for name, _, _ in next(iter(kernels.values()))]
@@ -250,13 +251,7 @@ def main() -> None:
     ]
     if a.forward:
         out += forward_rounds(a.forward, a.threads)
-    text = "\n".join(out) + "\n"
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"wrote {a.out}", file=sys.stderr)
-    else:
-        print(text, end="")
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

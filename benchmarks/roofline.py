@@ -21,10 +21,8 @@ is its `window_probs` phase (engine.run over the windows) alone.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -34,6 +32,8 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.report import cpu_name, emit  # noqa: E402
+
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
 
 
@@ -182,9 +182,7 @@ def main() -> None:
         msg = ", ".join(f"{k} {n_tokens / s:.0f}" for k, (s, _) in times.items())
         print(f"round {r + 1}/{a.rounds}: ceiling {ceil:.0f} tok/s, {msg}", file=sys.stderr)
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    cpu = cpu_name()
     med = statistics.median
     out = [
         "# NER roofline (CPU, fp32 GEMM ceiling)",
@@ -230,13 +228,7 @@ def main() -> None:
         for kn in kernels:
             cells = " | ".join(f"{med(sp[(m, k, n, kn)] for _, sp, _ in rounds) / 1e9:.0f}" for m in a.rows)
             out.append(f"| {k} -> {n} | {c} | {kn} | {cells} |")
-    text = "\n".join(out) + "\n"
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"wrote {a.out}", file=sys.stderr)
-    else:
-        print(text, end="")
+    emit(out, a.out)
 
 
 if __name__ == "__main__":
