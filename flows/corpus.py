@@ -81,24 +81,31 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
                 "; ".join(diff),
             )
             return {**result, "status": "inputs_changed", "manifest": existing, "changes": diff}
-        realigned = collect.realign_tables(
-            settings.out, day, existing
-        )  # a --force run that crashed mid-commit
-        if realigned:
-            logger.warning(
-                "partition %s: tables %s held rows of a run that crashed before its manifest; they hold "
-                "the committed run's rows again",
+        try:
+            realigned = collect.realign_tables(
+                settings.out, day, existing
+            )  # a --force run that crashed mid-commit
+        except collect.PinnedFilesGoneError as exc:
+            # the committed rows are gone; the inputs are unchanged, so computing again restores them
+            logger.warning("%s; computing the partition again from its unchanged inputs", exc)
+        else:
+            if realigned:
+                logger.warning(
+                    "partition %s: tables %s held rows of a run that crashed before its manifest; they "
+                    "hold the committed run's rows again",
+                    day,
+                    ", ".join(realigned),
+                )
+            removed = collect.cleanup_partition(
+                settings.out, day, existing
+            )  # leftovers of a crash after commit
+            logger.info(
+                "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
                 day,
-                ", ".join(realigned),
+                existing.get("run_id"),
+                f" (removed {removed} stray files)" if removed else "",
             )
-        removed = collect.cleanup_partition(settings.out, day, existing)  # leftovers of a crash after commit
-        logger.info(
-            "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
-            day,
-            existing.get("run_id"),
-            f" (removed {removed} stray files)" if removed else "",
-        )
-        return {**result, "status": "skipped", "manifest": existing}
+            return {**result, "status": "skipped", "manifest": existing}
     # the tables' versions now: the commit refuses if another run commits this date meanwhile
     table_versions = delta.snapshot(settings.out, collect.datasets_for(settings))
     # files a failed or killed run left behind (ours alone to remove: we hold the partition)

@@ -149,11 +149,28 @@ def commit_tables(
         write_manifest(out, manifest)  # the commit point
     except BaseException:
         if not _committed_by(out, date, manifest["run_id"]):
-            storage.remove(
-                [storage.join(out, f["path"]) for n, fs in files.items() if n not in versions for f in fs]
-            )
+            run_id = manifest["run_id"]
+            unreferenced = [
+                n
+                for n in files
+                if n not in versions and not _maybe_committed(out, n, date, run_id, base_versions)
+            ]
+            storage.remove([storage.join(out, f["path"]) for n in unreferenced for f in files[n]])
         raise
     return manifest
+
+
+def _maybe_committed(out: str, name: str, date: str, run_id: str, base_versions: dict) -> bool:
+    """Whether a commit of this run may be in the table although commit_partition did not return
+    (its outcome could not be read back): such files must stay, a table version may reference them."""
+    try:
+        return bool(delta.commits_by_run(out, name, date, run_id, base_versions.get(name)))
+    except Exception:  # noqa: BLE001 - unknown: keep the files; the next run's debris check decides
+        return True
+
+
+class PinnedFilesGoneError(FatalError):
+    """Files a committed manifest pins are missing: the partition must be computed again."""
 
 
 def realign_tables(out: str, date: str, manifest: dict) -> list[str]:
@@ -171,6 +188,13 @@ def realign_tables(out: str, date: str, manifest: dict) -> list[str]:
         pinned = delta.files_for_commit(out, name, date, version)
         if latest == {f["path"].split("/", 1)[1] for f in pinned}:
             continue
+        present = {u.rsplit("/", 1)[-1] for u in storage.list_files(partition_dir(out, name, date))}
+        gone = [f["path"] for f in pinned if f["path"].rsplit("/", 1)[-1] not in present]
+        if gone:  # pointing the table at them would break every reader of its latest version
+            raise PinnedFilesGoneError(
+                f"partition {date}: table {name} version {version}, which the manifest pins, lost "
+                f"{len(gone)} of its files (e.g. {gone[0]}; deleted by hand or by an older vacuum)"
+            )
         meta = {**commit_metadata(manifest), "operation": "realign", "realigned_to_version": version}
         delta.commit_partition(out, name, date, pinned, table.version(), meta, table)
         changed.append(name)

@@ -328,6 +328,47 @@ def test_crash_between_table_commits_is_realigned_by_the_next_run(tmp_path):
     assert collect.remove_debris(out, DATE, a, "cfg") == 0
 
 
+def _crash_after_first_table_commit(out: str, committed: dict) -> str:
+    """A --force run killed after committing `documents` and before `rejects` and its manifest."""
+    crashed = _run_hex(2)
+    rows = read_partition(out, "documents", DATE).drop(["date"]).slice(0, 4)
+    f, _ = write_table(out, "documents", DATE, crashed, rows)
+    delta.commit_partition(out, "documents", DATE, [f], committed["tables"]["documents"], {"run_id": crashed})
+    return crashed
+
+
+def test_vacuum_never_deletes_what_a_manifest_pins(tmp_path):
+    """After such a crash the manifest pins `documents` files that the table's latest version has
+    removed; vacuum at any retention keeps them, so readers through the manifest and the next run's
+    realignment still find them."""
+    out = str(tmp_path / "out")
+    a = _commit(out, _run_hex(1), 10, 1)
+    _crash_after_first_table_commit(out, a)
+    pinned = [storage.join(out, f["path"]) for f in a["files"]["documents"]]
+
+    assert maintenance.vacuum(out, retain_hours=0) == {"documents": [], "rejects": []}
+    assert all(os.path.exists(p) for p in pinned)
+    assert _ids(read_partition(out, "documents", DATE)) == {f"{_run_hex(1)}-{i}" for i in range(10)}
+    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == ["documents"]
+    latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
+    assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
+    # once the table holds the pinned files again, the crashed run's file is superseded: vacuum takes it
+    assert maintenance.vacuum(out, retain_hours=0)["documents"] == [f"date={DATE}/part-00000002-00000.parquet"]
+
+
+def test_realign_refuses_files_that_are_gone(tmp_path):
+    """Pinned files deleted behind xlmflow's back (by hand, or an older vacuum): the realignment must
+    not point the table at them, which would break every reader of its latest version."""
+    out = str(tmp_path / "out")
+    a = _commit(out, _run_hex(1), 10, 1)
+    _crash_after_first_table_commit(out, a)
+    for f in a["files"]["documents"]:
+        os.unlink(storage.join(out, f["path"]))
+    with pytest.raises(collect.PinnedFilesGoneError, match="version 1, which the manifest pins, lost 1"):
+        collect.realign_tables(out, DATE, collect.read_manifest(out, DATE))
+    assert DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table().num_rows == 4  # unchanged
+
+
 def test_history_restore_vacuum_commands(tmp_path, capsys):
     from xlmflow.cli import main
 

@@ -15,8 +15,10 @@ which Spark, Trino, Athena, DuckDB and Polars all read. Schemas evolve only by a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import uuid
 from typing import Any
 
 from xlmflow import storage
@@ -26,6 +28,9 @@ PARTITION = "date"
 LOG_DIR = "_delta_log"
 META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata (a JSON string)
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
+READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
+
+log = logging.getLogger(__name__)
 
 
 class CommitConflictError(FatalError):
@@ -268,6 +273,11 @@ def commit_partition(
     `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms)}. `base_version`: the table's
     version when the run started (None: there was no table). Raises CommitConflictError when a commit
     since then touched the same date. `table`: the table freshly loaded, if the caller has it.
+
+    Each commit carries a fresh `commit_id`. A commit PUT whose answer was lost may have landed anyway
+    (the client's retry then meets its own commit and fails with "version exists"): whenever the
+    outcome of a PUT is unknown, the version it aimed at is read back, and if it is this commit, the
+    commit succeeded.
     """
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import CommitProperties, RemoveAction
@@ -283,7 +293,10 @@ def commit_partition(
         )
         for f in files
     ]
-    props = CommitProperties(custom_metadata={META_KEY: json.dumps(meta)}, max_commit_retries=0)
+    commit_id = uuid.uuid4().hex
+    props = CommitProperties(
+        custom_metadata={META_KEY: json.dumps({**meta, "commit_id": commit_id})}, max_commit_retries=0
+    )
     seen = -1 if base_version is None else base_version
     dt = table if table is not None else open_table(out, name)
     for attempt in range(COMMIT_ATTEMPTS):
@@ -293,6 +306,8 @@ def commit_partition(
         hit = _touching(out, name, date, seen + 1, latest)
         if hit:
             v, other = hit
+            if other.get("commit_id") == commit_id:
+                return v  # our own commit, landed by a PUT whose answer was lost
             raise CommitConflictError(
                 f"table {name}: partition {date} was committed at version {v} by run "
                 f"{other.get('run_id', '(unknown tool)')} after this run started; this run committed "
@@ -312,12 +327,50 @@ def commit_partition(
                 commit_properties=props,
             )
             return latest + 1
-        except CommitFailedError:
+        except Exception as exc:
+            landed = commit_outcome(out, name, latest + 1, commit_id)
+            if landed:
+                log.warning("table %s: commit %d landed although its answer was lost", name, latest + 1)
+                return latest + 1
+            if landed is None and not isinstance(exc, CommitFailedError):
+                raise  # nothing at that version: the commit did not happen, and it was no race
             seen = latest  # version latest+1 went to someone else: look at what it did
     raise CommitConflictError(
         f"table {name}: {COMMIT_ATTEMPTS} commits of other runs landed while this one tried to commit "
         f"{date}; rerun the same command"
     )
+
+
+def commit_outcome(out: str, name: str, version: int, commit_id: str) -> bool | None:
+    """Whether `version` of the table is the commit `commit_id`: True (it is), False (another
+    commit's), None (no such version). Read with a few bounded tries: the store that just lost an
+    answer may still be flaky, and an unknown outcome must not be mistaken for a failure."""
+    uri = storage.join(out, name, LOG_DIR, f"{version:020d}.json")
+    for attempt in range(READ_BACK_ATTEMPTS):
+        try:
+            if not storage.exists(uri):
+                return None
+            return commit_meta(read_log_entry(out, name, version)).get("commit_id") == commit_id
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - transient; the last try's error propagates
+            if attempt == READ_BACK_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    return None
+
+
+def commits_by_run(out: str, name: str, date: str, run_id: str, since: int | None) -> list[int]:
+    """Versions after `since` (None: all) in which run `run_id` committed `date` to the table."""
+    dt = open_table(out, name, without_files=True)
+    if dt is None:
+        return []
+    found = []
+    for v in range((since if since is not None else -1) + 1, dt.version() + 1):
+        meta = commit_meta(read_log_entry(out, name, v))
+        if meta.get("run_id") == run_id and meta.get("date") in (date, None):
+            found.append(v)
+    return found
 
 
 def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN201

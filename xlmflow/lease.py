@@ -265,6 +265,9 @@ class PartitionLease:
             seen = self.backend.read()
             if seen is None:
                 continue  # released between our create and read: try again at once
+            if seen.body.get("run_id") == self.run_id:
+                self.token = seen.token  # our create landed; its answer was lost and the retry refused
+                break
             if seen.expired:
                 try:
                     self.token = self.backend.replace(self._body(), seen.token)
@@ -296,6 +299,10 @@ class PartitionLease:
                 self.token = self.backend.replace(self._body(), self.token)
             except LeaseConflict:
                 seen = self.backend.read()
+                if seen is not None and seen.body.get("run_id") == self.run_id:
+                    # our renewal landed, its answer was lost and the retry met its own new token
+                    self.token = seen.token
+                    return
                 self.lost = (
                     f"this run ({self.run_id}) lost the lease of partition {self.date} of {self.out} "
                     f"(now {'held by ' + seen.describe() if seen else 'released'}): it stalled past its "

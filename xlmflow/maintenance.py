@@ -76,13 +76,39 @@ def vacuum(
         stale = dt_.vacuum(retention_hours=int(retain_hours), dry_run=True, enforce_retention_duration=False)
         rel = [s.split(f"/{name}/", 1)[-1] if "://" in s or s.startswith("/") else s for s in stale]
         keep = [r for r in rel if any(r.startswith(f"{delta.PARTITION}={d}/") for d in held)]
-        gone = sorted(set(rel) - set(keep))
         if keep:
             log.info("vacuum %s: skipped %d files of partitions whose lease is held", name, len(keep))
+        pinned = _pinned(out, name, sorted(set(rel) - set(keep)))
+        if pinned:
+            log.info("vacuum %s: kept %d files that a partition's manifest pins", name, len(pinned))
+        gone = sorted(set(rel) - set(keep) - pinned)
         if not dry_run:
             storage.remove([storage.join(out, name, r) for r in gone])
         removed[name] = gone
     return removed
+
+
+def _pinned(out: str, name: str, candidates: list[str]) -> set[str]:
+    """Those of `candidates` (paths relative to table `name`) that a date's current manifest pins.
+
+    A run that crashed between its table commits and its manifest leaves tables whose latest version
+    no longer holds the files the manifest pins; they are what readers through the manifest read, and
+    what the next run points the table at again, so no retention makes them deletable."""
+    from xlmflow.manifest import read_manifest
+
+    by_date: dict[str, set[str]] = {}
+    for r in candidates:
+        part = r.split("/", 1)[0]
+        if part.startswith(f"{delta.PARTITION}="):
+            by_date.setdefault(part.split("=", 1)[1], set()).add(r)
+    pinned: set[str] = set()
+    for date, paths in by_date.items():
+        version = ((read_manifest(out, date) or {}).get("tables") or {}).get(name)
+        if version is None:
+            continue
+        table = delta.open_table(out, name, version)
+        pinned |= paths & {f["path"] for f in delta.partition_files(table, date)}
+    return pinned
 
 
 def runs_of(out: str, date: str) -> list[dict]:

@@ -94,7 +94,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = fs_for(uri)
     try:
         if is_remote(uri):
-            fs.pipe_file(path, data)
+            try:
+                fs.pipe_file(path, data)
+            except Exception:
+                if not _landed(uri, data):
+                    raise
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -113,6 +117,21 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise FatalError(
             f"no write access to {uri}: {exc}; choose another --out or fix its permissions"
         ) from exc
+
+
+def _landed(uri: str, data: bytes, attempts: int = 3) -> bool:
+    """Whether the object at `uri` holds `data` now: a PUT whose answer was lost may have landed, and
+    the client's error then says nothing about the object. An unreadable object counts as not landed."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return read_bytes(uri) == data
+        except FileNotFoundError:
+            return False
+        except Exception:  # noqa: BLE001 - the store is flaky right now: look again, boundedly
+            time.sleep(0.5 * 2**attempt)
+    return False
 
 
 @contextlib.contextmanager
