@@ -353,7 +353,9 @@ def test_vacuum_never_deletes_what_a_manifest_pins(tmp_path):
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     # once the table holds the pinned files again, the crashed run's file is superseded: vacuum takes it
-    assert maintenance.vacuum(out, retain_hours=0)["documents"] == [f"date={DATE}/part-00000002-00000.parquet"]
+    assert maintenance.vacuum(out, retain_hours=0)["documents"] == [
+        f"date={DATE}/part-00000002-00000.parquet"
+    ]
 
 
 def test_realign_refuses_files_that_are_gone(tmp_path):

@@ -120,6 +120,24 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     maintenance.vacuum(out, retain_hours=0)
     assert parts() == listed(m2)
 
+    # a --force run crashed after its first table commit, and the files the manifest pins were deleted
+    # behind xlmflow's back: the plain rerun cannot point the table back at them, so it computes the
+    # partition again (its inputs are unchanged) instead of reporting "already committed"
+    from tasks.write import write_table
+
+    crashed = "c" * 32
+    rows = delta.read_partition(out, "documents", "2026-11-01", m2["tables"]["documents"]).drop(["date"])
+    f, _ = write_table(out, "documents", "2026-11-01", crashed, rows.slice(0, 3))
+    delta.commit_partition(
+        out, "documents", "2026-11-01", [f], m2["tables"]["documents"], {"run_id": crashed}
+    )
+    for f in m2["files"]["documents"]:
+        os.unlink(storage.join(out, f["path"]))
+    healed = _run(path, out)
+    assert healed["status"] == "committed" and healed["manifest"]["counts"] == m["counts"]
+    latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
+    assert sorted(latest.column("doc_id").to_pylist()) == expected["documents"]
+
 
 def test_flow_refuses_an_output_it_cannot_write_or_would_read_back(prefect_harness, corpus, tmp_path):
     # what a scheduled run (no CLI checks in front of it) says, before it takes a lease or starts Ray
