@@ -8,6 +8,7 @@ as if the lease had been bypassed (or broken by hand while its run still lived).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time
@@ -369,6 +370,78 @@ def test_realign_refuses_files_that_are_gone(tmp_path):
     with pytest.raises(collect.PinnedFilesGoneError, match="version 1, which the manifest pins, lost 1"):
         collect.realign_tables(out, DATE, collect.read_manifest(out, DATE))
     assert DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table().num_rows == 4  # unchanged
+
+
+@pytest.fixture
+def proxied(moto_server, s3_bucket):
+    """An output prefix on S3 whose clients in this process (delta-rs, s3fs, boto3) all go through a
+    fault-injecting proxy in front of the moto server."""
+    import s3fs
+
+    from tests.fault_proxy import fault_proxy
+
+    old = os.environ["AWS_ENDPOINT_URL"]
+    with fault_proxy(moto_server) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            yield proxy, storage.join(s3_bucket, "curated")
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = old
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _latest_rows(out: str, name: str) -> int:
+    """What a plain Delta reader of the latest version gets (it fails on a referenced file that is gone)."""
+    return DeltaTable(delta.table_uri(out, name), storage_options=_opts(out)).to_pyarrow_table().num_rows
+
+
+@pytest.mark.parametrize("fault", ["after", "drop-after"])
+@pytest.mark.parametrize("table", ["documents", "rejects"])
+def test_a_commit_whose_answer_was_lost_is_read_back(proxied, table, fault):
+    """The commit PUT reached S3 but the client saw a 500 or a cut connection; its retry then met the
+    commit it had just made (412). That commit is this run's: the run succeeds and keeps its files."""
+    proxy, out = proxied
+    _commit(out, _run_hex(1), 10, 1)
+    proxy.fail(fault, method="PUT", path=rf"/{table}/_delta_log/\d{{20}}\.json", times=1)
+    b = _commit(out, _run_hex(2), 12, 2)
+    assert proxy.hits == 1
+    assert b["tables"] == {"documents": 2, "rejects": 2}
+    assert collect.read_manifest(out, DATE)["run_id"] == _run_hex(2)
+    assert (_latest_rows(out, "documents"), _latest_rows(out, "rejects")) == (12, 2)
+    assert [r["run_id"] for r in maintenance.runs_of(out, DATE) if r["current"]] == [_run_hex(2)]
+
+
+@pytest.mark.parametrize("fault", ["after", "drop-after"])
+def test_a_manifest_whose_answer_was_lost_is_read_back(proxied, fault):
+    """The manifest PUT (the commit point) landed and its answer was lost."""
+    proxy, out = proxied
+    proxy.fail(fault, method="PUT", path=r"/_manifests/", times=1)
+    m = _commit(out, _run_hex(1), 10, 1)
+    assert proxy.hits >= 1
+    assert collect.read_manifest(out, DATE) == json.loads(json.dumps(m, default=str))
+    assert _latest_rows(out, "documents") == 10
+
+
+@pytest.mark.parametrize("fault", ["after", "drop-after"])
+def test_a_lease_write_whose_answer_was_lost_is_read_back(proxied, fault):
+    """Taking and renewing the partition's lease are conditional PUTs too: a lost answer must not make
+    the run wait for itself, or think another run took its lease."""
+    from xlmflow.lease import PartitionLease, show
+
+    proxy, out = proxied
+    lease = PartitionLease(out, DATE, "a" * 32, ttl=60)
+    proxy.fail(fault, method="PUT", path=r"/_leases/", times=1)
+    lease.acquire(timeout=5)
+    try:
+        assert proxy.hits == 1 and show(out, DATE).body["run_id"] == "a" * 32
+        proxy.fail(fault, method="PUT", path=r"/_leases/", times=1)
+        lease.check()  # the fence before a commit
+        assert proxy.hits == 1 and lease.lost is None
+    finally:
+        proxy.passthrough()
+        lease.release()
+    assert show(out, DATE) is None
 
 
 def test_history_restore_vacuum_commands(tmp_path, capsys):

@@ -249,7 +249,24 @@ class PartitionLease:
             "pid_start": proc_start(pid),
             "ttl_s": self.ttl,
             "acquired_at": getattr(self, "_acquired_at", None),
+            "write_id": uuid.uuid4().hex,  # tells this write from any other, when its answer is lost
         }
+
+    def _write(self, op: Callable[..., str], *args: str) -> None:
+        """A conditional write of a fresh body. Its answer may be lost after it landed (the client's
+        retry then meets its own write and is refused, or the error is a 500): on any failure the lease
+        is read back, and if it holds this very write, the write succeeded."""
+        body = self._body()
+        try:
+            self.token = op(body, *args)
+        except Exception:
+            try:
+                seen = self.backend.read()
+            except Exception:  # noqa: BLE001 - unknown outcome: report the write's own error
+                seen = None
+            if seen is None or seen.body.get("write_id") != body["write_id"]:
+                raise
+            self.token = seen.token
 
     def acquire(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> PartitionLease:
         """Take the lease, waiting up to `timeout` s for a live owner; raise LeaseHeldError after that."""
@@ -258,19 +275,16 @@ class PartitionLease:
         waited = False
         while True:
             try:
-                self.token = self.backend.create(self._body())
+                self._write(self.backend.create)
                 break
             except LeaseConflict:
                 pass
             seen = self.backend.read()
             if seen is None:
                 continue  # released between our create and read: try again at once
-            if seen.body.get("run_id") == self.run_id:
-                self.token = seen.token  # our create landed; its answer was lost and the retry refused
-                break
             if seen.expired:
                 try:
-                    self.token = self.backend.replace(self._body(), seen.token)
+                    self._write(self.backend.replace, seen.token)
                     log.warning("partition %s: took over the expired lease of %s", self.date, seen.describe())
                     break
                 except LeaseConflict:
@@ -296,13 +310,9 @@ class PartitionLease:
             if self.lost:
                 raise LeaseLostError(self.lost)
             try:
-                self.token = self.backend.replace(self._body(), self.token)
+                self._write(self.backend.replace, self.token)
             except LeaseConflict:
                 seen = self.backend.read()
-                if seen is not None and seen.body.get("run_id") == self.run_id:
-                    # our renewal landed, its answer was lost and the retry met its own new token
-                    self.token = seen.token
-                    return
                 self.lost = (
                     f"this run ({self.run_id}) lost the lease of partition {self.date} of {self.out} "
                     f"(now {'held by ' + seen.describe() if seen else 'released'}): it stalled past its "
