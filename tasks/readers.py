@@ -47,8 +47,8 @@ from xlmflow.storage import fs_for
 CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 PREVIEW = 4 * REJECT_RAW_CHARS  # bytes kept of an over-long row: enough for the reject's excerpt
-# the RunSettings defaults (4 x max_text_chars, 32 GiB), for callers that read without settings
-MAX_RECORD_BYTES = 4_000_000
+# the RunSettings defaults (12 x max_text_chars + 64 KiB, 32 GiB), for callers that read without settings
+MAX_RECORD_BYTES = 12_000_000 + (64 << 10)
 MAX_FILE_BYTES = 32 * 1024**3
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
@@ -236,7 +236,7 @@ def _too_long(what: str, size: int, limit: int, ended: bool = True) -> Bad:
     return Bad(
         "too_long",
         f"{what} has {size_s}, over max_record_bytes={limit}; it was skipped unread "
-        "(raise --max-record-bytes, default 4 x --max-text-chars, to read it)",
+        "(raise --max-record-bytes, default 12 x --max-text-chars, to read it)",
     )
 
 
