@@ -443,6 +443,30 @@ def test_pairs_mode_reasons_ids_and_hints(tmp_path):
     ]  # fmt: skip
 
 
+def test_parquet_rows_are_measured_as_decoded(tmp_path):
+    """Dictionary encoding: 300 rows of one 5,000-byte value are ~5 KB in the metadata, 1.5 MB decoded.
+    Each decoded row meets max_record_bytes, and decoded bytes count against max_file_bytes."""
+    big = "Wert" * 1250
+    text = pa.DictionaryArray.from_arrays(pa.array([0, 1] * 150, pa.int32()), pa.array(["kurz", big]))
+    t = pa.table({"id": [f"r{i}" for i in range(300)], "text": text})
+    pq.write_table(t, tmp_path / "a.parquet", compression="zstd", store_schema=False)
+    assert pq.ParquetFile(tmp_path / "a.parquet").metadata.row_group(0).total_byte_size < 20_000
+    res = run(tmp_path / "a.parquet", tmp_path, max_record_bytes=4000)
+    assert_accounting(res)
+    assert res.table.column("doc_id").to_pylist() == ["r0"]  # the other "kurz" rows are duplicates
+    too_long = by_reason(res)["too_long"]
+    assert [r["source_row"] for r in too_long] == list(range(1, 300, 2))
+    assert "5002 bytes decoded, over max_record_bytes=4000" in too_long[0]["detail"]
+    assert too_long[0]["raw"].startswith('{"id": "r1", "text": "WertWert')
+    # ~5 KB every other row: the 100th long one (row 199) takes the file past 500 KB decoded; it and the
+    # rows after it are one reject
+    res = run(tmp_path / "a.parquet", tmp_path, max_file_bytes=500_000)
+    assert_accounting(res)
+    (r,) = by_reason(res)["file_too_large"]
+    assert r["source_row"] == 199 and "max_file_bytes=500000" in r["detail"]
+    assert res.input_rows == 200
+
+
 def test_a_text_of_max_text_chars_passes_however_it_is_escaped(tmp_path):
     """The default byte limit leaves room for any JSON escaping of max_text_chars characters (an escaped
     BMP character is 6 bytes, an escaped astral one, a surrogate pair, 12): the text's length decides."""
