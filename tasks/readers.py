@@ -659,7 +659,7 @@ def _parquet(
 
 def _parquet_rows(b, n: int, sizes: list[int], limit: int) -> Iterator[Record]:  # noqa: ANN001
     """The rows of a decoded batch from row n on; those over the limit are too_long, not converted."""
-    if max(sizes) <= limit:
+    if not sizes or max(sizes) <= limit:
         for rec in b.to_pylist():
             yield n, rec, None
             n += 1
