@@ -51,8 +51,8 @@ class BucketWriter:
         for b, cols in enumerate(self.cols):
             if not cols[0]:
                 continue
-            # a column past 2 GiB (one huge row) comes back from pa.array as several chunks: a table
-            # takes them, and each of its batches is written and indexed
+            # a column past 2 GiB (huge rows: flush_bytes bounds the buffer, not a row) comes back from
+            # pa.array in several chunks: a table takes them, and each of its batches is written and indexed
             table = pa.Table.from_arrays(
                 [pa.array(c, type=f.type) for c, f in zip(cols, self.schema, strict=True)], schema=self.schema
             )
