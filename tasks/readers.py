@@ -47,8 +47,8 @@ from xlmflow.storage import fs_for
 CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 PREVIEW = 4 * REJECT_RAW_CHARS  # bytes kept of an over-long row: enough for the reject's excerpt
-# the RunSettings defaults (4 x max_text_chars, 32 GiB), for callers that read without settings
-MAX_RECORD_BYTES = 4_000_000
+# the RunSettings defaults (12 x max_text_chars + 64 KiB, 32 GiB), for callers that read without settings
+MAX_RECORD_BYTES = 12_000_000 + (64 << 10)
 MAX_FILE_BYTES = 32 * 1024**3
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
@@ -236,7 +236,7 @@ def _too_long(what: str, size: int, limit: int, ended: bool = True) -> Bad:
     return Bad(
         "too_long",
         f"{what} has {size_s}, over max_record_bytes={limit}; it was skipped unread "
-        "(raise --max-record-bytes, default 4 x --max-text-chars, to read it)",
+        "(raise --max-record-bytes, default 12 x --max-text-chars, to read it)",
     )
 
 
@@ -588,16 +588,20 @@ def _csv_record(n: int, header: list[str], row: list[str] | _TooLong, delimiter:
 # Parquet metadata gives each row group's uncompressed (encoded) size before anything is read. A group
 # whose rows average more than max_record_bytes holds rows over the limit and would need at least
 # rows x limit bytes to read, so it is one row_group_too_large reject, unread; the groups' sizes also
-# count against max_file_bytes. Readable groups come in batches of about BATCH_BYTES. (Dictionary-
-# encoded values can decode larger than the metadata says; those rows meet max_text_chars after.)
+# count against max_file_bytes. But encoded is not decoded: a dictionary- or delta-encoded value
+# repeated over many rows decodes far larger than the metadata says (10 KB of file, 4 GB of text). So
+# rows are decoded a few at a time (BATCH_ROWS at most, fewer when the metadata says they are large),
+# and every decoded row is measured before it becomes Python values: one over max_record_bytes is a
+# too_long reject, and decoded bytes count against max_file_bytes as they come.
 BATCH_BYTES = 64 << 20
+BATCH_ROWS = 64
 
 
 def _parquet(
     f: io.IOBase, record_limit: int, file_limit: int, owned: tuple[int, int] | None = None
 ) -> Iterator[Record]:
     """`owned`: read only the row groups whose first page starts in this byte range (a file piece);
-    row numbers and the file limit still count every group before them."""
+    row numbers and the file limit still count every group before them (by their metadata sizes)."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(f)
@@ -621,20 +625,102 @@ def _parquet(
             )
             yield n, Bad("file_too_large", why), ""
             return
-        used += size
         if size > rows * record_limit:
             why = (
                 f"row group {i} (rows {n}..{n + rows - 1}) has {size} uncompressed bytes, over {rows} rows "
                 f"x max_record_bytes={record_limit}; its rows are not read (raise --max-record-bytes)"
             )
             yield n, Bad("row_group_too_large", why), ""
-            n += rows
+            used, n = used + size, n + rows
             continue
-        batch = max(1, min(8192, BATCH_BYTES * rows // max(size, 1)))
-        for b in pf.iter_batches(batch_size=batch, row_groups=[i]):
-            for rec in (b if renamed is names else b.rename_columns(renamed)).to_pylist():
-                yield n, rec, None
-                n += 1
+        batch_rows = max(1, min(BATCH_ROWS, BATCH_BYTES * rows // max(size, 1)))
+        decoded = 0
+        for b in pf.iter_batches(batch_size=batch_rows, row_groups=[i], use_threads=False):
+            sizes = _row_bytes(b)
+            b = b if renamed is names else b.rename_columns(renamed)
+            if used + decoded + sum(sizes) > file_limit:  # the row that passes the limit, and the rest
+                for k, nbytes in enumerate(sizes):
+                    decoded += nbytes
+                    if used + decoded > file_limit:
+                        break
+                    yield from _parquet_rows(b.slice(k, 1), n, [nbytes], record_limit)
+                    n += 1
+                why = (
+                    f"rows {n}.. (row group {i} on) decode past max_file_bytes={file_limit} bytes; they are "
+                    "not read (raise --max-file-bytes to read them)"
+                )
+                yield n, Bad("file_too_large", why), ""
+                return
+            decoded += sum(sizes)
+            yield from _parquet_rows(b, n, sizes, record_limit)
+            n += b.num_rows
+        used += max(size, decoded)
+
+
+def _parquet_rows(b, n: int, sizes: list[int], limit: int) -> Iterator[Record]:  # noqa: ANN001
+    """The rows of a decoded batch from row n on; those over the limit are too_long, not converted."""
+    if not sizes or max(sizes) <= limit:
+        for rec in b.to_pylist():
+            yield n, rec, None
+            n += 1
+        return
+    heads = _heads(b)
+    for k, nbytes in enumerate(sizes):
+        if nbytes > limit:
+            why = (
+                f"row has {nbytes} bytes decoded, over max_record_bytes={limit}; it was skipped "
+                "(raise --max-record-bytes, default 12 x --max-text-chars, to read it)"
+            )
+            head = json.dumps({c: h[k] for c, h in heads.items()}, ensure_ascii=False)
+            yield n + k, Bad("too_long", why), head
+        else:
+            (rec,) = b.slice(k, 1).to_pylist()
+            yield n + k, rec, None
+
+
+def _row_bytes(b) -> list[int]:  # noqa: ANN001
+    """Decoded bytes of each row of a record batch: the bytes of its string/binary values (dictionary
+    values counted at every row that refers to them), the width of fixed-size ones, and the referenced
+    buffer range of nested ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = pa.array([0] * b.num_rows, pa.int64())
+    for col in b.columns:
+        t = col.type
+        if pa.types.is_dictionary(t) and _is_bytes(t.value_type):
+            sizes = pc.binary_length(col.dictionary).take(col.indices)
+        elif _is_bytes(t):
+            sizes = pc.binary_length(col)
+        elif pa.types.is_null(t):
+            continue
+        elif pa.types.is_primitive(t) or pa.types.is_fixed_size_binary(t) or pa.types.is_decimal(t):
+            sizes = pa.array([max(1, t.bit_width // 8)] * b.num_rows, pa.int64())
+        else:  # nested: the buffer range each row refers to
+            sizes = pa.array([col.slice(k, 1).nbytes for k in range(len(col))], pa.int64())
+        total = pc.add(total, pc.fill_null(sizes.cast(pa.int64()), 0))
+    return total.to_pylist()
+
+
+def _is_bytes(t) -> bool:  # noqa: ANN001
+    import pyarrow as pa
+
+    kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary,
+             pa.types.is_large_binary, pa.types.is_binary_view)  # fmt: skip
+    return any(k(t) for k in kinds)
+
+
+def _heads(b) -> dict[str, list]:  # noqa: ANN001
+    """The start of every string value of a batch, by column: the excerpts of its too_long rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    heads = {}
+    for name, col in zip(b.schema.names, b.columns, strict=True):
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            heads[name] = pc.utf8_slice_codeunits(col.cast(t), 0, PREVIEW).to_pylist()
+    return heads
 
 
 def _group_start(group) -> int:  # noqa: ANN001

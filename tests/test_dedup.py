@@ -104,3 +104,23 @@ def test_copies_of_one_line_keep_memory_flat(tmp_path):
     # 5x the rows, next to no more memory: no per-row state anywhere (a dict of 1M ids alone is ~100 MB;
     # the allocator's own growth measured 17-34 MB on a busy 2-core machine)
     assert peaks[1_000_000] - peaks[200_000] < 48 * 1024, peaks
+
+
+def test_staging_batches_are_bounded_by_bytes(tmp_path):
+    """Rows are flushed by bytes as well as by count (32 MiB of strings): 100 rows of 1 MiB make several
+    batches, none much over the bound, where a count of 32k rows alone would hold them all."""
+    import pyarrow as pa
+
+    from tasks.staged import BucketWriter, read_bucket
+
+    uri = str(tmp_path / "s.arrow")
+    w = BucketWriter(uri, pa.schema([("t", pa.string())]), 2)
+    for i in range(100):
+        w.add(i % 2, (f"{i:03d}" + "x" * (1 << 20),))
+    index = w.close()
+    batches = [b for ix in index for b in read_bucket(uri, ix)]
+    assert sum(b.num_rows for b in batches) == 100 and len(batches) >= 6
+    assert max(b.nbytes for b in batches) <= 34 << 20
+    assert [t[:3] for t in pa.Table.from_batches(list(read_bucket(uri, index[1])))["t"].to_pylist()] == [
+        f"{i:03d}" for i in range(1, 100, 2)
+    ]

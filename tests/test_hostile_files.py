@@ -1,14 +1,18 @@
-"""Hostile inputs through the real CLI: a gzip bomb, a file past --max-file-bytes, an over-long .txt.
+"""Hostile inputs through the real CLI: a gzip bomb, a Parquet dictionary bomb, a file past
+--max-file-bytes, an over-long .txt.
 
-Each run is a `xlmflow run` subprocess on the session's Ray and Prefect server (`cli_env`); the bomb
-test watches the driver's peak RSS (VmHWM) while it runs.
+Each run is a `xlmflow run` subprocess on the session's Prefect server (`cli_env`). The gzip bomb test
+watches the driver's peak RSS (VmHWM) on the session's Ray; the Parquet bomb test lets the CLI start
+its own Ray and watches the RSS of its whole process tree, the Ray workers that read the file included.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +51,64 @@ def run_cli(args: list[str], env: dict, timeout: float = 300) -> tuple[subproces
     return subprocess.CompletedProcess(p.args, p.returncode, out, err), peak
 
 
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def run_cli_tree(
+    args: list[str], env: dict, kill_at: int, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `xlmflow run ARGS` on a Ray of its own; (result, the peak of the summed RSS of the CLI and
+    all its descendants, sampled every 50 ms). Past `kill_at` bytes the whole tree is killed, so a
+    regression fails the test instead of taking the machine's memory."""
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    p = subprocess.Popen(
+        CLI + args + ["--date", DATE, "--actors", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tree, peak, listed, deadline = {p.pid}, 0, 0.0, time.time() + timeout
+    while p.poll() is None and time.time() < deadline:
+        if time.time() - listed > 0.5:  # the tree (a /proc scan) every 0.5 s, the RSS every 50 ms
+            kids, todo = _children(), list(tree)
+            while todo:
+                new = [c for c in kids.get(todo.pop(), []) if c not in tree]
+                tree.update(new)
+                todo += new
+            listed = time.time()
+        peak = max(peak, sum(_rss(pid) for pid in tree))
+        if peak > kill_at:
+            break
+        time.sleep(0.05)
+    if p.poll() is None:
+        for pid in sorted(tree, reverse=True):  # only the processes of this run, by pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    out, err = p.communicate()
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err), peak
+
+
 def counts(out: str) -> dict:
     c = read_manifest(out, DATE)["counts"]
     assert c["input_rows"] == c["documents"] + c["rejects"]
@@ -80,6 +142,59 @@ def test_gzip_bomb_line_is_skipped_in_bounded_memory(tmp_path, cli_env):
     c = counts(out)
     assert (c["input_rows"], c["documents"], c["rejects"]) == (3, 2, 1)
     assert c["rejects_by_reason"] == {"too_long": 1}
+
+
+def parquet_bomb(path, value_bytes: int, rows: int = 20_000) -> None:  # noqa: ANN001
+    """One row group of `rows` rows that all hold one `value_bytes` string, dictionary-encoded and
+    compressed: a file of a few hundred bytes whose metadata says ~value_bytes and which decodes to
+    rows x value_bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    value = ("Bombe" * (value_bytes // 5 + 1))[:value_bytes]
+    text = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array([value]))
+    # no stored Arrow schema: readers see a plain string column, as for a file from any other writer
+    pq.write_table(
+        pa.table({"text": text}), path, use_dictionary=True, compression="zstd", store_schema=False
+    )
+
+
+@pytest.mark.slow
+def test_parquet_dictionary_bombs_stay_bounded_in_the_whole_process_tree(tmp_path, cli_env):
+    """20k rows of one 200 KB value (4 GB decoded; the run took 10 GB) and of one 120 KB value (2.4 GB):
+    rows are decoded a few at a time and measured, so 200 KB rows are too_long at a 150 KB record
+    limit, and the 120 KB ones are read and deduplicated with every buffer bounded by bytes."""
+    import pyarrow.parquet as pq
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    parquet_bomb(inputs / "a200.parquet", 200_000)
+    parquet_bomb(inputs / "b120.parquet", 120_000)
+    meta = pq.ParquetFile(inputs / "a200.parquet").metadata
+    assert meta.row_group(0).total_byte_size < 250_000 and (inputs / "a200.parquet").stat().st_size < 10_000
+
+    out = str(tmp_path / "out")
+    t0 = time.perf_counter()
+    args = [str(inputs), "--out", out, "--max-record-bytes", "150000"]
+    bound = 3 * 1024**3  # measured: ~1.6 GiB; the code that buffered rows by count alone passed it in seconds
+    p, peak = run_cli_tree(args, cli_env, kill_at=bound)
+    took = time.perf_counter() - t0
+    print(f"parquet bombs: process tree peak RSS {peak / 2**20:.0f} MiB, {took:.1f}s")
+    assert peak <= bound, f"process tree peak RSS {peak / 2**20:.0f} MiB"
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = counts(out)
+    assert (c["input_rows"], c["documents"]) == (40_000, 1)
+    assert c["rejects_by_reason"] == {"duplicate": 19_999, "too_long": 20_000}
+
+    from tests.conftest import duck
+
+    ((row, detail, raw),) = (
+        duck(out, "rejects", DATE)
+        .sql("select source_row, detail, raw from rejects where reason = 'too_long' and source_row = 7")
+        .fetchall()
+    )
+    assert "200000 bytes decoded" in detail and "max_record_bytes=150000" in detail
+    assert raw.startswith('{"text": "BombeBombe')
 
 
 @pytest.mark.slow

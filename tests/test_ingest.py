@@ -430,8 +430,7 @@ def test_pairs_mode_reasons_ids_and_hints(tmp_path):
             {"text": "a doc, not a pair"},  # missing_src
         )
     )
-    # the byte limit (default 4 x 20) would stop the long first line before its fields are looked at
-    res = run(f, tmp_path, tasks="qe", max_text_chars=20, max_record_bytes=1000)
+    res = run(f, tmp_path, tasks="qe", max_text_chars=20)
     assert res.table.schema == schemas.STAGED_PAIRS
     assert_accounting(res)
     rows = res.table.to_pylist()
@@ -442,6 +441,54 @@ def test_pairs_mode_reasons_ids_and_hints(tmp_path):
         "missing_src", "missing_mt", "non_string_src", "non_string_mt", "empty_src", "empty_mt",
         "too_long", "duplicate", "duplicate_id", "invalid_json", "missing_src",
     ]  # fmt: skip
+
+
+def test_parquet_rows_are_measured_as_decoded(tmp_path):
+    """Dictionary encoding: 300 rows of one 5,000-byte value are ~5 KB in the metadata, 1.5 MB decoded.
+    Each decoded row meets max_record_bytes, and decoded bytes count against max_file_bytes."""
+    big = "Wert" * 1250
+    text = pa.DictionaryArray.from_arrays(pa.array([0, 1] * 150, pa.int32()), pa.array(["kurz", big]))
+    t = pa.table({"id": [f"r{i}" for i in range(300)], "text": text})
+    pq.write_table(t, tmp_path / "a.parquet", compression="zstd", store_schema=False)
+    assert pq.ParquetFile(tmp_path / "a.parquet").metadata.row_group(0).total_byte_size < 20_000
+    res = run(tmp_path / "a.parquet", tmp_path, max_record_bytes=4000)
+    assert_accounting(res)
+    assert res.table.column("doc_id").to_pylist() == ["r0"]  # the other "kurz" rows are duplicates
+    too_long = by_reason(res)["too_long"]
+    assert [r["source_row"] for r in too_long] == list(range(1, 300, 2))
+    assert "5002 bytes decoded, over max_record_bytes=4000" in too_long[0]["detail"]
+    assert too_long[0]["raw"].startswith('{"id": "r1", "text": "WertWert')
+    # ~5 KB every other row: the 100th long one (row 199) takes the file past 500 KB decoded; it and the
+    # rows after it are one reject
+    res = run(tmp_path / "a.parquet", tmp_path, max_file_bytes=500_000)
+    assert_accounting(res)
+    (r,) = by_reason(res)["file_too_large"]
+    assert r["source_row"] == 199 and "max_file_bytes=500000" in r["detail"]
+    assert res.input_rows == 200
+
+
+def test_a_text_of_max_text_chars_passes_however_it_is_escaped(tmp_path):
+    """The default byte limit leaves room for any JSON escaping of max_text_chars characters (an escaped
+    BMP character is 6 bytes, an escaped astral one, a surrogate pair, 12): the text's length decides."""
+    n = 999
+    docs = tmp_path / "docs.jsonl"  # json.dumps escapes everything past ASCII
+    docs.write_text(
+        "".join(json.dumps({"id": f"{c}{k}", "text": c * k}) + "\n" for c in "中😀" for k in (n, n + 1))
+    )
+    assert len(docs.read_text().splitlines()[2]) > 12 * n
+    res = run(docs, tmp_path, max_text_chars=n)
+    assert_accounting(res)
+    assert res.table.column("doc_id").to_pylist() == [f"中{n}", f"😀{n}"]
+    assert res.table.column("n_chars").to_pylist() == [n, n]
+    assert [(r["source_row"], r["reason"]) for r in res.rejects] == [(2, "too_long"), (4, "too_long")]
+    assert all(f"text has {n + 1} chars, over max_text_chars={n}" in r["detail"] for r in res.rejects)
+    # pairs: two texts on one line
+    pairs = tmp_path / "pairs" / "p.jsonl"
+    pairs.parent.mkdir()
+    pairs.write_text("".join(json.dumps({"src": "😀" * k, "mt": "中" * k}) + "\n" for k in (n, n + 1)))
+    res = run(pairs, tmp_path, tasks="qe", max_text_chars=n)
+    assert_accounting(res)
+    assert res.table.num_rows == 1 and [r["reason"] for r in res.rejects] == ["too_long"]
 
 
 def test_s3_jsonl_and_parquet_inputs(s3_bucket, tmp_path):

@@ -59,7 +59,8 @@ class JobSettings(BaseModel):
     max_record_bytes: int | None = Field(
         default=None,
         gt=0,
-        description="Longer lines/records are too_long rejects, skipped unread (default 4 x max_text_chars).",
+        description="Longer lines/records are too_long rejects, skipped unread (default 12 x max_text_chars "
+        "+ 64 KiB, twice that in pairs mode: room for any JSON escaping of max_text_chars characters).",
     )
     max_file_bytes: int = Field(
         default=32 * 1024**3,
@@ -225,8 +226,12 @@ class JobSettings(BaseModel):
 
     @property
     def record_byte_limit(self) -> int:
-        """Bytes one line/record may take: room for JSON escapes and multi-byte UTF-8 of max_text_chars."""
-        return self.max_record_bytes or 4 * self.max_text_chars
+        """Bytes one line/record may take. The default has room for a text of max_text_chars characters
+        however it is written (an escaped astral character, "\\ud83d\\ude00", is 12 bytes; one pairs
+        row holds two texts) plus 64 KiB for the other fields: the text's length decides, not its
+        escaping."""
+        texts = 2 if self.mode == "pairs" else 1
+        return self.max_record_bytes or texts * 12 * self.max_text_chars + (64 << 10)
 
 
 class RunSettings(JobSettings):
