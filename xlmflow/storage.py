@@ -7,6 +7,7 @@ reader sees an object whole or not at all, which the commit protocol (manifest w
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -99,7 +100,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as f:
+            with naming_full_disk(uri), open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -113,6 +114,23 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise FatalError(
             f"no write access to {uri}: {exc}; choose another --out or fix its permissions"
         ) from exc
+
+
+@contextlib.contextmanager
+def naming_full_disk(uri: str):  # noqa: ANN201
+    """Re-raise a full disk's error as one that names `uri` (for s3://, the local temp folder its
+    upload is written to first): Python's and pyarrow's write errors carry no file name, and the user
+    needs to know which disk filled up."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno == errno.ENOSPC or "No space left on device" in str(exc)
+        if full and not exc.filename:
+            import tempfile
+
+            where = tempfile.gettempdir() if is_remote(uri) else uri
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where) from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -130,11 +148,12 @@ def writing(uri: str):  # noqa: ANN201
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.close(fd)
     try:
-        yield tmp
-        if is_remote(uri):
-            fs.put_file(tmp, path)
-        else:
-            os.replace(tmp, path)
+        with naming_full_disk(uri):
+            yield tmp
+            if is_remote(uri):
+                fs.put_file(tmp, path)
+            else:
+                os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
