@@ -104,6 +104,11 @@ class JobSettings(BaseModel):
     )
     max_inflight_per_actor: int = Field(default=2, gt=0, description="Shards queued on one actor at a time.")
     shard_retries: int = Field(default=2, ge=0, description="Retries of a shard whose actor died.")
+    actor_start_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds the shard actors may take to start and load their models before the run fails.",
+    )
     max_error_fraction: float = Field(
         default=0.01,
         ge=0,
