@@ -42,6 +42,14 @@ def test_check_date_canonical_or_config_error():
     with pytest.raises(ConfigError, match="date"):
         make_settings(inputs=("x",), out="/tmp/o", date="2026-11-01/../x")
     assert make_settings(inputs=("x",), out="/tmp/o", date="2026-11-01").date == dt.date(2026, 11, 1)
+    # the library's entry points, where a date becomes a path
+    from xlmflow import maintenance
+    from xlmflow.read import read_partition
+
+    with pytest.raises(ConfigError, match="is not a date"):
+        maintenance.restore("/tmp/o", "2026-11-01/../../x", "r")
+    with pytest.raises(ConfigError, match="is not a date"):
+        read_partition("/tmp/o", "documents", "../2026-11-01")
 
 
 def test_every_command_refuses_a_hostile_date_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -76,6 +84,13 @@ def test_every_command_refuses_a_hostile_date_and_writes_nothing(tmp_path, monke
                 assert len(err) == 1 and err[0].startswith("xlmflow: configuration error: "), (name, bad, err)
                 assert "YYYY-MM-DD" in err[0], err
                 assert _tree(tmp_path) == before, (name, bad, _tree(tmp_path) - before)
+        for run in ("../../../esc", "a/b", "..", ""):  # the run id of a restore is a path segment too
+            rc = main(
+                ["restore", "--out", str(out), "--date", "2026-11-01", "--run", run, "--lock-timeout", "0"]
+            )
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1 and "is not a run id" in err[0], (run, rc, err)
+            assert _tree(tmp_path) == before
     finally:  # main() sets up logging on this test's stderr and silences it after a failure
         logging.getLogger().handlers[:] = root_handlers
         logging.disable(logging.NOTSET)
