@@ -86,18 +86,22 @@ def check_weights(names: list[str], where: str) -> None:
 def check_files(path: str) -> None:
     """ConfigError naming the file unless every checkpoint file in `path` is a regular file (links
     followed: the HF cache links into its blobs) of plausible size, and every safetensors file is as
-    long as its header says. Runs before anything reads or hashes them: a link to /dev/zero or a FIFO
-    would otherwise be read forever."""
+    long as its header says; other entries may be folders or regular files only (a tokenizer may open
+    its vocab.txt). Runs before anything reads or hashes them: a link to /dev/zero or a FIFO would
+    otherwise be read forever."""
     for name in sorted(os.listdir(path)):
-        if not is_checkpoint_file(name):
-            continue
         full = os.path.join(path, name)
+        needed = is_checkpoint_file(name)
         try:
             st = os.stat(full)
         except OSError as exc:
+            if not needed:
+                continue  # a dangling link nobody opens
             _refuse(full, f"cannot be read ({exc.strerror or exc})")
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) and (needed or not stat.S_ISDIR(st.st_mode)):
             _refuse(full, "is not a regular file (a device, FIFO, socket or folder, or a link to one)")
+        if not needed:
+            continue
         weights = name.endswith(".safetensors")
         limit = MAX_WEIGHTS_BYTES if weights else MAX_OTHER_BYTES
         if st.st_size > limit:

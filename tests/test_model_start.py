@@ -63,6 +63,12 @@ def test_checkpoint_files_that_are_not_what_they_claim_are_refused_unread(tiny_d
     os.remove(os.path.join(fifo, "tokenizer.json"))
     os.mkfifo(os.path.join(fifo, "tokenizer.json"))  # an open() would block
     refused(fifo, "tokenizer.json", "is not a regular file")
+    os.remove(os.path.join(fifo, "tokenizer.json"))
+    shutil.copy(os.path.join(tiny_dir, "tokenizer.json"), fifo)
+    os.symlink(
+        "/dev/zero", os.path.join(fifo, "vocab.txt")
+    )  # not copied from S3, but a tokenizer may read it
+    refused(fifo, "vocab.txt", "is not a regular file")
 
     cut = _copy(tiny_dir, tmp_path / "cut")
     with open(_weights(cut), "r+b") as f:
