@@ -244,7 +244,11 @@ def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
     """A proxy process in front of `upstream` (e.g. the moto_server fixture's endpoint), passing
     everything through until told otherwise; `.endpoint` is its URL."""
     proc = subprocess.Popen(
-        [sys.executable, __file__, upstream], stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL
+        [sys.executable, __file__, upstream],
+        stdin=subprocess.PIPE,  # closed when this process ends, however it ends: the proxy then exits
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         line = proc.stdout.readline()  # the port, once it listens
@@ -254,12 +258,16 @@ def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+        proc.stdin.close()
         proc.stdout.close()
 
 
 def _serve(upstream: str) -> None:
+    import os
+
     server = _Server(("127.0.0.1", 0), _Handler)
     server.state = _State(upstream)
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
