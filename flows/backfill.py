@@ -26,10 +26,10 @@ STATUSES = ("committed", "skipped", "inputs_changed", "no_input", "failed")
 
 def date_range(start: str, end: str) -> list[str]:
     """Every date from start to end, both included, as 'YYYY-MM-DD'."""
-    try:
-        d0, d1 = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    except ValueError as exc:
-        raise ConfigError(f"dates must be YYYY-MM-DD: {exc}") from exc
+    from xlmflow.settings import check_date
+
+    d0 = dt.date.fromisoformat(check_date(start, "start"))
+    d1 = dt.date.fromisoformat(check_date(end, "end"))
     if d1 < d0:
         raise ConfigError(f"--end {end} is before --start {start}")
     return [(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow, get_run_logger
 
 from xlmflow.errors import ConfigError
-from xlmflow.settings import JobSettings
+from xlmflow.settings import JobSettings, check_date
 
 
 def partition_date(scheduled: dt.datetime, lag_days: int = 1, timezone: str = "UTC") -> dt.date:
@@ -65,7 +65,7 @@ def daily_flow(
     job = job_settings(settings, legacy, "daily")
     if not input_template:
         raise ConfigError("flow 'daily' needs `input_template` (with {date})")
-    day = date or _scheduled_date(lag_days, timezone)
+    day = _scheduled_date(lag_days, timezone) if date is None else check_date(date, "date")
     get_run_logger().info("daily run for partition %s (lag %d day(s), tz %s)", day, lag_days, timezone)
     # the same lock as a backfill of this date: the two never compute one partition at once
     with partition_lock(job.out, day):

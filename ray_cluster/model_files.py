@@ -8,7 +8,10 @@ only the files a safetensors checkpoint needs are copied: no pickles, no code, n
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import stat
+from typing import NoReturn
 
 from xlmflow.errors import ConfigError
 
@@ -25,6 +28,11 @@ CHECKPOINT_FILES = (
     "*.safetensors",
     "model.safetensors.index.json",
 )
+# what a checkpoint file may weigh before it is refused unread: the largest XLM-R (XXL, 10.7B params)
+# is 43 GB in fp32; config and tokenizer files are megabytes
+MAX_WEIGHTS_BYTES = 256 * 1024**3
+MAX_OTHER_BYTES = 1024**3
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONVERT_HINT = (
@@ -73,3 +81,55 @@ def check_weights(names: list[str], where: str) -> None:
     if pickles:
         raise ConfigError(f"model at {where} has only pickle weights ({', '.join(pickles)}); {CONVERT_HINT}")
     raise ConfigError(f"no *.safetensors weights in {where}; is this a model directory?")
+
+
+def check_files(path: str) -> None:
+    """ConfigError naming the file unless every checkpoint file in `path` is a regular file (links
+    followed: the HF cache links into its blobs) of plausible size, and every safetensors file is as
+    long as its header says; other entries may be folders or regular files only (a tokenizer may open
+    its vocab.txt). Runs before anything reads or hashes them: a link to /dev/zero or a FIFO would
+    otherwise be read forever."""
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        needed = is_checkpoint_file(name)
+        try:
+            st = os.stat(full)
+        except OSError as exc:
+            if not needed:
+                continue  # a dangling link nobody opens
+            _refuse(full, f"cannot be read ({exc.strerror or exc})")
+        if not stat.S_ISREG(st.st_mode) and (needed or not stat.S_ISDIR(st.st_mode)):
+            _refuse(full, "is not a regular file (a device, FIFO, socket or folder, or a link to one)")
+        if not needed:
+            continue
+        weights = name.endswith(".safetensors")
+        limit = MAX_WEIGHTS_BYTES if weights else MAX_OTHER_BYTES
+        if st.st_size > limit:
+            _refuse(
+                full, f"is {st.st_size / 1024**3:.1f} GiB, more than a checkpoint file of this kind can be"
+            )
+        if weights:
+            _check_safetensors_length(full, st.st_size)
+
+
+def _check_safetensors_length(full: str, size: int) -> None:
+    """The file holds an 8-byte header length, a JSON header, then exactly the tensor bytes it lists."""
+    with open(full, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(SAFETENSORS_MAX_HEADER, size - 8):
+            _refuse(full, "is not a safetensors file (no valid header)")
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            _refuse(full, "is not a safetensors file (unreadable header)")
+    if 8 + n + end != size:
+        _refuse(full, f"is {size} bytes but its header describes {8 + n + end}: truncated or not safetensors")
+
+
+def _refuse(full: str, why: str) -> NoReturn:
+    raise ConfigError(
+        f"model file {full} {why}; pass a checkpoint directory of regular files (config, tokenizer, "
+        "*.safetensors weights)"
+    )

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ray_cluster.model_files import check_weights, is_checkpoint_file, safe_destination
+from ray_cluster.model_files import check_files, check_weights, is_checkpoint_file, safe_destination
 from xlmflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -264,8 +264,10 @@ def _hf_dir(repo_id: str) -> tuple[str, str | None]:
 
 
 def check_safetensors(path: str) -> None:
-    """Refuse checkpoints whose weights exist only as pickles (loading a pickle can execute code)."""
+    """Refuse checkpoints whose weights exist only as pickles (loading a pickle can execute code), and
+    files that are not what they claim (links to devices, FIFOs, absurd or inconsistent sizes)."""
     check_weights(os.listdir(path), path)
+    check_files(path)
 
 
 def _local_dir(spec: str) -> str | None:

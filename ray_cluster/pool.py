@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 ACTOR_MAX_RESTARTS = 3  # a restarted actor reloads its models; past this the actor is dropped
 PROBE_INTERVAL_S = 0.5  # how often a restarting actor is asked whether it is back
-STARTUP_TIMEOUT_S = 900  # model loads can be slow; past this the cluster most likely lacks resources
 
 _POOLS: dict[str, ShardPool] = {}
 
@@ -65,12 +64,15 @@ class ShardPool:
         import ray
 
         refs = self._info_refs
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
+        timeout = self.settings.actor_start_timeout
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
             raise FatalError(
-                f"only {len(ready)} of {len(refs)} actors started within {STARTUP_TIMEOUT_S}s; the cluster may "
-                f"not have {self.layout.num_cpus:g} CPUs/{self.layout.num_gpus:g} GPUs free per actor "
-                f"(resources: {ray.cluster_resources()}); lower --actors or add nodes"
+                f"only {len(ready)} of {len(refs)} shard actors started within --actor-start-timeout "
+                f"{timeout:g}s, loading {_what_loads(self.settings)}: a model that loads slowly or hangs "
+                f"(check its files), or a cluster without {self.layout.num_cpus:g} CPUs/"
+                f"{self.layout.num_gpus:g} GPUs free per actor (resources: {ray.cluster_resources()}); "
+                "raise --actor-start-timeout, lower --actors or add nodes"
             )
         try:
             return ray.get(refs)
@@ -211,11 +213,9 @@ class ShardPool:
             restarting.pop(i, None)
             return
         except ray.exceptions.RayError as exc:  # still restarting, unless it has taken too long
-            since = restarting[i][0]
-            if time.monotonic() - since > STARTUP_TIMEOUT_S:
-                log.error(
-                    "actor %d did not come back within %ds: %s", i, STARTUP_TIMEOUT_S, _root_message(exc)
-                )
+            since, timeout = restarting[i][0], self.settings.actor_start_timeout
+            if time.monotonic() - since > timeout:
+                log.error("actor %d did not come back within %gs: %s", i, timeout, _root_message(exc))
                 alive.discard(i)
                 restarting.pop(i, None)
             else:
@@ -223,6 +223,16 @@ class ShardPool:
             return
         log.info("actor %d is back after a restart", i)
         restarting.pop(i, None)
+
+
+def _what_loads(settings: RunSettings) -> str:
+    """The processor instances an actor sets up, with their models: what a slow start is waiting for."""
+    return ", ".join(
+        f"{s.name} ({s.type}, model {s.options['model']})"
+        if s.options.get("model")
+        else f"{s.name} ({s.type})"
+        for s in settings.processors
+    )
 
 
 def _systemic(exc: BaseException) -> str | None:

@@ -229,9 +229,10 @@ def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> d
     st = _SplitStaging(settings.mode, settings.max_text_chars, buckets, out)
     spans: dict[str, int] = {}
     try:
-        for piece in split["pieces"]:
-            spans[str(piece["index"])] = _read_piece(st, piece, settings)
-        index = st.close()
+        with storage.naming_full_disk(out):
+            for piece in split["pieces"]:
+                spans[str(piece["index"])] = _read_piece(st, piece, settings)
+            index = st.close()
     except BaseException:
         st.abort()
         raise

@@ -266,7 +266,8 @@ def test_full_disk_while_sharding_says_so(cli_env, tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(full)], check=False)
     last = _one_error_line(p, 1)
-    assert "no space left on device while writing" in last and "choose another --out" in last
+    assert f"no space left on device while writing {full / 'out'}/" in last, last  # which disk is full
+    assert "choose another --out" in last
 
 
 class _SlowDownProxy(http.server.BaseHTTPRequestHandler):

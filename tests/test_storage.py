@@ -35,8 +35,18 @@ def test_full_disk_raises_enospc_and_leaves_no_temp_file(tiny_disk):
         storage.write_bytes(target, os.urandom(1024 * 1024))
 
     assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == target  # the message can say which disk is full
     assert os.listdir(tiny_disk / "part") == []
     assert sorted(os.listdir(tiny_disk)) == ["part", "small.bin"]
+
+    # a file written through a local path (pyarrow's writers): the same, its error names it too
+    import pyarrow as pa
+
+    streamed = str(tiny_disk / "part" / "streamed.arrow")
+    with pytest.raises(OSError) as info, storage.writing(streamed) as tmp, pa.OSFile(tmp, "wb") as f:
+        f.write(os.urandom(1024 * 1024))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == streamed
+    assert os.listdir(tiny_disk / "part") == []
 
 
 def test_interrupted_write_removes_its_temp_file(tmp_path, monkeypatch):

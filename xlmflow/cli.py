@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import re
@@ -16,13 +15,6 @@ from xlmflow.failures import explain, hide_console_tracebacks
 from xlmflow.uris import redact
 
 _DEBUG_HELP = "debug logs, and the traceback of a failure"
-
-
-def _date(s: str) -> str:
-    try:
-        return dt.date.fromisoformat(s).isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from exc
 
 
 def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
@@ -158,7 +150,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "-v", "--verbose", "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
     )
     r.add_argument("--out", required=True, help="output root: a directory or s3://bucket/prefix")
-    r.add_argument("--date", type=_date, help="partition date YYYY-MM-DD (default: today, UTC)")
+    r.add_argument("--date", help="partition date YYYY-MM-DD (default: today, UTC)")
     add_job_options(r, argv)
     r.set_defaults(func=cmd_run)
 
@@ -270,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.func is not cmd_run:  # a run imports Prefect later, and sets this up after it
         _configure_logging(args.verbose)
     try:
+        if getattr(args, "date", None) is not None:  # every command's --date, before it is used
+            from xlmflow.settings import check_date
+
+            args.date = check_date(args.date)
         return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:
         code, msg = explain(exc, getattr(args, "out", None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 from collections.abc import Iterator
 
 from xlmflow.errors import ConfigError, InputsChangedError, XlmflowError
@@ -19,6 +20,13 @@ EXIT_FAILED, EXIT_CONFIG, EXIT_INPUTS_CHANGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 _STORAGE_PACKAGES = ("botocore", "aiobotocore", "s3fs", "aiohttp", "urllib3", "fsspec")
 # errnos s3fs gives S3 server errors (SlowDown/503 -> EBUSY, InternalError -> EREMOTEIO, others -> EIO)
 _REMOTE_ERRNOS = {errno.EBUSY, errno.EIO, getattr(errno, "EREMOTEIO", errno.EIO), errno.ETIMEDOUT}
+# delta-rs raises object_store's errors as a plain OSError or DeltaError: known by their text only
+_OBJECT_STORE = re.compile(r"Generic (S3|GCS|MicrosoftAzure|HTTP) error")
+_OBJECT_STORE_BUCKET = re.compile(r"<Code>NoSuchBucket</Code>.*?(?:<BucketName>([^<]*)</BucketName>|$)", re.S)
+# delta-rs colours its error chains (ESC[31m↳ESC[0m between causes): escape sequences and other control
+# characters out, the arrows as plain separators
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _STORAGE_HINT = (
     "check the endpoint and credentials (AWS_ENDPOINT_URL, AWS_PROFILE or AWS_ACCESS_KEY_ID) and "
     "rerun the same command: it resumes from finished shards"
@@ -56,6 +64,7 @@ def _is_storage(e: BaseException) -> bool:
         or isinstance(e, ConnectionError | TimeoutError)
         or (isinstance(e, OSError) and e.errno in _REMOTE_ERRNOS)
         or "AWS Error" in str(e)  # pyarrow's S3 client
+        or bool(_OBJECT_STORE.search(str(e)))  # delta-rs
     )
 
 
@@ -72,6 +81,9 @@ def _transient(chain: list[BaseException]) -> bool:
 
 def _missing_bucket(chain: list[BaseException], out: str | None) -> str | None:
     for e in chain:
+        m = _OBJECT_STORE_BUCKET.search(str(e)) if _OBJECT_STORE.search(str(e)) else None
+        if m:
+            return m.group(1) or (out[5:].split("/", 1)[0] if out and out.startswith("s3://") else "?")
         if _code(e) == "NoSuchBucket" or (
             isinstance(e, FileNotFoundError) and "bucket does not exist" in str(e).lower()
         ):
@@ -86,7 +98,12 @@ def _missing_bucket(chain: list[BaseException], out: str | None) -> str | None:
 
 def explain(exc: BaseException, out: str | None = None) -> tuple[int, str]:
     """(exit code, message after 'xlmflow: ') for an exception that ended a command."""
-    exc = unwrap(exc)
+    code, msg = _explain(unwrap(exc), out)
+    msg = _CONTROL.sub(" ", re.sub(r"\s*↳\s*", ": ", _ANSI.sub("", msg)))
+    return code, msg
+
+
+def _explain(exc: BaseException, out: str | None) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted; rerun the same command to resume from finished shards"
     if isinstance(exc, InputsChangedError):

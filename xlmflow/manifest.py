@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from xlmflow import storage
+from xlmflow.errors import ConfigError
+from xlmflow.settings import check_date
 
 MANIFEST_VERSION = 2  # 2: the datasets are Delta tables and the manifest pins their versions
 
 
 def manifest_uri(out: str, date: str) -> str:
-    return storage.join(out, "_manifests", f"date={date}.json")
+    return storage.join(out, "_manifests", f"date={check_date(date, 'date')}.json")
 
 
 def run_manifest_uri(out: str, date: str, run_id: str) -> str:
     """Every committed run's manifest is also kept here: what `xlmflow restore` brings back."""
-    return storage.join(out, "_manifests", "_runs", f"date={date}", f"{run_id}.json")
+    if not run_id or "/" in run_id or "\\" in run_id or run_id in (".", ".."):
+        raise ConfigError(f"{run_id!r} is not a run id; `xlmflow history --out OUT --date D` lists them")
+    return storage.join(out, "_manifests", "_runs", f"date={check_date(date, 'date')}", f"{run_id}.json")
 
 
 def read_manifest(out: str, date: str) -> dict | None:

@@ -23,6 +23,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from xlmflow.errors import ConfigError
 
 _INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def check_date(value: object, what: str = "--date") -> str:
+    """A partition date as its one canonical 'YYYY-MM-DD' string, or a ConfigError naming `what`.
+
+    Every command and flow that takes a date passes it through here first: the date becomes part of
+    object keys and paths (`date=D/`, `_manifests/date=D.json`), so only the plain ISO form passes
+    (no '20261101' or week dates, which Python would also read, so one partition has one spelling).
+    """
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        try:
+            return dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise ConfigError(f"{what} {value!r} is not a date: write YYYY-MM-DD, e.g. 2026-11-01")
 
 
 class ProcessorSpec(BaseModel):
@@ -87,6 +105,11 @@ class JobSettings(BaseModel):
     )
     max_inflight_per_actor: int = Field(default=2, gt=0, description="Shards queued on one actor at a time.")
     shard_retries: int = Field(default=2, ge=0, description="Retries of a shard whose actor died.")
+    actor_start_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds the shard actors may take to start and load their models before the run fails.",
+    )
     max_error_fraction: float = Field(
         default=0.01,
         ge=0,
@@ -242,6 +265,14 @@ class RunSettings(JobSettings):
         default_factory=lambda: dt.datetime.now(dt.UTC).date(), description="Partition date."
     )
 
+    @field_validator("date", mode="before")
+    @classmethod
+    def _iso_date(cls, v: object) -> str:
+        try:
+            return check_date(v, "date")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("inputs", mode="before")
     @classmethod
     def _inputs_tuple(cls, v: object) -> object:
@@ -325,4 +356,5 @@ def run_settings(
 ) -> RunSettings:
     """A job's settings for one partition."""
     data = job.model_dump() if isinstance(job, JobSettings) else dict(job)
-    return make_settings(**data, inputs=inputs, **({"date": date} if date else {}))
+    when = {} if date is None else {"date": check_date(date, "date")}
+    return make_settings(**data, inputs=inputs, **when)

@@ -7,6 +7,7 @@ reader sees an object whole or not at all, which the commit protocol (manifest w
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -103,7 +104,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as f:
+            with naming_full_disk(uri), open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -135,6 +136,23 @@ def _landed(uri: str, data: bytes, attempts: int = 3) -> bool:
 
 
 @contextlib.contextmanager
+def naming_full_disk(uri: str):  # noqa: ANN201
+    """Re-raise a full disk's error as one that names `uri` (for s3://, the local temp folder its
+    upload is written to first): Python's and pyarrow's write errors carry no file name, and the user
+    needs to know which disk filled up."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno == errno.ENOSPC or "No space left on device" in str(exc)
+        if full and not exc.filename:
+            import tempfile
+
+            where = tempfile.gettempdir() if is_remote(uri) else uri
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where) from exc
+        raise
+
+
+@contextlib.contextmanager
 def writing(uri: str):  # noqa: ANN201
     """A local path to write `uri` through, made visible whole when the block ends: locally the temp
     file is renamed into place, on S3 it is uploaded in one PUT. Nothing is left on failure."""
@@ -149,11 +167,12 @@ def writing(uri: str):  # noqa: ANN201
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.close(fd)
     try:
-        yield tmp
-        if is_remote(uri):
-            fs.put_file(tmp, path)
-        else:
-            os.replace(tmp, path)
+        with naming_full_disk(uri):
+            yield tmp
+            if is_remote(uri):
+                fs.put_file(tmp, path)
+            else:
+                os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
