@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-GRACE_S = 7.0
+GRACE_S = 5.0
 _RESUME = "rerun the same command to resume from finished shards"
 
 

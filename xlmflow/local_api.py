@@ -40,7 +40,7 @@ class LocalAPI:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        self._stopped = threading.Event()
+        self._unwatched = threading.Event()  # the server's end no longer stops the run
         self._spawn()
         atexit.register(self.stop)
 
@@ -96,16 +96,16 @@ class LocalAPI:
         )
 
     def watch(self) -> None:
-        """From now on, stop the run if the server exits before `stop` is called."""
+        """Until `unwatch`, stop the run if the server exits before `stop` is called."""
         threading.Thread(target=self._watch, name="xlmflow-api-watch", daemon=True).start()
 
     def _watch(self) -> None:
         from xlmflow import interrupt
 
         proc = self.proc
-        while proc is not None and not self._stopped.wait(0.5):
+        while proc is not None and not self._unwatched.wait(0.5):
             code = proc.poll()
-            if code is not None and not self._stopped.is_set():
+            if code is not None and not self._unwatched.is_set():
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 interrupt.stop(
                     f"Prefect's temporary API server (pid {proc.pid}) {how} while the flow ran, so the run "
@@ -113,8 +113,11 @@ class LocalAPI:
                 )
                 return
 
+    def unwatch(self) -> None:
+        self._unwatched.set()
+
     def stop(self) -> None:
-        self._stopped.set()
+        self.unwatch()
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -156,8 +159,11 @@ def serving(api: LocalAPI | None) -> Iterator[None]:
     api.watch()
     # stopped at exit, as Prefect stops its own: after its log and event workers have drained. It serves
     # no UI, so no "View at" link is printed for it (an empty UI URL, as for Prefect's own)
-    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
-        yield
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
+            yield
+    finally:
+        api.unwatch()  # the flow is over: its end is recorded, or the run fails for its own reason
 
 
 def _free_port() -> int:
