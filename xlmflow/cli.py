@@ -311,4 +311,4 @@ class _Parser(argparse.ArgumentParser):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()  # as the console script: no interpreter teardown after the exit handlers
