@@ -9,6 +9,7 @@ import socket
 import time
 
 from ray_cluster.cluster import node_id
+from ray_cluster.ingest_pipeline import pause_for_test
 from xlmflow import storage
 from xlmflow.settings import RunSettings
 
@@ -92,6 +93,7 @@ class ShardWorker:
         if storage.exists(marker):
             return storage.read_json(marker)
         _maybe_crash_for_test(shard["shard_id"])
+        pause_for_test("process_shard")
         t0 = time.perf_counter()
         table = storage.read_table_ipc(shard["uri"])
         rejects: list[dict] = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 from xlmflow import reaper
@@ -11,6 +13,7 @@ from xlmflow.errors import ConfigError, FatalError
 
 log = logging.getLogger(__name__)
 IDLE_TASK_WORKERS = 2  # idle workers a local Ray keeps beyond one per CPU
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node is 127.0.0.1 (its default off Linux)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = cluster_address(address)
+    # ray.init replaces a SIGTERM handler with its own (sys.exit): the one in place (the CLI's, Prefect's)
+    # decides how this process stops
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
@@ -39,18 +46,53 @@ def connect(address: str | None) -> None:
             # Ray's own processes die with this one, but not all of theirs (its agents): the watchdog
             # stops whatever this process leaves behind, however it ends
             reaper.start()
-            # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface.
-            # Ray keeps as many workers as CPUs and ends idle ones past that after a second; the actors
-            # hold the CPUs, so the worker Ray prestarts was gone before the ingest task needed one
-            # (1-2 CPU-s to start each): a few more may stay idle for the zero-CPU ingest/commit tasks
-            ray.init(
-                include_dashboard=False,
-                log_to_driver=True,
-                _system_config={"num_workers_soft_limit": (os.cpu_count() or 1) + IDLE_TASK_WORKERS},
-            )
+            _start_local()
     except ConnectionError as exc:
         # not chained: a ConnectionError would make it read as a storage failure
         raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from None
+    finally:
+        if callable(sigterm):
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _start_local() -> None:
+    """A throwaway Ray for this process alone: reachable from this machine only, exporting no metrics
+    (unless RAY_enable_metrics_collection asks for them), and in a session of its own, so that a signal
+    to the terminal's process group (Ctrl-C, `kill -- -PGID`) reaches the driver alone, which then
+    stops it; its services still die with the driver (Ray's parent-death signal, the watchdog)."""
+    import ray
+    from ray._private import ray_constants, services
+
+    config = {"num_workers_soft_limit": (os.cpu_count() or 1) + IDLE_TASK_WORKERS}
+    if "RAY_enable_metrics_collection" not in os.environ:
+        config["enable_metrics_collection"] = False
+
+    base = services.ConsolePopen
+
+    class OwnSession(base):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **{**kwargs, "start_new_session": True})
+
+    # Ray takes the host's address as the node's, and its gRPC servers and agents then listen on every
+    # interface; with clusters "disabled" (Ray's own switch for laptops) the node is 127.0.0.1 and they
+    # bind loopback. Set for this start only (the processes it starts keep it): a later ray.init in
+    # this process may join a real cluster
+    switch, env = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(LOCAL_ONLY_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER, os.environ[LOCAL_ONLY_ENV] = False, "0"
+    services.ConsolePopen = OwnSession
+    try:
+        # no dashboard: it costs seconds and a port, and the Prefect UI is our monitoring surface.
+        # Ray keeps as many workers as CPUs and ends idle ones past that after a second; the actors
+        # hold the CPUs, so the worker Ray prestarts was gone before the ingest task needed one
+        # (1-2 CPU-s to start each): a few more may stay idle for the zero-CPU ingest/commit tasks
+        ray.init(include_dashboard=False, log_to_driver=True, _system_config=config)
+    finally:
+        services.ConsolePopen = base
+        ray_constants.ENABLE_RAY_CLUSTER = switch
+        if env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = env
 
 
 def node_id() -> str | None:

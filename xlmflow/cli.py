@@ -52,9 +52,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     from ray_cluster.cluster import cluster_address
     from ray_cluster.pool import prestart
     from tasks.report import print_summary
-    from xlmflow import local_api, reaper
+    from xlmflow import interrupt, local_api, reaper
 
     reaper.start()  # the temporary Prefect server and a local Ray must not outlive this process
+    interrupt.install()  # SIGINT and SIGTERM end the run within seconds, releasing its lease
     job, settings = _precheck_run(a)
     # Prefect's temporary server, Ray and the actors' model loads start side by side, before the flow
     api = local_api.start_early()
@@ -63,6 +64,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not cluster_address(settings.ray_address) and _work_expected(settings):
         prestart(settings)
     from flows.corpus import corpus_flow  # Prefect's flow machinery: imported while the others start
+
+    interrupt.take_prefect_sigterm()
 
     _configure_logging(a.verbose)
     with local_api.serving(local_api.settle(api)):
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
       2    configuration error: an option, model or URI must change (credentials embedded in a URI,
            pickle-only weights, unknown processor, …); nothing was started;
       3    the inputs of a committed partition changed; it was left as it is (--force recomputes it);
-      130  interrupted (Ctrl-C).
+      130  interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM); the partition's lease is released.
     The traceback is printed only with -v/--debug. Every message is redacted of URI credentials.
     """
     _quiet_defaults()
@@ -268,10 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             args.date = check_date(args.date)
         return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:
-        code, msg = explain(exc, getattr(args, "out", None))
+        from xlmflow import interrupt
+
+        # a signal may surface as whatever the code it interrupted made of it
+        code, msg = interrupt.outcome() or explain(exc, getattr(args, "out", None))
         if args.verbose:
             print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
         print(f"xlmflow: {_one_line(redact(msg))}", file=sys.stderr)
+        interrupt.mark_reported(quiet=not args.verbose)
         if not args.verbose:
             # that line stays the last one: Prefect's services may still log while draining at exit
             logging.disable(logging.CRITICAL)
@@ -300,4 +307,4 @@ class _Parser(argparse.ArgumentParser):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()  # as the console script: no interpreter teardown after the exit handlers

@@ -7,6 +7,11 @@ nothing else happens meanwhile. Started here, before Prefect is even imported, t
 while the CLI starts Ray and the actors and imports Prefect; the flow then runs against it under
 `temporary_settings`, as against any server. The command and environment are Prefect's own (prefect 3.9); `xlmflow.reaper` stops the
 server if the CLI is killed.
+
+It listens on 127.0.0.1 alone and runs in a session of its own: Ctrl-C in the terminal (SIGINT to the
+whole process group) reaches the CLI, which then finishes with the server still there to record the
+flow run's end, instead of both going down at once. If the server dies while a flow runs, the run
+stops at once (`xlmflow.interrupt.stop`) rather than retrying its API for minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -34,6 +40,7 @@ class LocalAPI:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self._unwatched = threading.Event()  # the server's end no longer stops the run
         self._spawn()
         atexit.register(self.stop)
 
@@ -54,6 +61,7 @@ class LocalAPI:
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env=env,
+            start_new_session=True,
         )  # fmt: skip
         with contextlib.suppress(OSError):  # after the fork, not in it: the CLI may have threads by now
             os.setpriority(os.PRIO_PROCESS, self.proc.pid, max(NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
@@ -87,7 +95,29 @@ class LocalAPI:
             "to a running server"
         )
 
+    def watch(self) -> None:
+        """Until `unwatch`, stop the run if the server exits before `stop` is called."""
+        threading.Thread(target=self._watch, name="xlmflow-api-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        from xlmflow import interrupt
+
+        proc = self.proc
+        while proc is not None and not self._unwatched.wait(0.5):
+            code = proc.poll()
+            if code is not None and not self._unwatched.is_set():
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                interrupt.stop(
+                    f"Prefect's temporary API server (pid {proc.pid}) {how} while the flow ran, so the run "
+                    "could no longer record its progress"
+                )
+                return
+
+    def unwatch(self) -> None:
+        self._unwatched.set()
+
     def stop(self) -> None:
+        self.unwatch()
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -126,10 +156,14 @@ def serving(api: LocalAPI | None) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     url = api.wait(get_current_settings().server.ephemeral.startup_timeout_seconds)
+    api.watch()
     # stopped at exit, as Prefect stops its own: after its log and event workers have drained. It serves
     # no UI, so no "View at" link is printed for it (an empty UI URL, as for Prefect's own)
-    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
-        yield
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
+            yield
+    finally:
+        api.unwatch()  # the flow is over: its end is recorded, or the run fails for its own reason
 
 
 def _free_port() -> int:
