@@ -7,7 +7,8 @@ Each run is held inside one kind of task (XLMFLOW_TEST_PAUSE_TASK) so that the s
 stage for sure. The runs go side by side, a few at a time: one after the other they would take minutes.
 Runs signalled as a group start their own Prefect server and Ray, as on a terminal; the others share
 the session's Prefect server (a signal to the driver alone never reaches it) and start their own Ray
-(the pause must reach its workers through their environment).
+(the pause must reach its workers through their environment). The six signals to the driver's pid
+are the `extended` test: once nothing else is in the group (checked), they are what the group's are.
 """
 
 from __future__ import annotations
@@ -226,15 +227,16 @@ def drive(cases: list[Case], limit_s: float = 600) -> None:
                 c.gate.unlink()
 
 
-def test_signals_stop_a_run_in_every_stage_and_a_rerun_resumes(tmp_path, prefect_stack):
-    api = prefect_stack.api_url
+def stop_runs(tmp_path: Path, prefect_api: str, targets: tuple[str, ...], server_case: bool) -> list[Case]:
+    """Signal a run in each stage per signal and target; check every one of them; the cases."""
     cases = [
-        Case(sig, target, stage, tmp_path, api)
+        Case(sig, target, stage, tmp_path, prefect_api)
         for stage in STAGE_TASK
         for sig in ("INT", "TERM")
-        for target in ("group", "pid")
+        for target in targets
     ]
-    cases.append(Case("KILL", "server", "process", tmp_path, api))
+    if server_case:
+        cases.append(Case("KILL", "server", "process", tmp_path, prefect_api))
     t0 = time.monotonic()
     drive(cases)
     print(f"{len(cases)} runs in {time.monotonic() - t0:.0f}s")
@@ -269,6 +271,14 @@ def test_signals_stop_a_run_in_every_stage_and_a_rerun_resumes(tmp_path, prefect
             problems.append(f"{c.name}: left running: {list(alive(c.tree).values())}")
             reaper.reap({pid: start for pid, (start, _) in c.tree.items()})
     assert not problems, "\n".join(problems)
+    return cases
+
+
+def test_signals_to_the_group_stop_a_run_in_every_stage_and_a_rerun_resumes(tmp_path, prefect_stack):
+    """What a terminal's Ctrl-C and `kill -- -PGID` do; with nothing else in the group (checked), the
+    driver alone gets the signal, as with a signal to its pid (the extended test below)."""
+    api = prefect_stack.api_url
+    cases = stop_runs(tmp_path, api, ("group",), server_case=True)
     group_run = next(c for c in cases if c.target == "group" and c.stage == "process")
     print("listening:", *(f"{a}:{port} {cmd}" for a, port, _, cmd in group_run.listening), sep="\n  ")
     assert any(x[3].endswith("raylet") for x in group_run.listening), group_run.listening
@@ -289,6 +299,11 @@ def test_signals_stop_a_run_in_every_stage_and_a_rerun_resumes(tmp_path, prefect
     assert len(reference["documents"]) == read_manifest(clean, DATE)["counts"]["documents"] > 0
     assert rows(stopped.out) == reference
     assert read_manifest(stopped.out, DATE)["counts"] == read_manifest(clean, DATE)["counts"]
+
+
+@pytest.mark.extended
+def test_signals_to_the_driver_stop_a_run_in_every_stage(tmp_path, prefect_stack):
+    stop_runs(tmp_path, prefect_stack.api_url, ("pid",), server_case=False)
 
 
 def _pgid(pid: int) -> int | None:
