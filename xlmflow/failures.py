@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok; 1 the run failed (storage, space, permissions, missing input or bucket, anything
 unexpected); 2 the command as given cannot work (an option, model or URI must change); 3 the inputs of a
-committed partition changed; 130 interrupted.
+committed partition changed; 130 interrupted (SIGINT), 143 terminated (SIGTERM): xlmflow.interrupt.
 """
 
 from __future__ import annotations
