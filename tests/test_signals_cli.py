@@ -7,8 +7,7 @@ Each run is held inside one kind of task (XLMFLOW_TEST_PAUSE_TASK) so that the s
 stage for sure. The runs go side by side, a few at a time: one after the other they would take minutes.
 Runs signalled as a group start their own Prefect server and Ray, as on a terminal; the others share
 the session's Prefect server (a signal to the driver alone never reaches it) and start their own Ray
-(the pause must reach its workers through their environment). The six signals to the driver's pid
-are the `extended` test: once nothing else is in the group (checked), they are what the group's are.
+(the pause must reach its workers through their environment).
 """
 
 from __future__ import annotations
@@ -276,7 +275,7 @@ def stop_runs(tmp_path: Path, prefect_api: str, targets: tuple[str, ...], server
 
 def test_signals_to_the_group_stop_a_run_in_every_stage_and_a_rerun_resumes(tmp_path, prefect_stack):
     """What a terminal's Ctrl-C and `kill -- -PGID` do; with nothing else in the group (checked), the
-    driver alone gets the signal, as with a signal to its pid (the extended test below)."""
+    driver alone gets the signal, as with a signal to its pid (the test below)."""
     api = prefect_stack.api_url
     cases = stop_runs(tmp_path, api, ("group",), server_case=True)
     group_run = next(c for c in cases if c.target == "group" and c.stage == "process")
@@ -301,7 +300,6 @@ def test_signals_to_the_group_stop_a_run_in_every_stage_and_a_rerun_resumes(tmp_
     assert read_manifest(stopped.out, DATE)["counts"] == read_manifest(clean, DATE)["counts"]
 
 
-@pytest.mark.extended
 def test_signals_to_the_driver_stop_a_run_in_every_stage(tmp_path, prefect_stack):
     stop_runs(tmp_path, prefect_stack.api_url, ("pid",), server_case=False)
 
