@@ -236,7 +236,7 @@ def _too_long(what: str, size: int, limit: int, ended: bool = True) -> Bad:
     return Bad(
         "too_long",
         f"{what} has {size_s}, over max_record_bytes={limit}; it was skipped unread "
-        "(raise --max-record-bytes, default 12 x --max-text-chars, to read it)",
+        "(raise --max-record-bytes to read it)",
     )
 
 
@@ -605,6 +605,11 @@ def _parquet(
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(f)
+    # string columns stay dictionary-encoded as read: one repeated value is then held once per batch,
+    # not once per row, until each row has been measured
+    strings = [fl.name for fl in pf.schema_arrow if _is_bytes(fl.type)]
+    if strings:
+        pf = pq.ParquetFile(f, read_dictionary=strings)
     names = pf.schema_arrow.names
     renamed = unique_names(names)  # Parquet allows repeated column names too
     n = used = 0
@@ -669,7 +674,7 @@ def _parquet_rows(b, n: int, sizes: list[int], limit: int) -> Iterator[Record]: 
         if nbytes > limit:
             why = (
                 f"row has {nbytes} bytes decoded, over max_record_bytes={limit}; it was skipped "
-                "(raise --max-record-bytes, default 12 x --max-text-chars, to read it)"
+                "(raise --max-record-bytes to read it)"
             )
             head = json.dumps({c: h[k] for c, h in heads.items()}, ensure_ascii=False)
             yield n + k, Bad("too_long", why), head
@@ -717,9 +722,13 @@ def _heads(b) -> dict[str, list]:  # noqa: ANN001
 
     heads = {}
     for name, col in zip(b.schema.names, b.columns, strict=True):
-        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            heads[name] = pc.utf8_slice_codeunits(col.cast(t), 0, PREVIEW).to_pylist()
+        if pa.types.is_dictionary(col.type):  # cut the dictionary's values, then spread them to rows
+            if pa.types.is_string(col.type.value_type) or pa.types.is_large_string(col.type.value_type):
+                heads[name] = (
+                    pc.utf8_slice_codeunits(col.dictionary, 0, PREVIEW).take(col.indices).to_pylist()
+                )
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            heads[name] = pc.utf8_slice_codeunits(col, 0, PREVIEW).to_pylist()
     return heads
 
 

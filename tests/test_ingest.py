@@ -467,6 +467,31 @@ def test_parquet_rows_are_measured_as_decoded(tmp_path):
     assert res.input_rows == 200
 
 
+def test_a_huge_repeated_parquet_value_is_measured_while_still_encoded(tmp_path):
+    """200 rows of one 40 MB dictionary value: a few KB on disk, 40 MB in the metadata, 8 GB decoded.
+    Rows must be measured while the value is held once (the dictionary), not once per row of a batch."""
+    import subprocess
+    import sys
+
+    text = pa.DictionaryArray.from_arrays(pa.array([0] * 200, pa.int32()), pa.array(["x" * (40 << 20)]))
+    pq.write_table(pa.table({"text": text}), tmp_path / "a.parquet", compression="zstd", store_schema=False)
+    script = (
+        "import json, resource, sys; from pathlib import Path; from tests.test_ingest import run; "
+        "res = run(Path(sys.argv[1]), Path(sys.argv[2]), max_record_bytes=1_000_000); "
+        "print(json.dumps([res.input_rows, sorted({r['reason'] for r in res.rejects}), len(res.rejects), "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024]))"
+    )
+    root = str(Path(__file__).parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.parquet"), str(tmp_path / "w")],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, reasons, n_rejects, peak_mib = json.loads(proc.stdout.splitlines()[-1])
+    assert (rows, reasons, n_rejects) == (200, ["too_long"], 200)
+    assert peak_mib < 900, f"peak RSS {peak_mib} MiB: rows were expanded before they were measured"
+
+
 def test_a_text_of_max_text_chars_passes_however_it_is_escaped(tmp_path):
     """The default byte limit leaves room for any JSON escaping of max_text_chars characters (an escaped
     BMP character is 6 bytes, an escaped astral one, a surrogate pair, 12): the text's length decides."""
