@@ -328,12 +328,17 @@ def commit_partition(
             )
             return latest + 1
         except Exception as exc:
-            landed = commit_outcome(out, name, latest + 1, commit_id)
+            try:
+                landed = commit_outcome(out, name, latest + 1, commit_id)
+            except Exception as read_exc:
+                raise read_exc from exc  # outcome unknown: the caller keeps this run's files
             if landed:
                 log.warning("table %s: commit %d landed although its answer was lost", name, latest + 1)
                 return latest + 1
-            if landed is None and not isinstance(exc, CommitFailedError):
-                raise  # nothing at that version: the commit did not happen, and it was no race
+            # a race (the version went to another commit) or a transport error is worth another look;
+            # anything else (a schema error, a 403) is the answer itself
+            if not (isinstance(exc, CommitFailedError) or (landed is False and isinstance(exc, OSError))):
+                raise
             seen = latest  # version latest+1 went to someone else: look at what it did
     raise CommitConflictError(
         f"table {name}: {COMMIT_ATTEMPTS} commits of other runs landed while this one tried to commit "

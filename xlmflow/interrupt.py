@@ -62,8 +62,14 @@ def take_prefect_sigterm() -> None:
     """
     from prefect.utilities import engine
 
-    if hasattr(engine, "_prefect_sigterm_handler"):  # prefect 3.9's name; else theirs stays in place
+    if hasattr(engine, "_prefect_sigterm_handler"):  # prefect 3.9's name
         engine._prefect_sigterm_handler = _handler
+    else:  # theirs stays in place: SIGTERM then ends a run as "unexpected" (exit 1), not 143
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "this Prefect version has no engine._prefect_sigterm_handler; SIGTERM may end runs with exit 1"
+        )
 
 
 def _handler(signum: int, frame: object) -> None:

@@ -257,16 +257,26 @@ class PartitionLease:
         retry then meets its own write and is refused, or the error is a 500): on any failure the lease
         is read back, and if it holds this very write, the write succeeded."""
         body = self._body()
+        self._last_write = body["write_id"]
         try:
             self.token = op(body, *args)
         except Exception:
-            try:
-                seen = self.backend.read()
-            except Exception:  # noqa: BLE001 - unknown outcome: report the write's own error
-                seen = None
-            if seen is None or seen.body.get("write_id") != body["write_id"]:
+            seen = None
+            for attempt in range(3):  # the store that lost an answer may still be flaky
+                try:
+                    seen = self.backend.read()
+                    break
+                except Exception:  # noqa: BLE001 - unknown outcome: report the write's own error
+                    time.sleep(0.5 * 2**attempt)
+            if not self._is_last_write(seen):
                 raise
-            self.token = seen.token
+
+    def _is_last_write(self, seen: Seen | None) -> bool:
+        """Whether the lease as read is this object's latest write (then its token is ours)."""
+        if seen is None or seen.body.get("write_id") != getattr(self, "_last_write", None):
+            return False
+        self.token = seen.token
+        return True
 
     def acquire(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> PartitionLease:
         """Take the lease, waiting up to `timeout` s for a live owner; raise LeaseHeldError after that."""
@@ -282,6 +292,8 @@ class PartitionLease:
             seen = self.backend.read()
             if seen is None:
                 continue  # released between our create and read: try again at once
+            if self._is_last_write(seen):
+                break  # our write landed after all (its read-back had failed)
             if seen.expired:
                 try:
                     self._write(self.backend.replace, seen.token)
@@ -313,6 +325,8 @@ class PartitionLease:
                 self._write(self.backend.replace, self.token)
             except LeaseConflict:
                 seen = self.backend.read()
+                if self._is_last_write(seen):
+                    return  # our renewal landed after all (its read-back had failed)
                 self.lost = (
                     f"this run ({self.run_id}) lost the lease of partition {self.date} of {self.out} "
                     f"(now {'held by ' + seen.describe() if seen else 'released'}): it stalled past its "
