@@ -1,0 +1,171 @@
+"""Every processor's model resolved and checked where the run is submitted, before Prefect or Ray start.
+
+A model spec resolves, in this order: `tiny` (built on the fly); an `s3://` prefix (listed: unsafe keys,
+pickle-only weights); a local directory; a Hugging Face id, from the HF cache (`HF_HOME`,
+`HF_HUB_CACHE`), else from the hub unless `HF_HUB_OFFLINE` is set. A directory at hand (local, or the
+cached snapshot) is checked as the actors will load it: files, safetensors weights, a readable
+config whose architecture and labels fit the processor, and a tokenizer that loads. No weights load.
+
+A problem is a ConfigError naming the instance, the model as given and what to do (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ray_cluster.models import _local_dir, check_safetensors, precheck
+from xlmflow.errors import ConfigError
+
+HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]  # what the actors fetch: never pickles
+# the head each transformers Auto class puts on the encoder, as the end of an `architectures` entry
+_HEADS = {
+    "AutoModelForTokenClassification": ("ForTokenClassification", "a token-classification"),
+    "AutoModelForSequenceClassification": ("ForSequenceClassification", "a sequence-classification"),
+}
+
+
+def check_processor(spec: Any, flag: str, local_actors: bool = True) -> None:
+    """ConfigError unless the model of processor instance `spec` (a ProcessorSpec) resolves and fits.
+
+    `flag` is the option that sets this instance's model (`--ner-model`, `--NAME.model`); with
+    `local_actors` False (a remote cluster, whose nodes may see other files and caches), only what this
+    host can judge for them is checked: the s3:// listing and directories that exist here.
+    """
+    from ray_cluster.processors.base import registry
+
+    cls = registry().get(spec.type)
+    if cls is None or not cls.model_class:
+        return
+    model = spec.options.get("model")
+    what = f"processor {spec.name} ({spec.type})"
+    if not model:
+        raise ConfigError(
+            f"{what} needs a model: pass {flag} MODEL (a Hugging Face id, a local directory, an s3:// "
+            "prefix, or tiny for the offline smoke-test model)"
+        )
+    try:
+        proc = cls(spec, None)  # the options decide the model class (qe's cosine method: an encoder)
+        kind = proc.model_kind()
+        model_class = registry()[kind].model_class or "AutoModel"
+    except Exception:  # noqa: BLE001 - a plug-in that needs run settings: its actor checks itself
+        return
+    try:
+        if model == "tiny" or model.startswith("s3://"):
+            precheck(model, local_actors=local_actors)
+            return
+        path = _local_dir(model) if (local_actors or os.path.exists(os.path.expanduser(model))) else None
+        if path is None:
+            if not local_actors:
+                return
+            path = _hf_snapshot(model)
+            if path is None:
+                return  # on the hub, not cached yet: the actors download it
+        check_safetensors(path)
+        config = _check_config(path, model_class, spec.type)
+        _check_tokenizer(path)
+        _check_with_processor(proc, path, config)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}, model {model!r}: {exc}") from None
+
+
+def _hf_snapshot(repo_id: str) -> str | None:
+    """The cached snapshot of a hub id; None when the hub has it but this host has not fetched it yet."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True, allow_patterns=HF_PATTERNS)
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id): ask the hub, when allowed
+        pass
+    get = f"`hf download {repo_id}` where the hub is reachable"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ConfigError(
+            f"not a local directory and not in the Hugging Face cache ({_hf_cache()}), and HF_HUB_OFFLINE "
+            f"is set: check the id, run {get}, or pass a local directory or an s3:// prefix"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        info = HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        raise ConfigError("is gated on the hub: accept its terms, then `hf auth login`") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(
+            "is not on the Hugging Face hub, or is private: check the id, or `hf auth login` for a "
+            "private model, or pass a local directory or an s3:// prefix"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - no network
+        raise ConfigError(
+            f"is not in the Hugging Face cache ({_hf_cache()}) and the hub did not answer "
+            f"({type(exc).__name__}): run {get}, or set HF_HUB_OFFLINE=1 with a populated cache"
+        ) from None
+    names = [s.rfilename for s in info.siblings or []]
+    if not any(n.endswith(".safetensors") for n in names):
+        from ray_cluster.model_files import check_weights
+
+        check_weights(names, repo_id)
+    return None
+
+
+def _hf_cache() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _check_config(path: str, model_class: str, ptype: str) -> dict:
+    """config.json as a dict, refused when unreadable or when its head does not fit `model_class`."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json in {path}; pass a complete checkpoint directory") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config.json in {path} is unreadable ({exc})") from None
+    if not config.get("model_type"):
+        raise ConfigError(f"config.json in {path} names no model_type; is this a transformers checkpoint?")
+    head = _HEADS.get(model_class)
+    archs = config.get("architectures") or []
+    if head and archs and not any(a.endswith(head[0]) for a in archs):
+        raise ConfigError(
+            f"it is a {', '.join(archs)} checkpoint, but {ptype} needs {head[1]} checkpoint "
+            f"(*{head[0]}); pass one with that head"
+        )
+    if model_class == "AutoModelForTokenClassification" and not config.get("id2label"):
+        raise ConfigError(f"its config.json has no id2label: {ptype} cannot name the labels it predicts")
+    return config
+
+
+def _check_tokenizer(path: str) -> None:
+    """The fast tokenizer the actors need loads (its Rust core: no transformers rebuild, fast)."""
+    tj = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(tj):
+        if not any(n.endswith(".model") for n in os.listdir(path)):
+            raise ConfigError(
+                f"no tokenizer in {path} (tokenizer.json or a sentencepiece *.model); copy the tokenizer "
+                "files of the model it was trained from into that directory"
+            )
+        return  # a sentencepiece tokenizer: transformers converts it when the actor loads it
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(tj)
+    except Exception as exc:  # noqa: BLE001 - the Rust error says what is wrong with the file
+        raise ConfigError(f"its tokenizer.json does not load ({exc})") from None
+
+
+def _check_with_processor(proc: Any, path: str, config: dict) -> None:
+    """The processor's own `check_model` on the config (labels, outputs), without weights."""
+    from transformers import AutoConfig
+
+    from ray_cluster.models import LoadedModel
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"its config.json does not load ({exc})") from None
+    proc.check_model(LoadedModel(tokenizer=None, model=None, info={"path": path}, config=cfg))
