@@ -52,8 +52,13 @@ def check_processor(spec: Any, flag: str, local_actors: bool = True) -> None:
     except Exception:  # noqa: BLE001 - a plug-in that needs run settings: its actor checks itself
         return
     try:
-        if model == "tiny" or model.startswith("s3://"):
-            precheck(model, local_actors=local_actors)
+        if model == "tiny":
+            return
+        if model.startswith("s3://"):
+            precheck(model, local_actors=local_actors)  # the listing: unsafe keys, pickle-only weights
+            config = _s3_config(model)
+            _check_head(config, model, model_class, spec.type)
+            _check_with_processor(proc, model, config)
             return
         path = _local_dir(model) if (local_actors or os.path.exists(os.path.expanduser(model))) else None
         if path is None:
@@ -126,8 +131,30 @@ def _check_config(path: str, model_class: str, ptype: str) -> dict:
         raise ConfigError(f"no config.json in {path}; pass a complete checkpoint directory") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"config.json in {path} is unreadable ({exc})") from None
+    _check_head(config, path, model_class, ptype)
+    return config
+
+
+def _s3_config(prefix: str) -> dict:
+    """config.json under an s3:// prefix (a few hundred bytes; the weights are copied by the actors)."""
+    from xlmflow import storage
+
+    fs, root = storage.fs_for(prefix)
+    try:
+        config = json.loads(fs.cat_file(f"{root.rstrip('/')}/config.json"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json under {prefix}; upload the whole checkpoint directory") from None
+    except ValueError as exc:
+        raise ConfigError(f"config.json under {prefix} is unreadable ({exc})") from None
+    return config
+
+
+def _check_head(config: dict, where: str, model_class: str, ptype: str) -> None:
+    """Refuse a config whose model type is missing or whose head does not fit `model_class`."""
     if not config.get("model_type"):
-        raise ConfigError(f"config.json in {path} names no model_type; is this a transformers checkpoint?")
+        raise ConfigError(f"config.json in {where} names no model_type; is this a transformers checkpoint?")
     head = _HEADS.get(model_class)
     archs = config.get("architectures") or []
     if head and archs and not any(a.endswith(head[0]) for a in archs):
@@ -137,7 +164,6 @@ def _check_config(path: str, model_class: str, ptype: str) -> dict:
         )
     if model_class == "AutoModelForTokenClassification" and not config.get("id2label"):
         raise ConfigError(f"its config.json has no id2label: {ptype} cannot name the labels it predicts")
-    return config
 
 
 def _check_tokenizer(path: str) -> None:

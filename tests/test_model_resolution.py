@@ -146,3 +146,28 @@ def test_a_head_that_does_not_fit_its_weights_fails_in_the_actor_as_one_line(ckp
     assert last.startswith(f"xlmflow: configuration error: processor ents (ner), model {str(bad)!r}: "), last
     assert "weights do not fit the model its config.json describes" in last, last
     assert "Traceback" not in p.stderr and "ignore_mismatched_sizes" not in p.stderr, p.stderr[-3000:]
+
+
+def test_s3_prefix_config_is_checked_against_the_processor(ckpts, s3_bucket):
+    """An s3:// model is listed and its config.json read before anything is copied."""
+    import boto3
+
+    from ray_cluster.model_check import check_processor
+    from xlmflow.errors import ConfigError
+    from xlmflow.settings import ProcessorSpec
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    bucket = s3_bucket.removeprefix("s3://")
+    for kind in ("ner", "classify"):  # the weights are only listed: a stand-in file does
+        s3.put_object(Bucket=bucket, Key=f"{kind}/config.json", Body=open(f"{ckpts[kind]}/config.json", "rb"))
+        s3.put_object(Bucket=bucket, Key=f"{kind}/model.safetensors", Body=b"listed, not read")
+    check_processor(
+        ProcessorSpec(name="ner", type="ner", options={"model": f"{s3_bucket}/ner"}), "--ner-model"
+    )
+    spec = ProcessorSpec(name="ents", type="ner", options={"model": f"{s3_bucket}/classify/"})
+    with pytest.raises(ConfigError) as err:
+        check_processor(spec, "--ents.model", local_actors=False)
+    assert (
+        f"processor ents (ner), model '{s3_bucket}/classify/': it is a XLMRobertaForSequenceClassification"
+        in (str(err.value))
+    )
