@@ -37,9 +37,15 @@ class ShardWorker:
         self.device = _pick_device(num_cpus) if any(p.model_class for p in self.processors) else "cpu"
         phased = phase_processors(self.processors)
         workers = self._start_phase_workers(settings_json, phased)  # tokenizers load beside our models
+        self.cpu_workers, self.failure = 0, None
         for p in self.processors:
-            p.setup(self.device)
-        self.cpu_workers = 0
+            try:
+                p.setup(self.device)
+            except Exception as exc:  # noqa: BLE001 - kept for `info`: an __init__ that raises would
+                # print Ray's creation-task traceback on the driver's console, and restart the actor
+                log.debug("%s failed to set up", p.instance, exc_info=True)
+                self.failure = setup_failure(p, exc)
+                return
         if workers is not None:
             workers.wait_ready()
             for p in phased:
@@ -66,6 +72,9 @@ class ShardWorker:
         """Where this actor runs and what it sees (used by the placement tests and the manifest)."""
         import ray
 
+        if self.failure is not None:
+            raise self.failure
+
         try:
             gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         except Exception:  # noqa: BLE001 - outside a Ray worker
@@ -84,6 +93,8 @@ class ShardWorker:
 
     def process_shard(self, shard: dict, staging: str) -> dict:
         """Process one shard and write its results; idempotent (a finished shard is not redone)."""
+        if self.failure is not None:
+            raise self.failure
         import pyarrow as pa
 
         from xlmflow import schemas
@@ -201,3 +212,28 @@ def _maybe_crash_for_test(shard_id: str) -> None:
     if not os.path.exists(spec["marker"]):
         open(spec["marker"], "w").close()
         os._exit(1)
+
+
+def setup_failure(p, exc: Exception) -> Exception:  # noqa: ANN001 - a Processor
+    """What a processor's failed setup ends the run with: one line naming the instance and its model;
+    a model that does not fit (weights against config, unreadable weights) is a ConfigError (exit 2)."""
+    from xlmflow.errors import ConfigError, FatalError
+
+    model = getattr(getattr(p, "options", None), "model", None)
+    what = f"processor {p.instance} ({p.name})" + (f", model {model!r}" if model else "")
+    text = str(exc).strip()
+    if isinstance(exc, ConfigError):
+        return exc if text.startswith(f"processor {p.instance} ") else ConfigError(f"{what}: {text}")
+    if "size mismatch" in text or "ignore_mismatched_sizes" in text:
+        return ConfigError(
+            f"{what}: its weights do not fit the model its config.json describes (a layer or head of "
+            "another size, e.g. id2label/num_labels that differ from the classifier's rows); fix "
+            "config.json or pass a checkpoint whose config matches its weights"
+        )
+    if type(exc).__module__.startswith("safetensors") or type(exc).__name__ == "SafetensorError":
+        return ConfigError(
+            f"{what}: its safetensors weights do not load ({text.splitlines()[0]}); download or copy "
+            "the checkpoint again"
+        )
+    first = text.splitlines()[0] if text else repr(exc)
+    return FatalError(f"{what} failed to load: {type(exc).__name__}: {first}")

@@ -250,7 +250,7 @@ def _hf_dir(repo_id: str) -> tuple[str, str | None]:
             raise ConfigError(
                 f"model {repo_id!r} is not a local directory and not in the Hugging Face cache, and "
                 "HF_HUB_OFFLINE is set; download it where the hub is reachable "
-                f"(`huggingface-cli download {repo_id}`), or pass a local directory or an s3:// prefix"
+                f"(`hf download {repo_id}`), or pass a local directory or an s3:// prefix"
             ) from local_exc
         try:
             path = snapshot_download(repo_id, allow_patterns=patterns)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from ray_cluster.cluster import Layout, connect, plan_layout
-from xlmflow.errors import FatalError, SystemicError
+from xlmflow.errors import FatalError, SystemicError, XlmflowError
 from xlmflow.failures import unwrap
 from xlmflow.settings import RunSettings
 
@@ -53,7 +53,7 @@ class ShardPool:
         if self._infos is None:
             try:
                 self._infos = self._wait_ready()
-            except FatalError:
+            except XlmflowError:
                 self.shutdown()  # a later get_pool starts afresh
                 for key in [k for k, p in _POOLS.items() if p is self]:
                     del _POOLS[key]
@@ -74,10 +74,20 @@ class ShardPool:
                 f"{self.layout.num_gpus:g} GPUs free per actor (resources: {ray.cluster_resources()}); "
                 "raise --actor-start-timeout, lower --actors or add nodes"
             )
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayError as exc:
-            raise FatalError(f"the shard actors failed to start: {_root_message(exc)}") from exc
+        infos, failed = [], []
+        for ref in refs:  # each one: an error left unread is printed, traceback and all, by Ray
+            try:
+                infos.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                failed.append(exc)
+        if failed:
+            err = unwrap(failed[0])
+            cause = getattr(err, "cause", None)  # Ray's error class may subclass the cause's
+            err = cause if isinstance(cause, XlmflowError) else err
+            if isinstance(err, XlmflowError):  # the actor's setup said what failed (instance, model)
+                raise err
+            raise FatalError(f"the shard actors failed to start: {_root_message(failed[0])}") from failed[0]
+        return infos
 
     def shutdown(self) -> None:
         import ray

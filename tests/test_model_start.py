@@ -95,7 +95,8 @@ def test_cli_refuses_a_weights_link_to_dev_zero_before_ray_starts(tiny_dir, tmp_
     )
     assert p.returncode == 2, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"xlmflow: configuration error: model file {weights} is not a regular file"), last
+    assert last.startswith("xlmflow: configuration error: processor ner (ner), model "), last
+    assert f"model file {weights} is not a regular file" in last, last
     assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
 
 

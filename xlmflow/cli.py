@@ -19,10 +19,10 @@ _DEBUG_HELP = "debug logs, and the traceback of a failure"
 
 def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     """Fail fast, before Ray and Prefect start: settings, credentials in URIs, inputs that match nothing,
-    models that cannot load (unsafe s3:// keys, pickle-only weights). Returns the job settings and
-    the partition's run settings (what the flow will build from them)."""
+    models that do not resolve or do not fit their processor (ray_cluster.model_check). Returns the
+    job settings and the partition's run settings (what the flow will build from them)."""
     from ray_cluster.cluster import cluster_address
-    from ray_cluster.models import precheck
+    from ray_cluster.model_check import check_processor
     from tasks.ingest import check_output_apart, expand_inputs
     from xlmflow import storage
     from xlmflow.cli_options import job_kwargs
@@ -43,8 +43,10 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     expand_inputs(a.inputs)
     check_output_apart(a.inputs, a.out)
     remote = cluster_address(job.ray_address)  # actors may see other directories than we do
+    declared = {p["name"] for p in kw.get("processors", [])}  # by --proc: their options are --NAME.OPTION
     for spec in job.processors:
-        precheck(spec.options.get("model"), local_actors=not remote)
+        flag = f"--{spec.name}.model" if spec.name in declared else f"--{spec.type}-model"
+        check_processor(spec, flag, local_actors=not remote)
     return job, settings
 
 

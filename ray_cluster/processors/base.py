@@ -287,9 +287,10 @@ class ModelProcessor(Processor):
 
         o, s = self.options, self.settings
         if not o.model:
+            flag = f"--{self.name}-model" if self.instance == self.name else f"--{self.instance}.model"
             raise ConfigError(
-                f"processor {self.instance} ({self.name}) needs a model: --{self.instance}.model or "
-                f"--{self.name}-model (HF id, local dir, s3:// prefix, or tiny)"
+                f"processor {self.instance} ({self.name}) needs a model: pass {flag} MODEL (HF id, local "
+                "dir, s3:// prefix, or tiny)"
             )
         lm = load_model(o.model, self.model_kind(), s)
         self.check_model(lm)
