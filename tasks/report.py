@@ -9,6 +9,8 @@ from xlmflow import storage
 
 log = logging.getLogger(__name__)
 
+SUMMARY_LANGS = 20  # languages the end-of-run summary names; it counts the others
+
 
 class Progress:
     """A terminal progress bar plus a Prefect progress artifact, updated as work items finish.
@@ -228,7 +230,14 @@ def print_summary(manifest: dict, stream=sys.stdout) -> None:  # noqa: ANN001
     if c.get("rejects_by_reason"):
         print("  rejects: " + ", ".join(f"{k}={v}" for k, v in c["rejects_by_reason"].items()), file=stream)
     if c.get("by_lang"):
-        top = sorted(c["by_lang"].items(), key=lambda kv: -kv[1])[:10]
-        print(f"  languages ({len(c['by_lang'])}): " + ", ".join(f"{k}={v}" for k, v in top), file=stream)
+        langs = sorted(c["by_lang"].items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{k}={v}" for k, v in langs[:SUMMARY_LANGS])
+        more = len(langs) - SUMMARY_LANGS
+        if more > 0:  # a corpus of 100+ languages: the rest is in the manifest, and the count says so
+            shown += f", and {more} more (counts.by_lang in the manifest)"
+        print(f"  languages ({len(langs)}): {shown}", file=stream)
+    if manifest.get("files"):
+        rows = {name: sum(f["rows"] for f in files) for name, files in manifest["files"].items()}
+        print("  rows per dataset: " + ", ".join(f"{k}={v}" for k, v in rows.items()), file=stream)
     for k, v in manifest.get("throughput", {}).items():
         print(f"  {k}: {v}", file=stream)
