@@ -64,3 +64,18 @@ def partition_lock(out: str, date: str) -> Iterator[None]:
             pass
     with concurrency(name, occupy=1, strict=True):
         yield
+
+
+def tag_run(tags: list[str], job: Any) -> None:
+    """Add `tags` and `processor:NAME` of every processor instance of `job` to the current flow run, so the
+    UI can filter runs (partitions, and the daily and backfill runs above them) by date and processor."""
+    try:
+        from prefect import get_client
+        from prefect.runtime import flow_run
+
+        wanted = {*tags, *(f"processor:{p.name}" for p in job.processors)}
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run.id)
+            client.update_flow_run(flow_run.id, tags=sorted({*run.tags, *wanted}))
+    except Exception:  # noqa: BLE001 - tags are cosmetic
+        pass
