@@ -19,12 +19,18 @@ PARTITION, DAILY, BACKFILL = "partition", "daily", "backfill"
 
 
 def ensure_work_pool(name: str) -> bool:
-    """Create a `process` work pool named `name` unless it exists; True if it was created."""
+    """Create a `process` work pool named `name` unless it exists; True if it was created. Read first:
+    a create that conflicts logs an ERROR in the server's database (see flows.params.ensure_limit)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
         try:
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
             return True
