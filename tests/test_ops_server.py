@@ -65,6 +65,19 @@ def test_date_range_and_template():
     assert "/" not in lock_name("s3://a/b", "2026-11-01")
 
 
+def test_operations_doc_lists_the_flows_real_parameters():
+    import importlib
+    import inspect
+
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+/\w+)` \| `([\w/]+)\.py:(\w+)` \| (.*) \|$", doc, re.M)
+    assert {r[0] for r in rows} == {"corpus/partition", "daily/daily", "backfill/backfill"}, rows
+    for _, module, name, params in rows:
+        fn = getattr(importlib.import_module(module.replace("/", ".")), name).fn
+        real = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        assert re.findall(r"`(\w+)`", params) == real, (module, name)
+
+
 # ---- against the server ------------------------------------------------------------------------------------------
 
 
