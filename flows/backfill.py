@@ -148,7 +148,7 @@ def backfill_flow(
     """Process every date of [start, end]; fail (after all dates ran) if any date failed."""
     from prefect.futures import as_completed
 
-    from flows.params import job_settings, render_input
+    from flows.params import job_settings, render_input, tag_run
 
     job = job_settings(settings, legacy, "backfill")
     if not (input_template and start and end):
@@ -157,6 +157,7 @@ def backfill_flow(
         raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
     dates = date_range(start, end)
     render_input(input_template, dates[0])  # validates the template before anything starts
+    tag_run(["backfill", *(f"date:{d}" for d in dates)], job)  # a date's filter finds its backfills too
     if deployment is not None:
         _check_deployment(deployment)
     if deployment is None and job.ray_address is None and max_concurrent > 1:
@@ -197,19 +198,27 @@ def add_backfill_arguments(parser: argparse.ArgumentParser, argv: list[str] | No
     from xlmflow.cli_options import add_job_options
 
     parser.add_argument(
-        "--input", required=True, help="input template with {date}, e.g. s3://raw/corpus/date={date}/"
+        "--input",
+        required=True,
+        metavar="TEMPLATE",
+        help="input template with {date}, e.g. s3://raw/corpus/date={date}/",
     )
     parser.add_argument("--out", required=True, help="output root (local dir or s3://bucket/prefix)")
-    parser.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
-    parser.add_argument("--end", required=True, help="last date, YYYY-MM-DD (included)")
-    parser.add_argument("--max-concurrent", type=int, default=2, help="partition runs at a time (default 2)")
+    parser.add_argument("--start", required=True, metavar="DATE", help="first date, YYYY-MM-DD")
+    parser.add_argument("--end", required=True, metavar="DATE", help="last date, YYYY-MM-DD (included)")
+    parser.add_argument(
+        "--max-concurrent", type=int, default=2, metavar="N", help="partition runs at a time (default 2)"
+    )
     parser.add_argument(
         "--deployment",
         default=None,
+        metavar="FLOW/DEPLOYMENT",
         help="run each date as a flow run of this deployment (e.g. corpus/partition) on the "
         "work pool's workers; default: run dates in this process",
     )
-    parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between run status polls")
+    parser.add_argument(
+        "--poll-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between run status polls"
+    )
     add_job_options(parser, argv)
 
 

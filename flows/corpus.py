@@ -35,7 +35,7 @@ def corpus_flow(
     The whole run holds the partition's lease (xlmflow.lease), so a second run of the same partition
     (plain, forced or a no-op rerun, from any entry point) waits instead of racing this one.
     """
-    from flows.params import job_settings
+    from flows.params import job_settings, tag_run
     from xlmflow import storage
     from xlmflow.lease import PartitionLease
     from xlmflow.settings import run_settings
@@ -47,7 +47,7 @@ def corpus_flow(
     settings = run_settings(job, inputs, date)
     storage.check_output_root(settings.out)  # scheduled runs do not pass through the CLI's checks
     day = settings.date.isoformat()
-    _tag_run(day, [s.name for s in settings.processors])
+    tag_run([f"date:{day}"], settings)
     if missing_input == "skip" and not _any_input(settings.inputs):
         logger.info("partition %s: no input at %s", day, list(settings.inputs))
         return {"date": day, "out": settings.out, "manifest": None, "status": "no_input"}
@@ -181,21 +181,6 @@ def _any_input(inputs: tuple[str, ...]) -> bool:
         if fs.exists(path) and (fs.isfile(path) or fs.find(path)):
             return True
     return False
-
-
-def _tag_run(day: str, instances: list[str]) -> None:
-    """Tag the flow run with its date and processor instances, so the UI can filter partitions."""
-    try:
-        from prefect import get_client
-        from prefect.runtime import flow_run
-
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run.id)
-            client.update_flow_run(
-                flow_run.id, tags=sorted({*run.tags, f"date:{day}", *(f"processor:{t}" for t in instances)})
-            )
-    except Exception:  # noqa: BLE001 - tags are cosmetic
-        pass
 
 
 def _flow_run_id() -> str | None:

@@ -60,12 +60,13 @@ def daily_flow(
 ) -> dict:
     """Process the partition of the scheduled day (or `date`, for a manual re-run) as a `corpus` subflow."""
     from flows.corpus import corpus_flow
-    from flows.params import job_settings, partition_lock, render_input
+    from flows.params import job_settings, partition_lock, render_input, tag_run
 
     job = job_settings(settings, legacy, "daily")
     if not input_template:
         raise ConfigError("flow 'daily' needs `input_template` (with {date})")
     day = _scheduled_date(lag_days, timezone) if date is None else check_date(date, "date")
+    tag_run(["daily", f"date:{day}"], job)
     get_run_logger().info("daily run for partition %s (lag %d day(s), tz %s)", day, lag_days, timezone)
     # the same lock as a backfill of this date: the two never compute one partition at once
     with partition_lock(job.out, day):

@@ -19,12 +19,18 @@ PARTITION, DAILY, BACKFILL = "partition", "daily", "backfill"
 
 
 def ensure_work_pool(name: str) -> bool:
-    """Create a `process` work pool named `name` unless it exists; True if it was created."""
+    """Create a `process` work pool named `name` unless it exists; True if it was created. Read first:
+    a create that conflicts logs an ERROR in the server's database (see flows.params.ensure_limit)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
         try:
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
             return True
@@ -119,24 +125,41 @@ def add_deploy_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
     from xlmflow.cli_options import add_job_options
 
     parser.add_argument(
-        "--input", required=True, help="input template with {date}, e.g. s3://raw/corpus/date={date}/"
+        "--input",
+        required=True,
+        metavar="TEMPLATE",
+        help="input template with {date}, e.g. s3://raw/corpus/date={date}/",
     )
     parser.add_argument("--out", required=True, help="output root (local dir or s3://bucket/prefix)")
     parser.add_argument(
-        "--pool", default="xlmflow", help="process work pool (created if missing; default xlmflow)"
+        "--pool",
+        default="xlmflow",
+        metavar="NAME",
+        help="process work pool (created if missing; default xlmflow)",
     )
-    parser.add_argument("--cron", default="0 3 * * *", help="daily schedule (default '0 3 * * *')")
     parser.add_argument(
-        "--interval", type=float, default=None, help="schedule every N seconds instead of --cron"
+        "--cron", default="0 3 * * *", metavar="CRON", help="daily schedule (default '0 3 * * *')"
     )
-    parser.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule and of the dates")
     parser.add_argument(
-        "--lag-days", type=int, default=1, help="process the scheduled day minus N (default 1)"
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="schedule every N seconds instead of --cron",
     )
-    parser.add_argument("--max-concurrent", type=int, default=2, help="default of the backfill deployment")
+    parser.add_argument(
+        "--timezone", default="UTC", metavar="TZ", help="IANA time zone of the schedule and of the dates"
+    )
+    parser.add_argument(
+        "--lag-days", type=int, default=1, metavar="N", help="process the scheduled day minus N (default 1)"
+    )
+    parser.add_argument(
+        "--max-concurrent", type=int, default=2, metavar="N", help="default of the backfill deployment"
+    )
     parser.add_argument(
         "--source",
         default=str(ROOT),
+        metavar="DIR",
         help="project directory the worker runs the flows from (default: this checkout)",
     )
     add_job_options(parser, argv)

@@ -51,16 +51,45 @@ def lock_name(out: str, date: str) -> str:
 @contextmanager
 def partition_lock(out: str, date: str) -> Iterator[None]:
     """Hold the partition's global concurrency slot (limit 1) while it is computed; leases are renewed."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
 
     name = lock_name(out, date)
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:  # another run of this partition created it first
-            pass
+    ensure_limit(name)
     with concurrency(name, occupy=1, strict=True):
         yield
+
+
+def ensure_limit(name: str) -> None:
+    """Create the concurrency limit `name` (limit 1) unless it exists. Read first: a create that
+    conflicts makes the server's database log an ERROR (a unique-key violation on PostgreSQL), which
+    trips log-based alerting, and a limit exists on every rerun and every second run of a date. Two
+    runs that both find it missing still race; the loser's conflict is taken as success."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:  # another run of this partition created it in between
+            pass
+
+
+def tag_run(tags: list[str], job: Any) -> None:
+    """Add `tags` and `processor:NAME` of every processor instance of `job` to the current flow run, so the
+    UI can filter runs (partitions, and the daily and backfill runs above them) by date and processor."""
+    try:
+        from prefect import get_client
+        from prefect.runtime import flow_run
+
+        wanted = {*tags, *(f"processor:{p.name}" for p in job.processors)}
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run.id)
+            client.update_flow_run(flow_run.id, tags=sorted({*run.tags, *wanted}))
+    except Exception:  # noqa: BLE001 - tags are cosmetic
+        pass

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NamedTuple
 
 from xlmflow import storage
 
 log = logging.getLogger(__name__)
+
+SUMMARY_LANGS = 20  # languages the end-of-run summary names; it counts the others
 
 
 class Progress:
@@ -16,8 +19,8 @@ class Progress:
     Ingest (split tasks) and processing (shards) each get their own: a run shows how far it has read
     its input separately from how far the models are."""
 
-    def __init__(self, total_rows: int, desc: str, artifact_id=None, unit: str = "doc") -> None:  # noqa: ANN001
-        """`artifact_id`: a progress artifact of the run (create_progress_artifact), None for none."""
+    def __init__(self, total_rows: int, desc: str, artifact=None, unit: str = "doc") -> None:  # noqa: ANN001
+        """`artifact`: a progress artifact of the run (create_progress_artifact), None for none."""
         from tqdm import tqdm
 
         self.total = max(1, total_rows)
@@ -25,7 +28,8 @@ class Progress:
         self.bar = tqdm(
             total=total_rows, unit=unit, desc=desc, file=sys.stderr, mininterval=1.0, disable=None
         )
-        self.artifact_id = artifact_id
+        self.artifact = artifact
+        self.unit = unit
         self._shown = -1.0
 
     def advance(self, n: int) -> None:
@@ -45,7 +49,7 @@ class Progress:
             self._publish()
 
     def _publish(self) -> None:
-        if self.artifact_id is None:
+        if self.artifact is None:
             return
         pct = min(100.0, round(100.0 * self.done / self.total, 1))
         if pct == self._shown:
@@ -54,12 +58,23 @@ class Progress:
         try:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.artifact_id, progress=pct)
+            # the artifact's own page shows its description, not its number: the description says it too
+            done = min(self.done, self.total)
+            update_progress_artifact(
+                self.artifact.id,
+                progress=pct,
+                description=f"{self.artifact.description}: {pct:g}% ({done} of {self.total} {self.unit}s)",
+            )
         except Exception as exc:  # noqa: BLE001
             log.debug("progress update failed: %s", exc)
 
     def close(self) -> None:
         self.bar.close()
+
+
+class ProgressArtifact(NamedTuple):
+    id: object  # the artifact's UUID
+    description: str  # without the number, which each update appends
 
 
 def create_progress_artifact(date: str, what: str = "progress", description: str | None = None):  # noqa: ANN201
@@ -68,11 +83,11 @@ def create_progress_artifact(date: str, what: str = "progress", description: str
     try:
         from prefect.artifacts import create_progress_artifact as create
 
-        return create(
-            progress=0.0,
-            key=_key(f"corpus-{date}-{what}"),
-            description=description or f"documents processed for {date}",
+        description = description or f"documents processed for {date}"
+        artifact_id = create(
+            progress=0.0, key=_key(f"corpus-{date}-{what}"), description=f"{description}: 0%"
         )
+        return ProgressArtifact(artifact_id, description)
     except Exception as exc:  # noqa: BLE001 - progress must never fail a run
         log.debug("no progress artifact: %s", exc)
         return None
@@ -228,7 +243,14 @@ def print_summary(manifest: dict, stream=sys.stdout) -> None:  # noqa: ANN001
     if c.get("rejects_by_reason"):
         print("  rejects: " + ", ".join(f"{k}={v}" for k, v in c["rejects_by_reason"].items()), file=stream)
     if c.get("by_lang"):
-        top = sorted(c["by_lang"].items(), key=lambda kv: -kv[1])[:10]
-        print(f"  languages ({len(c['by_lang'])}): " + ", ".join(f"{k}={v}" for k, v in top), file=stream)
+        langs = sorted(c["by_lang"].items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{k}={v}" for k, v in langs[:SUMMARY_LANGS])
+        more = len(langs) - SUMMARY_LANGS
+        if more > 0:  # a corpus of 100+ languages: the rest is in the manifest, and the count says so
+            shown += f", and {more} more (counts.by_lang in the manifest)"
+        print(f"  languages ({len(langs)}): {shown}", file=stream)
+    if manifest.get("files"):
+        rows = {name: sum(f["rows"] for f in files) for name, files in manifest["files"].items()}
+        print("  rows per dataset: " + ", ".join(f"{k}={v}" for k, v in rows.items()), file=stream)
     for k, v in manifest.get("throughput", {}).items():
         print(f"  {k}: {v}", file=stream)

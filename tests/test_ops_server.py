@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import re
 import subprocess
 import time
 
@@ -64,6 +65,19 @@ def test_date_range_and_template():
     assert "/" not in lock_name("s3://a/b", "2026-11-01")
 
 
+def test_operations_doc_lists_the_flows_real_parameters():
+    import importlib
+    import inspect
+
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+/\w+)` \| `([\w/]+)\.py:(\w+)` \| (.*) \|$", doc, re.M)
+    assert {r[0] for r in rows} == {"corpus/partition", "daily/daily", "backfill/backfill"}, rows
+    for _, module, name, params in rows:
+        fn = getattr(importlib.import_module(module.replace("/", ".")), name).fn
+        real = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        assert re.findall(r"`(\w+)`", params) == real, (module, name)
+
+
 # ---- against the server ------------------------------------------------------------------------------------------
 
 
@@ -94,6 +108,11 @@ def test_triggered_run_completes_with_artifacts(prefect_stack, tmp_path_factory)
     by_type = {a.type: a for a in arts if a.key}
     assert {"table", "markdown", "progress"} <= set(by_type), [(a.key, a.type) for a in arts]
     assert by_type["progress"].data == 100.0
+    # the artifact's own page shows its description, not its data: the description carries the number
+    progress = [a for a in arts if a.type == "progress"]
+    assert len(progress) == 2, [(a.key, a.description) for a in progress]  # input read, documents processed
+    for a in progress:
+        assert re.search(r": 100% \((\d+) of \1 \w+s\)$", a.description), (a.key, a.description)
     assert "2026-11-01" in by_type["markdown"].data
     # the report links the Delta table versions the run committed (version 1: 0 is the table's creation)
     assert "| documents | `" in by_type["markdown"].data and "/documents` | 1 |" in by_type["markdown"].data
@@ -310,6 +329,7 @@ def test_late_daily_run_processes_its_scheduled_day_not_today(prefect_stack, tmp
         )
     assert fr.state.is_completed(), (fr.state, prefect_stack.log_tail("worker"))
     assert fr.name == "daily-2026-10-15"
+    assert {"daily", "date:2026-10-15", "processor:lid"} <= set(fr.tags), fr.tags
     assert (out / "_manifests" / "date=2026-10-15.json").exists()
     (sub,) = flow_runs_named(prefect_stack, ["corpus-2026-10-15"])  # the partition ran as a named subflow
     assert sub.parent_task_run_id is not None and sub.state.is_completed()
@@ -391,6 +411,7 @@ def test_backfill_deployment_runs_on_the_worker(prefect_stack, tmp_path):
             )
     assert fr.state.is_completed(), (fr.state, prefect_stack.log_tail("worker"))
     assert fr.name == "backfill-2026-07-01-to-2026-07-01"
+    assert {"backfill", "date:2026-07-01", "processor:lid"} <= set(fr.tags), fr.tags
     (part,) = flow_runs_named(prefect_stack, ["corpus-2026-07-01"])
     assert part.state.is_completed() and part.deployment_id is not None  # its own run of corpus/partition
     (table,) = [a for a in arts if a.key == "backfill-status"]

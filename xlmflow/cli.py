@@ -146,7 +146,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from xlmflow.cli_options import add_job_options
 
     p = _Parser(prog="xlmflow", description=__doc__)
+    from xlmflow import __version__
+
     p.add_argument("-v", "--verbose", "--debug", action="store_true", help=_DEBUG_HELP)
+    p.add_argument("--version", action="version", version=f"xlmflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="process one date partition of a corpus")
@@ -187,7 +190,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     command = next((x for x in (argv or []) if not x.startswith("-")), None)
     if command in (None, "backfill", "deploy") or command not in sub.choices:
         _add_flow_commands(sub, argv)
+    else:  # listed all the same: the usage line of an error names every command
+        for name, help_ in _FLOW_COMMANDS.items():
+            sub.add_parser(name, help=help_)
     return p
+
+
+_FLOW_COMMANDS = {
+    "backfill": "run one partition per date over a date range",
+    "deploy": "create the daily and backfill deployments on a Prefect server",
+}
 
 
 def _add_flow_commands(sub, argv: list[str] | None) -> None:  # noqa: ANN001
@@ -197,10 +209,10 @@ def _add_flow_commands(sub, argv: list[str] | None) -> None:  # noqa: ANN001
     except ImportError:
         pass
     else:
-        b = sub.add_parser("backfill", help="run one partition per date over a date range")
+        b = sub.add_parser("backfill", help=_FLOW_COMMANDS["backfill"])
         add_backfill_arguments(b, argv)
         b.set_defaults(func=backfill_main)
-        d = sub.add_parser("deploy", help="create the daily and backfill deployments on a Prefect server")
+        d = sub.add_parser("deploy", help=_FLOW_COMMANDS["deploy"])
         add_deploy_arguments(d, argv)
         d.set_defaults(func=deploy_main)
 

@@ -47,7 +47,7 @@ def _add(group: argparse._ArgumentGroup, flag: str, dest: str, f: FieldInfo, def
     if kind is bool:
         group.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
     else:
-        metavar = None if choices else flag.rsplit(".", 1)[-1].lstrip("-").split("-")[-1].upper()
+        metavar = None if choices else _metavar(flag, f, kind, extra)
         group.add_argument(
             flag,
             dest=dest,
@@ -57,6 +57,21 @@ def _add(group: argparse._ArgumentGroup, flag: str, dest: str, f: FieldInfo, def
             metavar=metavar,
             help=help_,
         )
+
+
+def _metavar(flag: str, f: FieldInfo, kind: Any, extra: dict) -> str:
+    """What the help shows for an option's value: its unit or kind, not a word of its name."""
+    if extra.get("metavar"):
+        return extra["metavar"]
+    if extra.get("cli_mb"):
+        return "MB"
+    if kind is int:
+        return "N"
+    if kind is float:
+        text = f"{flag} {f.description or ''}".lower()
+        return "SECONDS" if "second" in text or "timeout" in text or "ttl" in text else "FRACTION"
+    word = flag.rsplit(".", 1)[-1].lstrip("-").split("-")[-1]  # MODEL, ADDRESS, LANG, ...
+    return {"cache": "DIR"}.get(word, word.upper())
 
 
 def add_job_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
@@ -78,6 +93,7 @@ def add_job_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
         "--tasks",
         dest="job__tasks",
         default=None,
+        metavar="LIST",
         help=f"comma list of processor types: {', '.join(sorted(reg))} (default: lid)",
     )
     p.add_argument(
