@@ -236,6 +236,7 @@ def test_a_cluster_of_other_versions_is_refused_in_seconds_with_both_named(runs,
         secs = time.monotonic() - t0
     finally:
         other.stop()
+    print(f"refused after {secs:.1f} s")
     assert p.returncode == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
