@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass
 
@@ -28,8 +30,22 @@ def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS")
 
 
+def local_temp_dir() -> str:
+    """Where a local Ray keeps its sessions: a directory of this user's own, never Ray's shared default
+    (/tmp/ray), which another user's Ray may own and where `ray start` leaves the address of its cluster."""
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    path = os.path.join(base, f"xlmflow-ray-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_uid != os.getuid():  # taken by someone else: one for this run alone
+        path = tempfile.mkdtemp(prefix="xlmflow-ray-", dir=base)
+    return path
+
+
 def connect(address: str | None) -> None:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray; reuse an already-initialised one."""
+    """Join `address` (or RAY_ADDRESS), else start a local Ray; reuse an already-initialised one.
+
+    Joining is never by accident: without an address a run starts its own Ray even on a host where
+    `ray start` has run (it says so, and how to join that cluster instead)."""
     import ray
 
     if ray.is_initialized():
@@ -41,7 +57,9 @@ def connect(address: str | None) -> None:
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address:
+            # no start-only option (_system_config, _temp_dir, include_dashboard): Ray refuses them here
             ray.init(address=address, log_to_driver=True)
+            log.info("joined the Ray cluster at %s", _joined_address(address))
         else:
             # Ray's own processes die with this one, but not all of theirs (its agents): the watchdog
             # stops whatever this process leaves behind, however it ends
@@ -50,9 +68,36 @@ def connect(address: str | None) -> None:
     except ConnectionError as exc:
         # not chained: a ConnectionError would make it read as a storage failure
         raise FatalError(f"cannot reach the Ray cluster at {address!r}: {exc}; check --ray-address") from None
+    except RuntimeError as exc:
+        msg = version_mismatch_message(address, str(exc))
+        if msg is None:
+            raise
+        _disconnect()
+        raise ConfigError(msg) from None
     finally:
         if callable(sigterm):
             signal.signal(signal.SIGTERM, sigterm)
+
+
+def version_mismatch_message(address: str | None, error: str) -> str | None:
+    """One line naming both sides' versions, from Ray's multi-line "Version mismatch" error."""
+    found = re.findall(r"Ray: (\S+)\s+Python: (\S+)", error)
+    if not error.startswith("Version mismatch") or len(found) != 2:
+        return None
+    (ray_there, py_there), (ray_here, py_here) = found
+    return (
+        f"the Ray cluster at {address} runs Ray {ray_there} on Python {py_there}, this xlmflow Ray {ray_here} "
+        f"on Python {py_here}: run xlmflow where both versions match the cluster's"
+    )
+
+
+def _disconnect() -> None:
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - half connected: nothing more to release
+        pass
 
 
 def _start_local() -> None:
@@ -61,8 +106,15 @@ def _start_local() -> None:
     to the terminal's process group (Ctrl-C, `kill -- -PGID`) reaches the driver alone, which then
     stops it; its services still die with the driver (Ray's parent-death signal, the watchdog)."""
     import ray
-    from ray._private import ray_constants, services
+    from ray._private import ray_constants, services, utils
 
+    existing = utils.read_ray_address()  # what `ray start` on this host left for Ray's address=None
+    if existing:
+        log.warning(
+            "a Ray cluster started on this host (%s) is left alone: this run starts its own; "
+            "pass --ray-address auto to run on that cluster",
+            existing,
+        )
     config = {"num_workers_soft_limit": (os.cpu_count() or 1) + IDLE_TASK_WORKERS}
     if "RAY_enable_metrics_collection" not in os.environ:
         config["enable_metrics_collection"] = False
@@ -85,7 +137,14 @@ def _start_local() -> None:
         # Ray keeps as many workers as CPUs and ends idle ones past that after a second; the actors
         # hold the CPUs, so the worker Ray prestarts was gone before the ingest task needed one
         # (1-2 CPU-s to start each): a few more may stay idle for the zero-CPU ingest/commit tasks
-        ray.init(include_dashboard=False, log_to_driver=True, _system_config=config)
+        # address "local": a new Ray even where ray.init() would join the cluster `ray start` recorded
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            log_to_driver=True,
+            _temp_dir=local_temp_dir(),
+            _system_config=config,
+        )
     finally:
         services.ConsolePopen = base
         ray_constants.ENABLE_RAY_CLUSTER = switch
@@ -93,6 +152,18 @@ def _start_local() -> None:
             os.environ.pop(LOCAL_ONLY_ENV, None)
         else:
             os.environ[LOCAL_ONLY_ENV] = env
+
+
+def _joined_address(given: str) -> str:
+    """The GCS address behind `auto`; a Ray Client address as given."""
+    import ray
+
+    if given.startswith("ray://"):
+        return given
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - the address given is still a name for it
+        return given
 
 
 def node_id() -> str | None:
@@ -142,14 +213,16 @@ def plan_layout(actors: int | None, gpu_fraction: float = 1.0) -> Layout:
 
     res = ray.cluster_resources()
     cpus, gpus = int(res.get("CPU", 1)), res.get("GPU", 0)
+    # an actor runs on one node: never ask for more CPUs than the largest node has
+    node = int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)) or cpus
     if gpus >= 1:
         max_actors = int(gpus / gpu_fraction)
         n = actors or max_actors
         if n > max_actors:
             raise ConfigError(f"--actors {n} needs {n * gpu_fraction:g} GPUs; the cluster has {gpus:g}")
         # GPU actors need a few CPUs for tokenization; never more than the node can give each
-        return Layout(n, float(max(1, min(4, cpus // n))) if cpus >= n else cpus / n, gpu_fraction)
+        return Layout(n, float(max(1, min(4, cpus // n, node))) if cpus >= n else cpus / n, gpu_fraction)
     n = actors or max(1, cpus // 4)
     if n > cpus:
         raise ConfigError(f"--actors {n} needs {n} CPUs; the cluster has {cpus}; lower --actors")
-    return Layout(n, float(max(1, cpus // n)), 0.0)
+    return Layout(n, float(max(1, min(cpus // n, node))), 0.0)

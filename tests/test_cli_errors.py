@@ -41,6 +41,13 @@ def _one_error_line(p: subprocess.CompletedProcess, code: int) -> str:
     return last
 
 
+def _ray_sessions() -> set[str]:
+    """Ray sessions on this host: Ray's default directory and the one a local Ray of xlmflow uses."""
+    from ray_cluster.cluster import local_temp_dir
+
+    return {p for d in ("/tmp/ray", local_temp_dir()) for p in glob.glob(os.path.join(d, "session_2*"))}
+
+
 def _plain_env(**extra: str) -> dict:
     """No shared Ray or Prefect: a run that got that far would start both (and say so on stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"}
@@ -205,7 +212,7 @@ def test_pickle_only_model_exits_2_before_ray_or_prefect_start(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "pytorch_model.bin").write_bytes(b"not even a pickle")
-    sessions = set(glob.glob("/tmp/ray/session_2*"))
+    sessions = _ray_sessions()
     p, secs = _run(
         ["run", SAMPLE, "--out", str(tmp_path / "o"), "--tasks", "ner", "--ner-model", str(model)],
         _plain_env(),
@@ -213,17 +220,17 @@ def test_pickle_only_model_exits_2_before_ray_or_prefect_start(tmp_path):
     last = _one_error_line(p, 2)
     assert "pytorch_model.bin" in last and "safe_serialization=True" in last
     assert "Ray" not in p.stderr and "temporary server" not in p.stderr.lower()
-    assert set(glob.glob("/tmp/ray/session_2*")) == sessions  # no Ray session was created
+    assert _ray_sessions() == sessions  # no Ray session was created
     assert secs < 20, secs  # the bare CLI start-up; Ray plus a temporary Prefect server take longer
 
 
 def test_out_at_a_file_exits_2_before_ray_or_prefect_start(tmp_path):
     (tmp_path / "taken").write_text("a file where the output directory should go")
-    sessions = set(glob.glob("/tmp/ray/session_2*"))
+    sessions = _ray_sessions()
     p, _ = _run(["run", SAMPLE, "--out", str(tmp_path / "taken" / "out"), "--tasks", "lid"], _plain_env())
     last = _one_error_line(p, 2)
     assert f"{tmp_path / 'taken'} exists and is not a directory" in last and "choose a directory" in last
-    assert set(glob.glob("/tmp/ray/session_2*")) == sessions  # failed before Ray started
+    assert _ray_sessions() == sessions  # failed before Ray started
 
 
 def test_out_inside_an_input_directory_exits_2(tmp_path):

@@ -51,7 +51,7 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from ray_cluster.cluster import cluster_address
+    from ray_cluster.cluster import cluster_address, connect
     from ray_cluster.pool import prestart
     from tasks.report import print_summary
     from xlmflow import interrupt, local_api, reaper
@@ -63,8 +63,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     api = local_api.start_early()
     # on a shared cluster, actors started before this run holds the partition's lease could take the
     # resources the lease holder's actors wait for: there, the pool starts inside the flow, as it did
-    if not cluster_address(settings.ray_address) and _work_expected(settings):
-        prestart(settings)
+    if _work_expected(settings):
+        if cluster_address(settings.ray_address):
+            connect(settings.ray_address)  # a cluster that refuses this driver says so now, in seconds
+        else:
+            prestart(settings)
     from flows.corpus import corpus_flow  # Prefect's flow machinery: imported while the others start
 
     interrupt.take_prefect_sigterm()
