@@ -476,10 +476,11 @@ def test_a_huge_repeated_parquet_value_is_measured_while_still_encoded(tmp_path)
     text = pa.DictionaryArray.from_arrays(pa.array([0] * 200, pa.int32()), pa.array(["x" * (40 << 20)]))
     pq.write_table(pa.table({"text": text}), tmp_path / "a.parquet", compression="zstd", store_schema=False)
     script = (
-        "import json, resource, sys; from pathlib import Path; from tests.test_ingest import run; "
+        "import json, resource, sys; import pyarrow as pa; from pathlib import Path; "
+        "from tests.test_ingest import run; "
         "res = run(Path(sys.argv[1]), Path(sys.argv[2]), max_record_bytes=1_000_000); "
         "print(json.dumps([res.input_rows, sorted({r['reason'] for r in res.rejects}), len(res.rejects), "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024]))"
+        "pa.default_memory_pool().max_memory() >> 20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10]))"
     )
     root = str(Path(__file__).parent.parent)
     proc = subprocess.run(
@@ -487,9 +488,12 @@ def test_a_huge_repeated_parquet_value_is_measured_while_still_encoded(tmp_path)
         cwd=root, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows, reasons, n_rejects, peak_mib = json.loads(proc.stdout.splitlines()[-1])
+    rows, reasons, n_rejects, arrow_mib, rss_mib = json.loads(proc.stdout.splitlines()[-1])
     assert (rows, reasons, n_rejects) == (200, ["too_long"], 200)
-    assert peak_mib < 900, f"peak RSS {peak_mib} MiB: rows were expanded before they were measured"
+    # Arrow's own peak is the measure (expanded, one batch alone is 64 x 40 MB: 2.5 GiB; held once,
+    # ~200 MiB); the process's peak RSS varies with the allocator's timing, so its bound is loose
+    assert arrow_mib < 600, f"Arrow peak {arrow_mib} MiB: rows were expanded before they were measured"
+    assert rss_mib < 3500, f"peak RSS {rss_mib} MiB"
 
 
 def test_a_text_of_max_text_chars_passes_however_it_is_escaped(tmp_path):
