@@ -20,20 +20,25 @@ import time
 import pytest
 
 from tasks.collect import read_manifest
+from xlmflow import reaper
 
 CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
 DATE = "2026-11-03"
 
 
-def run_cli(args: list[str], env: dict, timeout: float = 300) -> tuple[subprocess.CompletedProcess, int]:
-    """Run `xlmflow run ARGS` to the end; (result, the driver's peak RSS in bytes)."""
-    p = subprocess.Popen(
+def _start(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
         CLI + args + ["--date", DATE, "--actors", "1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def run_cli(args: list[str], env: dict, timeout: float = 300) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `xlmflow run ARGS` to the end; (result, the driver's peak RSS in bytes)."""
+    p = _start(args, env)
     peak, deadline = 0, time.time() + timeout
     # VmHWM is the process's own high-water mark, so polling only has to see it before the exit
     while p.poll() is None and time.time() < deadline:
@@ -51,19 +56,6 @@ def run_cli(args: list[str], env: dict, timeout: float = 300) -> tuple[subproces
     return subprocess.CompletedProcess(p.args, p.returncode, out, err), peak
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -79,21 +71,11 @@ def run_cli_tree(
     all its descendants, sampled every 50 ms). Past `kill_at` bytes the whole tree is killed, so a
     regression fails the test instead of taking the machine's memory."""
     env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    p = subprocess.Popen(
-        CLI + args + ["--date", DATE, "--actors", "1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = _start(args, env)
     tree, peak, listed, deadline = {p.pid}, 0, 0.0, time.time() + timeout
     while p.poll() is None and time.time() < deadline:
         if time.time() - listed > 0.5:  # the tree (a /proc scan) every 0.5 s, the RSS every 50 ms
-            kids, todo = _children(), list(tree)
-            while todo:
-                new = [c for c in kids.get(todo.pop(), []) if c not in tree]
-                tree.update(new)
-                todo += new
+            tree.update(reaper._descendants(reaper._table(), tree))
             listed = time.time()
         peak = max(peak, sum(_rss(pid) for pid in tree))
         if peak > kill_at:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tasks.collect import read_manifest
+from tests.test_orphans import alive, tree
 from xlmflow import reaper
 from xlmflow.lease import show
 from xlmflow.read import read_partition
@@ -125,23 +126,6 @@ class Case:
 
 def run_args(out: str) -> list[str]:
     return ["run", SAMPLE, "--out", out, "--date", DATE, "--actors", "1", "--shard-chars", "4000"]
-
-
-def tree(root: int) -> dict[int, tuple[int, str]]:
-    table = reaper._table()
-    found = {}
-    for pid, start in reaper._descendants(table, {root}).items():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                found[pid] = (start, f.read().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            pass
-    return found
-
-
-def alive(recorded: dict) -> dict[int, str]:
-    table = reaper._table()
-    return {pid: cmd for pid, (start, cmd) in recorded.items() if reaper._alive(table, pid, start)}
 
 
 def _address(hexaddr: str, v6: bool) -> tuple[str, int]:
