@@ -8,6 +8,7 @@ import re
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 
 from xlmflow import reaper
@@ -15,6 +16,8 @@ from xlmflow.errors import ConfigError, FatalError
 
 log = logging.getLogger(__name__)
 IDLE_TASK_WORKERS = 2  # idle workers a local Ray keeps beyond one per CPU
+CLIENT_ATTEMPTS = 3  # connections to a Ray Client proxy whose per-client server failed to start
+CLIENT_START_FAILED = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node is 127.0.0.1 (its default off Linux)
 
 
@@ -57,8 +60,7 @@ def connect(address: str | None) -> None:
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address:
-            # no start-only option (_system_config, _temp_dir, include_dashboard): Ray refuses them here
-            ray.init(address=address, log_to_driver=True)
+            _join(address)
             log.info("joined the Ray cluster at %s", _joined_address(address))
         else:
             # Ray's own processes die with this one, but not all of theirs (its agents): the watchdog
@@ -77,6 +79,32 @@ def connect(address: str | None) -> None:
     finally:
         if callable(sigterm):
             signal.signal(signal.SIGTERM, sigterm)
+
+
+def _join(address: str) -> None:
+    """ray.init on an existing cluster, with a few more tries where a Ray Client proxy failed to start
+    the server process it starts for each client: Ray forks that process from a thread while its other
+    threads are in gRPC, and on a busy head the child can crash before it runs (a segfault in gRPC's
+    fork handling, seen in the kernel log); a new connection gets a new process."""
+    import ray
+
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            # no start-only option (_system_config, _temp_dir, include_dashboard): Ray refuses them here
+            ray.init(address=address, log_to_driver=True)
+            return
+        except ConnectionError as exc:
+            failed_start = any(m in str(exc) for m in CLIENT_START_FAILED)
+            if attempt == CLIENT_ATTEMPTS or not address.startswith("ray://") or not failed_start:
+                raise
+            log.warning(
+                "the Ray Client server at %s failed to start a server process for this run "
+                "(try %d of %d); connecting again",
+                address,
+                attempt,
+                CLIENT_ATTEMPTS,
+            )
+            time.sleep(attempt)
 
 
 def version_mismatch_message(address: str | None, error: str) -> str | None:
