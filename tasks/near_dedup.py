@@ -196,7 +196,7 @@ def shingle_hashes(
 def signatures(texts: Sequence[str], langs: Sequence[str | None] | None = None,
                params: MinHashParams = MinHashParams()) -> np.ndarray:  # fmt: skip
     """MinHash signatures (len(texts) x permutations, uint32) of a batch: our shingle hashes through
-    rensa's full-set R-MinHash (Rust; 4x a numpy multiply-add-shift here, BENCHMARKS.md). A text without
+    rensa's full-set R-MinHash (Rust; about 2x our numpy multiply-add-shift, BENCHMARKS.md). A text without
     shingles (empty) gets all 0xFFFFFFFF and no band keys (`has_shingles`)."""
     from rensa import RMinHash
 
