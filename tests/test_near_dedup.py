@@ -90,7 +90,8 @@ def test_signatures_are_the_same_in_another_process(udhr: dict[str, list[str]]) 
     texts = [t for lang in ("eng_Latn", "cmn_Hans", "tha_Thai", "rus_Cyrl") for t in udhr[lang][:20]]
     sig = nd.signatures(texts)
     code = "import json,sys; from tasks import near_dedup as nd; print(nd.signatures(json.load(sys.stdin)).tobytes().hex())"
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    # another hash seed for str, and rensa's thread pool at one thread (this process: one per core)
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "RAYON_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,
                          check=True, cwd=ROOT, env=env).stdout.strip()  # fmt: skip
     assert out == sig.tobytes().hex()
