@@ -63,6 +63,21 @@ REJECTS = pa.schema(
 )
 REJECT_RAW_CHARS = 500  # excerpt length kept in `raw`
 
+# Reject reason of a document removed as a near copy of an earlier one (tasks.near_dedup); its detail
+# names the kept document and the Jaccard estimated from the two MinHash signatures.
+NEAR_DUPLICATE = "near_duplicate"
+
+# The near_duplicates dataset: one row per document removed as a near copy. cluster_id is the input-order
+# key of the cluster's kept document (unique per cluster); the kept document has no row of its own.
+NEAR_DUPLICATES = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("kept_id", pa.string()),
+        ("cluster_id", pa.int64()),
+        ("estimated_jaccard", pa.float32()),
+    ]
+)
+
 # Datasets of the processors. `instance` names the processor instance that produced a row (a run may
 # have several instances of one type, e.g. `entities` and `acronyms`, both of type ner).
 ENTITIES = pa.schema(
