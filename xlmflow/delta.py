@@ -403,17 +403,23 @@ def arrow_filesystem(uri: str):  # noqa: ANN201
     return pa_fs.SubTreeFileSystem(uri.split("://", 1)[1], pa_fs.S3FileSystem(**kw))
 
 
-def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN201
-    """Rows of one date in one table version (the `date` column included); only that date's files
-    are opened (the log's partition values prune the others)."""
+def partition_dataset(out: str, name: str, date: str, version: int):  # noqa: ANN201
+    """The pyarrow dataset of one date in one table version: that date's files alone (the log's
+    partition values prune the others before any file is opened), the `date` column included."""
     from xlmflow.settings import check_date
 
     dt = open_table(out, name, version)
     if dt is None:
         raise FatalError(f"no Delta table at {table_uri(out, name)}")
     pruning = f"{PARTITION} = '{check_date(date, 'date')}'"
-    fs = arrow_filesystem(table_uri(out, name))
-    return dt.to_pyarrow_dataset(filesystem=fs, file_pruning_predicate=pruning).to_table()
+    return dt.to_pyarrow_dataset(
+        filesystem=arrow_filesystem(table_uri(out, name)), file_pruning_predicate=pruning
+    )
+
+
+def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN201
+    """Rows of one date in one table version (the `date` column included)."""
+    return partition_dataset(out, name, date, version).to_table()
 
 
 def history(out: str, name: str) -> list[dict]:
