@@ -82,15 +82,14 @@ def storage_options(uri: str) -> dict[str, str] | None:
 def open_table(out: str, name: str, version: int | None = None, without_files: bool = False):  # noqa: ANN201
     """The table at `version` (latest when None), or None when there is no table yet.
 
-    `without_files`: skip loading the file list (enough for the version and the history)."""
+    `without_files`: the caller needs no file list (deltalake 1.6 loads it anyway and deprecates
+    its own `without_files`, so it is not passed on)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     uri = table_uri(out, name)
     try:
-        return DeltaTable(
-            uri, version=version, storage_options=storage_options(uri), without_files=without_files
-        )
+        return DeltaTable(uri, version=version, storage_options=storage_options(uri))
     except TableNotFoundError:
         return None
 
