@@ -116,3 +116,26 @@ def test_read_partition_opens_only_the_dates_files(tmp_path):
     assert set(delta.read_partition(out, "documents", "2026-11-02", version)["date"].to_pylist()) == {
         "2026-11-02"
     }
+
+
+def test_writer_writes_vectors_as_lists_of_their_declared_width(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tasks.write import write_table
+    from xlmflow import schemas
+
+    out = str(tmp_path / "out")
+    row = {"doc_id": "a", "instance": "embed", "model": "m", "pooling": "mean"}
+    good = pa.Table.from_pylist([{**row, "embedding": [0.5] * 4}], schema=schemas.embeddings_schema(4))
+    f, schema = write_table(out, "embeddings", DATE, _run_hex(1), good)
+    assert schema.field("embedding").type == pa.list_(pa.float32())
+    assert pq.read_schema(os.path.join(out, f["path"])).field("embedding").type == pa.list_(pa.float32())
+    bad = pa.Table.from_pylist([{**row, "embedding": [0.5] * 3}], schema=schemas.embeddings_schema(4))
+    with pytest.raises(ValueError, match="1 vectors are not 4 values long"):
+        write_table(out, "embeddings", DATE, _run_hex(2), bad)
+    # a plug-in's fixed-size list column is written as a list too, its width kept and checked
+    vecs = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0], pa.float32()), 2)
+    _, schema = write_table(out, "vectors", DATE, _run_hex(3), pa.table({"v": vecs}))
+    assert schema.field("v").type == pa.list_(pa.float32()) and schema.field("v").metadata == {
+        schemas.WIDTH_KEY: b"2"
+    }
