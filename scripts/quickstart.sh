@@ -11,7 +11,7 @@ OUT=${XLMFLOW_OUT:-./out}
 OUT="$OUT" .venv/bin/python - <<'PY'
 import os
 import duckdb
-from deltalake import DeltaTable
-docs = DeltaTable(os.path.abspath(os.path.join(os.environ["OUT"], "documents"))).to_pyarrow_dataset()
+from xlmflow.read import read_partition
+docs = read_partition(os.environ["OUT"], "documents", "2026-11-01")
 print(duckdb.sql("select lang, count(*) n from docs where date = '2026-11-01' group by 1 order by 2 desc limit 8"))
 PY

@@ -87,9 +87,10 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
                     if not t.num_rows:
                         continue
                     if writer is None:
-                        schema = t.schema
+                        schema = schemas.file_schema(t.schema)
                         writer = pq.ParquetWriter(path, schema, compression="zstd")
                     t = t.cast(schema) if t.schema != schema else t
+                    schemas.check_widths(t, schema)
                     writer.write_table(t)
                     rows += t.num_rows
                     if "label" in t.column_names and dataset != "rejects":
@@ -101,7 +102,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
             if writer is None:
                 if empty is None:
                     raise ValueError(f"no rows and no schema for an empty file of {dataset}")
-                schema = pa.ipc.read_schema(pa.py_buffer(empty))
+                schema = schemas.file_schema(pa.ipc.read_schema(pa.py_buffer(empty)))
                 writer = pq.ParquetWriter(path, schema, compression="zstd")
                 writer.write_table(schema.empty_table())
         finally:

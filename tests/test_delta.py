@@ -295,7 +295,7 @@ def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
 
     with pytest.raises(ConfigError, match=f"xlmflow migrate --out {out}"):
         delta.refuse_legacy(out)
-    assert maintenance.migrate(out) == {"documents": 1, "rejects": 1}
+    assert maintenance.migrate(out) == {"converted": {"documents": 1, "rejects": 1}, "rewritten": {}}
     delta.refuse_legacy(out)  # converted: runs may go on
     m = collect.read_manifest(out, DATE)
     assert m["tables"] == {"documents": 0, "rejects": 0}

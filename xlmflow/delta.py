@@ -82,15 +82,14 @@ def storage_options(uri: str) -> dict[str, str] | None:
 def open_table(out: str, name: str, version: int | None = None, without_files: bool = False):  # noqa: ANN201
     """The table at `version` (latest when None), or None when there is no table yet.
 
-    `without_files`: skip loading the file list (enough for the version and the history)."""
+    `without_files`: the caller needs no file list (deltalake 1.6 loads it anyway and deprecates
+    its own `without_files`, so it is not passed on)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     uri = table_uri(out, name)
     try:
-        return DeltaTable(
-            uri, version=version, storage_options=storage_options(uri), without_files=without_files
-        )
+        return DeltaTable(uri, version=version, storage_options=storage_options(uri))
     except TableNotFoundError:
         return None
 
@@ -126,11 +125,13 @@ def legacy_manifests(out: str) -> list[str]:
 
 
 def table_schema(file_schema) -> Any:  # noqa: ANN001
-    """The Delta schema of a dataset: its file columns (fixed-size lists become arrays) plus `date`."""
+    """The Delta schema of a dataset: its file columns plus `date`. Field metadata (a vector's width)
+    stays in the files: the table's columns are types alone, as every engine writes them."""
     import pyarrow as pa
     from deltalake import Schema
 
-    fields = [f for f in file_schema if f.name != PARTITION] + [pa.field(PARTITION, pa.string())]
+    fields = [f.remove_metadata() for f in file_schema if f.name != PARTITION]
+    fields.append(pa.field(PARTITION, pa.string()))
     return Schema.from_arrow(pa.schema(fields))
 
 
@@ -378,12 +379,46 @@ def commits_by_run(out: str, name: str, date: str, run_id: str, since: int | Non
     return found
 
 
-def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN201
-    """Rows of one date in one table version (the `date` column included)."""
+def arrow_filesystem(uri: str):  # noqa: ANN201
+    """Arrow's own filesystem rooted at a table, with the credentials delta-rs gets.
+
+    deltalake's default pyarrow reader goes through a Python file handler: Arrow then holds Python
+    buffers in its read-ahead cache and may free the last of them on an I/O thread after the
+    interpreter began to exit, which aborts the process (exit 134, "terminate called without an
+    active exception"). Arrow's native filesystems hold no Python objects.
+    """
+    import pyarrow.fs as pa_fs
+
+    if not storage.is_remote(uri):
+        return pa_fs.SubTreeFileSystem(uri, pa_fs.LocalFileSystem())
+    opts = storage_options(uri) or {}
+    kw: dict[str, Any] = {"region": opts.get("AWS_REGION")}
+    if "AWS_ACCESS_KEY_ID" in opts:
+        kw.update(access_key=opts["AWS_ACCESS_KEY_ID"], secret_key=opts["AWS_SECRET_ACCESS_KEY"])
+        kw["session_token"] = opts.get("AWS_SESSION_TOKEN")
+    if endpoint := opts.get("AWS_ENDPOINT_URL"):
+        scheme, _, host = endpoint.partition("://")
+        kw.update(scheme=scheme, endpoint_override=host.rstrip("/"))
+    return pa_fs.SubTreeFileSystem(uri.split("://", 1)[1], pa_fs.S3FileSystem(**kw))
+
+
+def partition_dataset(out: str, name: str, date: str, version: int):  # noqa: ANN201
+    """The pyarrow dataset of one date in one table version: that date's files alone (the log's
+    partition values prune the others before any file is opened), the `date` column included."""
+    from xlmflow.settings import check_date
+
     dt = open_table(out, name, version)
     if dt is None:
         raise FatalError(f"no Delta table at {table_uri(out, name)}")
-    return dt.to_pyarrow_table(partitions=[(PARTITION, "=", date)])
+    pruning = f"{PARTITION} = '{check_date(date, 'date')}'"
+    return dt.to_pyarrow_dataset(
+        filesystem=arrow_filesystem(table_uri(out, name)), file_pruning_predicate=pruning
+    )
+
+
+def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN201
+    """Rows of one date in one table version (the `date` column included)."""
+    return partition_dataset(out, name, date, version).to_table()
 
 
 def history(out: str, name: str) -> list[dict]:

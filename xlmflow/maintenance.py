@@ -222,22 +222,109 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
         lease.release()
 
 
-def migrate(out: str) -> dict[str, int]:
-    """Convert an OUT of plain Parquet directories + manifests into Delta tables, keeping every file.
+def migrate(out: str, lock_timeout: float = 300, lease_ttl: float = 120) -> dict[str, dict[str, int]]:
+    """Bring an OUT written by earlier versions up to date, keeping every committed file readable.
 
-    One commit per dataset (version 0, add actions of the files the manifests list); then each
-    manifest is rewritten to pin those versions. Returns files committed per dataset.
+    - `converted`: plain Parquet directories + manifests become Delta tables (one commit per dataset
+      adding the files the manifests list; the manifests are rewritten to pin those versions);
+    - `rewritten`: data files holding vectors as fixed-size lists (which Polars' and DuckDB's native
+      Delta readers refuse: the table says `array`) are rewritten as plain lists, one commit per date.
+
+    Returns files per dataset for each step; a ConfigError when there is nothing to do.
     """
+    legacy = delta.legacy_manifests(out)
+    held = held_dates(out)
+    if held:
+        raise ConfigError(f"runs hold partitions {', '.join(held)}; migrate when no run is active")
+    converted = _convert_layout(out, legacy) if legacy else {}
+    rewritten = _rewrite_fixed_size_lists(out, lock_timeout, lease_ttl)
+    if not converted and not rewritten:
+        raise ConfigError(f"{out} is up to date (Delta tables, no fixed-size lists): nothing to migrate")
+    return {"converted": converted, "rewritten": rewritten}
+
+
+def _rewrite_fixed_size_lists(out: str, lock_timeout: float, lease_ttl: float) -> dict[str, int]:
+    """Rewrite the current files of every table that hold fixed-size lists; returns files per table.
+
+    Per date, under the partition's lease: new files (`part-<migration id>-<n>`, the old ones stay
+    for readers of older versions until vacuum), one commit replacing the date's files, then the
+    date's manifest pins the new version so readers through it and the next run see the same files.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.write import part_uri, write_part
+    from xlmflow import schemas
+    from xlmflow.lease import PartitionLease
+    from xlmflow.manifest import manifest_uri, read_manifest
+
+    migration_id = uuid.uuid4().hex
+    done: dict[str, int] = {}
+    for name in _datasets():
+        table = delta.open_table(out, name)
+        if table is None or not any(pa.types.is_list(f.type) for f in delta.file_schema(table)):
+            continue
+        by_date: dict[str, list[str]] = {}
+        adds = pa.table(table.get_add_actions(flatten=True))
+        dates = adds[f"partition.{delta.PARTITION}"].to_pylist() if adds.num_rows else []
+        for path, date in zip(adds["path"].to_pylist(), dates, strict=True):
+            fs, local = storage.fresh(storage.join(out, name, path))
+            with fs.open(local, "rb") as fh:
+                if any(pa.types.is_fixed_size_list(x.type) for x in pq.read_schema(fh)):
+                    by_date.setdefault(date, []).append(path)
+        for date, stale in sorted(by_date.items()):
+            lease = PartitionLease(out, date, migration_id, lease_ttl)
+            lease.acquire(lock_timeout, on_wait=log.warning)
+            try:
+                base = delta.open_table(out, name)
+                current = {f["path"]: f for f in delta.partition_files(base, date)}
+                manifest = read_manifest(out, date)
+                pinned = (manifest or {}).get("tables", {}).get(name)
+                if pinned is not None and {
+                    f["path"] for f in delta.files_for_commit(out, name, date, pinned)
+                } != {f"{name}/{p}" for p in current}:
+                    raise FatalError(
+                        f"partition {date}: table {name} does not hold the files its manifest pins (a run "
+                        "stopped between its commits); run the date again, then migrate"
+                    )
+                files = [
+                    {"path": f"{name}/{p}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
+                    for p, f in current.items()
+                    if p not in stale
+                ]
+                for n, path in enumerate(p for p in stale if p in current):
+                    fs, local = storage.fresh(storage.join(out, name, path))
+                    with fs.open(local, "rb") as fh:
+                        old = pq.read_table(fh)
+                    uri = part_uri(out, name, date, migration_id, n)
+                    empty = schemas.file_schema(old.schema).serialize().to_pybytes()
+                    files.append(write_part(out, name, uri, [{"kind": "table", "table": old}], empty)["file"])
+                meta = {
+                    "operation": "migrate",
+                    "migration": "fixed-size lists rewritten as lists",
+                    "date": date,
+                    "run_id": (manifest or {}).get("run_id"),
+                    "partitions": {date: (manifest or {}).get("run_id")},
+                }
+                lease.check()
+                v = delta.commit_partition(out, name, date, files, base.version(), meta, base)
+                if manifest and (manifest.get("tables") or {}).get(name) is not None:
+                    lease.check()
+                    storage.write_json(
+                        manifest_uri(out, date), {**manifest, "tables": {**manifest["tables"], name: v}}
+                    )
+                done[name] = done.get(name, 0) + len(stale)
+            finally:
+                lease.release()
+    return done
+
+
+def _convert_layout(out: str, paths: list[str]) -> dict[str, int]:
+    """Plain Parquet directories + manifests into Delta tables, keeping every file; files per dataset."""
     import pyarrow.parquet as pq
 
     from xlmflow.manifest import MANIFEST_VERSION, write_manifest
 
-    paths = delta.legacy_manifests(out)
-    if not paths:
-        raise ConfigError(f"{out} has no partitions in the old layout: nothing to migrate")
-    held = held_dates(out)
-    if held:
-        raise ConfigError(f"runs hold partitions {', '.join(held)}; migrate when no run is active")
     manifests = [storage.read_json(p) for p in paths]
     done: dict[str, int] = {}
     for name in _datasets():

@@ -94,16 +94,49 @@ ENTITIES = pa.schema(
 )
 
 
+# A vector column's width: Delta has no fixed-size array type, so vectors are plain lists in the
+# files and `array<float>` in the table (every Delta reader maps one onto the other), and the width
+# declared here is what the writer checks each vector against (tasks.write).
+WIDTH_KEY = b"xlmflow.width"
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
             ("doc_id", pa.string()),
             ("instance", pa.string()),
-            ("embedding", pa.list_(pa.float32(), dim)),
+            pa.field("embedding", pa.list_(pa.float32()), metadata={WIDTH_KEY: str(dim).encode()}),
             ("model", pa.string()),
             ("pooling", pa.string()),
         ]
     )
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a dataset's Parquet files are written with: fixed-size lists become lists (their width
+    kept as WIDTH_KEY), so that files and table agree on one type and native Delta readers (Polars,
+    DuckDB's delta_scan) accept them."""
+    fields = []
+    for f in schema:
+        if pa.types.is_fixed_size_list(f.type):
+            width = {WIDTH_KEY: str(f.type.list_size).encode()}
+            f = pa.field(f.name, pa.list_(f.type.value_field), f.nullable, {**(f.metadata or {}), **width})
+        fields.append(f)
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def check_widths(table: pa.Table, schema: pa.Schema) -> None:
+    """ValueError if a vector of a column that declares a width (WIDTH_KEY) has another length."""
+    import pyarrow.compute as pc
+
+    for f in schema:
+        width = (f.metadata or {}).get(WIDTH_KEY)
+        if width is None or f.name not in table.column_names:
+            continue
+        lengths = pc.list_value_length(table[f.name])
+        wrong = pc.sum(pc.not_equal(lengths, int(width))).as_py() or 0
+        if wrong:
+            raise ValueError(f"column {f.name}: {wrong} vectors are not {int(width)} values long")
 
 
 QE = pa.schema(

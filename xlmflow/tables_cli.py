@@ -18,7 +18,9 @@ def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     r.add_argument("--run", required=True, help="run id, as `xlmflow history` lists it")
     r.add_argument("--lock-timeout", type=float, default=300, help="seconds to wait for a run of the date")
     r.set_defaults(func=_restore)
-    m = sub.add_parser("migrate", help="convert an output of plain Parquet directories into Delta tables")
+    m = sub.add_parser(
+        "migrate", help="update an output written by earlier versions (Parquet directories, fixed-size lists)"
+    )
     m.set_defaults(func=_migrate)
     for p in (v, h, r, m):
         p.add_argument("--out", required=True, help="output root: a directory or s3://bucket/prefix")
@@ -77,6 +79,8 @@ def _migrate(a: argparse.Namespace) -> int:
     from xlmflow import maintenance
 
     done = maintenance.migrate(_out(a))
-    for name, n in done.items():
+    for name, n in done["converted"].items():
         print(f"{name}: {n} files committed as version 0 of a Delta table (files kept in place)")
+    for name, n in done["rewritten"].items():
+        print(f"{name}: {n} files with fixed-size lists rewritten as lists (old versions keep theirs)")
     return 0
