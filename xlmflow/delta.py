@@ -27,6 +27,8 @@ from xlmflow.errors import ConfigError, FatalError
 PARTITION = "date"
 LOG_DIR = "_delta_log"
 META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata (a JSON string)
+# what of it goes into commitInfo.userMetadata, which Spark's and Databricks' DESCRIBE HISTORY show
+USER_METADATA = ("operation", "run_id", "date", "config_hash", "counts", "restore_id", "replaced_run")
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
 READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
 
@@ -195,25 +197,27 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
 
 
 def partition_files(dt, date: str) -> list[dict]:  # noqa: ANN001
-    """The add actions of one date in a table version: path (relative to the table), size, rows."""
+    """The add actions of one date in a table version: path (relative to the table), size, rows, and
+    the file's statistics as Delta's stats JSON (None when its add action had none)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    t = pa.table(dt.get_add_actions(flatten=True))
+    t = pa.table(dt.get_add_actions(flatten=False))
     if t.num_rows == 0:
         return []
-    rows = t.select(["path", "size_bytes", "modification_time", "num_records", f"partition.{PARTITION}"])
+    t = t.filter(pc.equal(pc.struct_field(t["partition"], PARTITION), date))
     out = []
-    for r in rows.to_pylist():
-        if r[f"partition.{PARTITION}"] == date:
-            mtime = r["modification_time"]
-            out.append(
-                {
-                    "path": r["path"],
-                    "size": r["size_bytes"],
-                    "mtime": int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(mtime),
-                    "rows": r["num_records"],
-                }
-            )
+    for r in t.to_pylist():
+        mtime = r["modification_time"]
+        out.append(
+            {
+                "path": r["path"],
+                "size": r["size_bytes"],
+                "mtime": int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(mtime),
+                "rows": r["num_records"],
+                "stats": _stats_of_action(r),
+            }
+        )
     return out
 
 
@@ -221,7 +225,13 @@ def files_for_commit(out: str, name: str, date: str, version: int) -> list[dict]
     """The date's files in a table version, in the shape `commit_partition` takes (paths under OUT)."""
     table = open_table(out, name, version)
     return [
-        {"path": f"{name}/{f['path']}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
+        {
+            "path": f"{name}/{f['path']}",
+            "bytes": f["size"],
+            "rows": f["rows"],
+            "mtime": f["mtime"],
+            "stats": f["stats"],
+        }
         for f in partition_files(table, date)
     ]
 
@@ -258,11 +268,144 @@ def _touching(out: str, name: str, date: str, first: int, last: int) -> tuple[in
     return None
 
 
-def add_action(path: str, size: int, date: str, mtime_ms: int, rows: int):  # noqa: ANN201
-    """The Delta `add` action of one data file of `date` (path relative to the table)."""
+STATS_PREFIX_CHARS = 32  # string statistics are cut to this prefix, as Delta's own writers do
+
+
+def _stat(v, is_max: bool):  # noqa: ANN001, ANN202
+    """One min or max in the form of Delta's stats JSON; None where the value is left out (a reader
+    then keeps the file): booleans, bytes, non-finite floats, a max string that would need cutting."""
+    import datetime as dt_
+    import math
+
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, str):
+        if len(v) <= STATS_PREFIX_CHARS:
+            return v
+        return None if is_max else v[:STATS_PREFIX_CHARS]  # a prefix is still a lower bound
+    if isinstance(v, dt_.datetime):
+        # milliseconds, as Delta writes them: the min rounded down and the max up stay bounds
+        extra = dt_.timedelta(microseconds=v.microsecond % 1000)
+        v = v + (dt_.timedelta(milliseconds=1) - extra if is_max and extra else -extra if extra else extra)
+        if v.tzinfo is not None:
+            return v.astimezone(dt_.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return v.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+    if isinstance(v, dt_.date):
+        return v.isoformat()
+    return None
+
+
+def _put(tree: dict, path: tuple, value) -> None:  # noqa: ANN001
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _leaves(schema) -> dict[str, tuple]:  # noqa: ANN001
+    """Columns that get statistics, by their Parquet path: every column outside lists and maps (the
+    fields of structs included, which Delta nests), as a path of field names."""
+    import pyarrow as pa
+
+    found: dict[str, tuple] = {}
+
+    def walk(fields, prefix: tuple) -> None:  # noqa: ANN001
+        for f in fields:
+            if pa.types.is_struct(f.type):
+                walk(list(f.type), (*prefix, f.name))
+            elif not pa.types.is_nested(f.type):
+                found[".".join((*prefix, f.name))] = (*prefix, f.name)
+
+    walk(list(schema), ())
+    return found
+
+
+def file_stats(metadata, schema) -> str:  # noqa: ANN001
+    """Delta's stats JSON of a Parquet file, from its footer (`metadata`, a pyarrow FileMetaData) and
+    arrow `schema`: numRecords, and minValues, maxValues and nullCount per column, so that engines
+    skip files on a filter (`lang = 'deu_Latn'`, a `doc_id` range). No data is read."""
+    leaves = _leaves(schema)
+    mins: dict[str, object] = {}
+    maxs: dict[str, object] = {}
+    nulls: dict[str, int | None] = {}
+    no_bounds: set[str] = set()
+    for i in range(metadata.num_row_groups):
+        rg = metadata.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            key = col.path_in_schema
+            if key not in leaves:
+                continue
+            st = col.statistics
+            if st is None or not st.has_null_count:
+                nulls[key] = None
+            elif nulls.get(key, 0) is not None:
+                nulls[key] = nulls.get(key, 0) + st.null_count
+            if st is not None and st.has_min_max:
+                mins[key] = st.min if key not in mins else min(mins[key], st.min)
+                maxs[key] = st.max if key not in maxs else max(maxs[key], st.max)
+            elif st is None or st.null_count != rg.num_rows:  # values without bounds
+                no_bounds.add(key)
+    stats: dict = {"numRecords": metadata.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
+    for key, path in leaves.items():
+        if nulls.get(key) is not None:
+            _put(stats["nullCount"], path, nulls[key])
+        if key in no_bounds:
+            continue
+        for name, seen, is_max in (("minValues", mins, False), ("maxValues", maxs, True)):
+            if key in seen and (v := _stat(seen[key], is_max)) is not None:
+                _put(stats[name], path, v)
+    return json.dumps(stats, separators=(",", ":"))
+
+
+def _stats_of_action(row: dict) -> str | None:
+    """The stats JSON of an add action as `get_add_actions(flatten=False)` returns it."""
+
+    def clean(tree, is_max: bool | None):  # noqa: ANN001, ANN202
+        if isinstance(tree, dict):
+            kept = {k: c for k, v in tree.items() if (c := clean(v, is_max)) is not None}
+            return kept or None
+        return tree if is_max is None else _stat(tree, is_max)
+
+    if row.get("num_records") is None:
+        return None
+    stats: dict = {"numRecords": row["num_records"]}
+    for name, key, is_max in (
+        ("minValues", "min", False),
+        ("maxValues", "max", True),
+        ("nullCount", "null_count", None),
+    ):
+        stats[name] = clean(row.get(key) or {}, is_max) or {}
+    return json.dumps(stats, separators=(",", ":"))
+
+
+def add_action(path: str, size: int, date: str, mtime_ms: int, rows: int, stats: str | None = None):  # noqa: ANN201
+    """The Delta `add` action of one data file of `date` (path relative to the table); `stats`: its
+    statistics (file_stats), else only its row count."""
     from deltalake.transaction import AddAction
 
-    return AddAction(path, size, {PARTITION: date}, mtime_ms, True, json.dumps({"numRecords": rows}))
+    return AddAction(path, size, {PARTITION: date}, mtime_ms, True, stats or json.dumps({"numRecords": rows}))
+
+
+def commit_info(meta: dict, predicate: str | None, read_version: int | None = None, **user) -> dict:
+    """commitInfo fields of a commit that replaces data, as Delta's replaceWhere writes them: operation
+    WRITE (delta-rs sets it), mode Overwrite, the predicate replaced (None: the whole table); what
+    Spark's DESCRIBE HISTORY shows of the run in `userMetadata` (`user`: more of it); all of `meta`
+    under META_KEY."""
+    shown = {**user, **{k: meta[k] for k in USER_METADATA if meta.get(k) is not None}}
+    info: dict = {
+        META_KEY: json.dumps(meta),
+        "userMetadata": json.dumps(shown, sort_keys=True),
+        "isBlindAppend": False,
+    }
+    if predicate is not None:
+        info["operationParameters"] = {"predicate": json.dumps([predicate])}
+    if read_version is not None:
+        info["readVersion"] = read_version
+    return info
 
 
 def commit_partition(
@@ -270,7 +413,10 @@ def commit_partition(
 ) -> int:  # noqa: ANN001
     """Replace the date's files in table `name` by `files` in one commit; returns its version.
 
-    `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms)}. `base_version`: the table's
+    The commit is what Delta's replaceWhere on the date writes (WRITE, mode Overwrite, predicate
+    `date = '<date>'`: delta-rs removes the date's current files), with `meta` in its commitInfo.
+
+    `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms), "stats" (file_stats, optional)}. `base_version`: the table's
     version when the run started (None: there was no table). Raises CommitConflictError when a commit
     since then touched the same date. `table`: the table freshly loaded, if the caller has it.
 
@@ -280,7 +426,7 @@ def commit_partition(
     commit succeeded.
     """
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import CommitProperties, RemoveAction
+    from deltalake.transaction import CommitProperties
 
     prefix = name.strip("/") + "/"
     adds = [
@@ -290,13 +436,12 @@ def commit_partition(
             date,
             f.get("mtime") or int(time.time() * 1000),
             f["rows"],
+            f.get("stats"),
         )
         for f in files
     ]
     commit_id = uuid.uuid4().hex
-    props = CommitProperties(
-        custom_metadata={META_KEY: json.dumps({**meta, "commit_id": commit_id})}, max_commit_retries=0
-    )
+    predicate = f"{PARTITION} = '{date}'"
     seen = -1 if base_version is None else base_version
     dt = table if table is not None else open_table(out, name)
     for attempt in range(COMMIT_ATTEMPTS):
@@ -313,18 +458,15 @@ def commit_partition(
                 f"{other.get('run_id', '(unknown tool)')} after this run started; this run committed "
                 "nothing more. The partition is that run's; rerun with --force to replace it"
             )
-        now = int(time.time() * 1000)
-        removes = [
-            RemoveAction(f["path"], True, now, f["size"], {PARTITION: date})
-            for f in partition_files(dt, date)
-        ]
+        info = commit_info({**meta, "commit_id": commit_id}, predicate, latest, date=date)
         try:
             dt.create_write_transaction(
-                removes + adds,
-                mode="append",
+                adds,
+                mode="overwrite",
                 schema=dt.schema(),
                 partition_by=[PARTITION],
-                commit_properties=props,
+                partition_filters=[(PARTITION, "=", date)],
+                commit_properties=CommitProperties(custom_metadata=info, max_commit_retries=0),
             )
             return latest + 1
         except Exception as exc:
