@@ -70,7 +70,10 @@ def _run(corpus_path, out, **kw):
 def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     path, n_good = corpus
     out = str(tmp_path / "out")
-    res = _run(path, out)
+    # part files as small as they get (one per staged shard, languages grouped by shard); every run of
+    # the test has the same settings, so its Ray workers are reused
+    small = {"target_file_bytes": 1}
+    res = _run(path, out, options=small)
     assert res["status"] == "committed"
     m = res["manifest"]
     c = m["counts"]
@@ -99,12 +102,11 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert not os.path.exists(os.path.join(out, "_staging", "date=2026-11-01"))
 
     # rerun: a committed partition is not recomputed
-    again = _run(path, out)
+    again = _run(path, out, options=small)
     assert again["status"] == "skipped" and again["manifest"]["run_id"] == m["run_id"]
 
-    # --force: a new version of every table; the previous one stays readable by number until vacuum.
-    # Its part files are as small as they get (one per staged shard), languages grouped by shard
-    forced = _run(path, out, force=True, options={"target_file_bytes": 1})
+    # --force: a new version of every table; the previous one stays readable by number until vacuum
+    forced = _run(path, out, force=True, options=small)
     m2 = forced["manifest"]
     assert forced["status"] == "committed" and m2["run_id"] != m["run_id"]
     assert m2["counts"] == m["counts"]
@@ -135,7 +137,7 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     )
     for f in m2["files"]["documents"]:
         os.unlink(storage.join(out, f["path"]))
-    healed = _run(path, out)
+    healed = _run(path, out, options=small)
     assert healed["status"] == "committed" and healed["manifest"]["counts"] == m["counts"]
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert sorted(latest.column("doc_id").to_pylist()) == expected["documents"]
