@@ -259,6 +259,9 @@ def test_restore_brings_back_a_run_in_every_table(out):
     ]
     with pytest.raises(ConfigError, match="xlmflow history"):
         maintenance.restore(out, DATE, "nosuchrun")
+    assert [(r["date"], r["run_id"], r["operation"], r["tables"]) for r in maintenance.current_runs(out)] == [
+        (DATE, _run_hex(1), "restore", {"documents": 3, "rejects": 3})
+    ]
 
     # what other tools show (delta-rs here; Spark's DESCRIBE HISTORY reads the same commitInfo): each
     # commit of the date, the restore included, is a replaceWhere overwrite of it, with the run's
