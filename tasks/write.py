@@ -12,7 +12,8 @@ import collections
 import time
 from collections.abc import Iterator
 
-from xlmflow import delta, schemas, storage
+from xlmflow import schemas, storage
+from xlmflow.stats import file_stats
 
 QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all of them, or quantiles
 
@@ -128,7 +129,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
             "rows": rows,
             "bytes": size,
             "mtime": int(time.time() * 1000),
-            "stats": delta.file_stats(footer, schema),
+            "stats": file_stats(footer, schema),
         },
         "schema": schema.serialize().to_pybytes(),
         "node_id": node_id(),

@@ -25,6 +25,7 @@ from tasks.write import write_table
 from xlmflow import delta, maintenance, schemas, storage
 from xlmflow.errors import ConfigError
 from xlmflow.read import read_partition
+from xlmflow.stats import file_stats
 
 DATE = "2026-11-01"
 
@@ -383,7 +384,7 @@ def test_file_stats_nested_columns_and_timestamps(tmp_path):
     with pq.ParquetWriter(path, t.schema) as w:
         w.write_table(t)
         w.write_table(t.slice(0, 1))
-    assert json.loads(delta.file_stats(pq.read_metadata(path), t.schema)) == {
+    assert json.loads(file_stats(pq.read_metadata(path), t.schema)) == {
         "numRecords": 4,
         "minValues": {"s": {"p": 1, "q": "z"}, "ts": "2026-01-01T00:00:00.123Z"},
         "maxValues": {"s": {"p": 3, "q": "z"}, "ts": "2026-01-01T00:00:00.124Z"},

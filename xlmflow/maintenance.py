@@ -269,6 +269,7 @@ def migrate(out: str) -> dict[str, int]:
     from deltalake.transaction import CommitProperties
 
     from xlmflow.manifest import MANIFEST_VERSION, write_manifest
+    from xlmflow.stats import file_stats
 
     paths = delta.legacy_manifests(out)
     if not paths:
@@ -295,7 +296,7 @@ def migrate(out: str) -> dict[str, int]:
             schema = schema or footer.schema.to_arrow_schema()
             mtime = info.get("LastModified") or info.get("mtime") or time.time()
             ms = int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(float(mtime) * 1000)
-            stats = delta.file_stats(footer, footer.schema.to_arrow_schema())
+            stats = file_stats(footer, footer.schema.to_arrow_schema())
             adds.append(
                 delta.add_action(f["path"][len(name) + 1 :], int(info["size"]), date, ms, f["rows"], stats)
             )
