@@ -113,6 +113,15 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert all(m2["tables"][n] == m["tables"][n] + 1 for n in m["tables"])
     assert _read(out, "documents", "2026-11-01", m).count("*").fetchall()[0][0] == n_good
     _skips_files_on_lang(out, "2026-11-01")
+    # what DESCRIBE HISTORY shows of the run: its id, config hash and totals (breakdowns stay in `xlmflow`)
+    shown = json.loads(DeltaTable(delta.table_uri(out, "documents")).history(1)[0]["userMetadata"])
+    assert (shown["run_id"], shown["date"], shown["config_hash"]) == (
+        m2["run_id"],
+        "2026-11-01",
+        m2["config_hash"],
+    )
+    assert shown["counts"] == {k: v for k, v in m2["counts"].items() if not isinstance(v, dict)}
+    assert shown["counts"]["documents"] == n_good and "by_lang" in m2["counts"]
 
     def parts() -> list[str]:
         return sorted(p for p in storage.list_files(out) if p.endswith(".parquet"))

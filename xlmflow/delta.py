@@ -283,6 +283,8 @@ def commit_info(meta: dict, predicate: str | None, read_version: int | None = No
     Spark's DESCRIBE HISTORY shows of the run in `userMetadata` (`user`: more of it); all of `meta`
     under META_KEY."""
     shown = {**user, **{k: meta[k] for k in USER_METADATA if meta.get(k) is not None}}
+    if isinstance(shown.get("counts"), dict):  # the totals; the breakdowns stay under META_KEY
+        shown["counts"] = {k: v for k, v in shown["counts"].items() if not isinstance(v, dict)}
     info: dict = {
         META_KEY: json.dumps(meta),
         "userMetadata": json.dumps(shown, sort_keys=True),
