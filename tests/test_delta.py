@@ -287,10 +287,8 @@ def test_restore_brings_back_a_run_in_every_table(out):
         assert files and all(json.loads(f["stats"])["minValues"]["source_row"] >= 0 for f in files)
 
 
-def test_file_statistics_let_engines_skip_files(tmp_path):
-    """Each add action carries numRecords, minValues, maxValues and nullCount taken from the footer
-    the writer wrote; a reader of the log then skips the part files whose ranges exclude a filter."""
-    out = str(tmp_path / "out")
+def _three_languages(out: str) -> None:
+    """A partition of three part files, one language each (deu_Latn in part 1), committed."""
     langs = ["eng_Latn", "deu_Latn", "fra_Latn"]
     files = []
     for i, lang in enumerate(langs):
@@ -312,6 +310,13 @@ def test_file_statistics_let_engines_skip_files(tmp_path):
         files.append(write_table(out, "documents", DATE, _run_hex(1), docs, index=i)[0])
     delta.ensure_table(out, "documents", schemas.DOCUMENTS)
     delta.commit_partition(out, "documents", DATE, files, None, {"run_id": _run_hex(1)})
+
+
+def test_file_statistics_let_engines_skip_files(tmp_path):
+    """Each add action carries numRecords, minValues, maxValues and nullCount taken from the footer
+    the writer wrote; a reader of the log then skips the part files whose ranges exclude a filter."""
+    out = str(tmp_path / "out")
+    _three_languages(out)
 
     entry = delta.read_log_entry(out, "documents", 1)
     stats = [json.loads(a["add"]["stats"]) for a in entry if "add" in a]
@@ -358,6 +363,26 @@ def test_file_statistics_let_engines_skip_files(tmp_path):
     assert len(dt.file_uris(file_pruning_predicate="doc_id >= 'eng'")) == 2
     assert len(dt.file_uris(file_pruning_predicate="source_row > 12")) == 2
     assert len(dt.file_uris(file_pruning_predicate="lang_hint IS NOT NULL")) == 3
+
+
+def test_duckdb_delta_scan_skips_files_on_lang(tmp_path):
+    """DuckDB's own Delta reader (the `delta` extension, loaded from its PyPI package) reads the
+    statistics too: it scans one file of three for lang = 'deu_Latn'."""
+    import glob
+    import re
+
+    ext_pkg = pytest.importorskip("duckdb_extension_delta")
+    ext = glob.glob(
+        os.path.join(os.path.dirname(ext_pkg.__file__), "extensions", "*", "delta.duckdb_extension")
+    )
+    out = str(tmp_path / "out")
+    _three_languages(out)
+    con = duckdb.connect()
+    con.sql(f"LOAD '{ext[0]}'")
+    query = f"select count(*) from delta_scan('{delta.table_uri(out, 'documents')}') where lang = 'deu_Latn'"
+    assert con.sql(query).fetchall() == [(5,)]
+    plan = "\n".join(row[1] for row in con.sql(f"explain analyze {query}").fetchall())
+    assert re.search(r"Scanning Files: 1/3\b", plan), plan
 
 
 def test_file_stats_nested_columns_and_timestamps(tmp_path):
