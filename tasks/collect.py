@@ -103,7 +103,10 @@ def collect_partition(
             f"the files written do not reconcile with the counts: {written} vs {counts}; the partition was not "
             "committed (this is a bug, please report)"
         )
-    manifest["files"] = files
+    # the statistics go into the tables' add actions only: the manifest lists the files
+    manifest["files"] = {
+        n: [{k: v for k, v in f.items() if k != "stats"} for f in fs] for n, fs in files.items()
+    }
     manifest["nodes"]["writers"] = sorted({r["node_id"] for r in results if r.get("node_id")})
     manifest.update(report_stats(by_name))
     commit_tables(settings.out, date, files, schemas_, base_versions or {}, manifest, fence)

@@ -2,8 +2,8 @@
 
 The driver groups the staged files of each dataset (shard results, rejects of the split tasks and of
 dedup, failed shards) into groups of about target_file_bytes and runs one `write_part` per group; it
-gets back the file's path, size, row count and schema, plus the few figures the report shows, and
-commits that file list. It never reads a dataset itself.
+gets back the file's path, size, row count, statistics (from the footer just written) and schema, plus
+the few figures the report shows, and commits that file list. It never reads a dataset itself.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 from xlmflow import schemas, storage
+from xlmflow.stats import file_stats
 
 QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all of them, or quantiles
 
@@ -108,6 +109,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
         finally:
             if writer is not None:
                 writer.close()
+        footer = writer.writer.metadata  # the statistics the writer put in the file's footer
         import os
 
         size = os.path.getsize(path)
@@ -128,6 +130,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
             "rows": rows,
             "bytes": size,
             "mtime": int(time.time() * 1000),
+            "stats": file_stats(footer, schema),
         },
         "schema": schema.serialize().to_pybytes(),
         "node_id": node_id(),

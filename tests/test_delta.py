@@ -25,6 +25,7 @@ from tasks.write import write_table
 from xlmflow import delta, maintenance, schemas, storage
 from xlmflow.errors import ConfigError
 from xlmflow.read import read_partition
+from xlmflow.stats import file_stats
 
 DATE = "2026-11-01"
 
@@ -63,6 +64,7 @@ def _commit(
         "manifest_version": collect.MANIFEST_VERSION,
         "date": date,
         "run_id": run,
+        "config_hash": f"cfg-{run[:8]}",
         "files": files,
         "counts": {"input_rows": n_docs + n_rejects, "documents": n_docs, "rejects": n_rejects},
     }
@@ -258,6 +260,161 @@ def test_restore_brings_back_a_run_in_every_table(out):
     ]
     with pytest.raises(ConfigError, match="xlmflow history"):
         maintenance.restore(out, DATE, "nosuchrun")
+    assert [(r["date"], r["run_id"], r["operation"], r["tables"]) for r in maintenance.current_runs(out)] == [
+        (DATE, _run_hex(1), "restore", {"documents": 3, "rejects": 3})
+    ]
+
+    # what other tools show (delta-rs here; Spark's DESCRIBE HISTORY reads the same commitInfo): each
+    # commit of the date, the restore included, is a replaceWhere overwrite of it, with the run's
+    # figures in userMetadata; the restored files keep their statistics
+    for name in ("documents", "rejects"):
+        table = DeltaTable(delta.table_uri(out, name), storage_options=_opts(out))
+        hist = sorted(table.history(), key=lambda h: h["version"])
+        assert [h["operation"] for h in hist] == ["CREATE TABLE", "WRITE", "WRITE", "WRITE"]
+        for h in hist[1:]:
+            assert h["operationParameters"]["mode"] == "Overwrite", h
+            assert json.loads(h["operationParameters"]["predicate"]) == [f"date = '{DATE}'"]
+            assert h["isBlindAppend"] is False and h["readVersion"] == h["version"] - 1
+        shown = [json.loads(h["userMetadata"]) for h in hist[1:]]
+        assert [(u["operation"], u["run_id"], u["date"], u["config_hash"]) for u in shown] == [
+            ("write", _run_hex(1), DATE, "cfg-00000001"),
+            ("write", _run_hex(2), DATE, "cfg-00000002"),
+            ("restore", _run_hex(1), DATE, "cfg-00000001"),
+        ]
+        assert shown[1]["counts"] == {"input_rows": 14, "documents": 12, "rejects": 2}
+        assert shown[2]["replaced_run"] == _run_hex(2) and shown[2]["counts"] == shown[0]["counts"]
+        files = delta.partition_files(table, DATE)
+        assert files and all(json.loads(f["stats"])["minValues"]["source_row"] >= 0 for f in files)
+
+
+def _three_languages(out: str) -> None:
+    """A partition of three part files, one language each (deu_Latn in part 1), committed."""
+    langs = ["eng_Latn", "deu_Latn", "fra_Latn"]
+    files = []
+    for i, lang in enumerate(langs):
+        n = 4 + i
+        docs = pa.table(
+            {
+                "doc_id": [f"{lang}-{k:03d}" for k in range(n)],
+                "text": ["x" * 40] * n,  # longer than a statistics prefix
+                "lang": [lang] * n,
+                "lang_score": pa.array([0.5 + k / 100 for k in range(n)], pa.float32()),
+                "n_chars": pa.array([40] * n, pa.int32()),
+                "source": ["s"] * n,
+                "source_row": list(range(10 * i, 10 * i + n)),
+                "lang_hint": [None] * (n - 1) + ["de"],
+                "meta": ["{}"] * n,
+            },
+            schema=schemas.DOCUMENTS,
+        )
+        files.append(write_table(out, "documents", DATE, _run_hex(1), docs, index=i)[0])
+    delta.ensure_table(out, "documents", schemas.DOCUMENTS)
+    delta.commit_partition(out, "documents", DATE, files, None, {"run_id": _run_hex(1)})
+
+
+def test_file_statistics_let_engines_skip_files(tmp_path):
+    """Each add action carries numRecords, minValues, maxValues and nullCount taken from the footer
+    the writer wrote; a reader of the log then skips the part files whose ranges exclude a filter."""
+    out = str(tmp_path / "out")
+    _three_languages(out)
+
+    entry = delta.read_log_entry(out, "documents", 1)
+    stats = [json.loads(a["add"]["stats"]) for a in entry if "add" in a]
+    assert stats[1] == {
+        "numRecords": 5,
+        "minValues": {
+            "doc_id": "deu_Latn-000",
+            "text": "x" * 32,  # a prefix is still a lower bound; the max is left out rather than cut
+            "lang": "deu_Latn",
+            "lang_score": 0.5,
+            "n_chars": 40,
+            "source": "s",
+            "source_row": 10,
+            "lang_hint": "de",
+            "meta": "{}",
+        },
+        "maxValues": {
+            "doc_id": "deu_Latn-004",
+            "lang": "deu_Latn",
+            "lang_score": pytest.approx(0.54),
+            "n_chars": 40,
+            "source": "s",
+            "source_row": 14,
+            "lang_hint": "de",
+            "meta": "{}",
+        },
+        "nullCount": {
+            "doc_id": 0,
+            "text": 0,
+            "lang": 0,
+            "lang_score": 0,
+            "n_chars": 0,
+            "source": 0,
+            "source_row": 0,
+            "lang_hint": 4,
+            "meta": 0,
+        },
+    }
+    # delta-rs prunes on the log's statistics: one file of three holds deu_Latn, two hold ids >= "eng"
+    dt = DeltaTable(delta.table_uri(out, "documents"))
+    assert len(dt.file_uris()) == 3
+    kept = dt.file_uris(file_pruning_predicate="lang = 'deu_Latn'")
+    assert [u.rsplit("/", 1)[-1] for u in kept] == ["part-00000001-00001.parquet"]
+    assert len(dt.file_uris(file_pruning_predicate="doc_id >= 'eng'")) == 2
+    assert len(dt.file_uris(file_pruning_predicate="source_row > 12")) == 2
+    assert len(dt.file_uris(file_pruning_predicate="lang_hint IS NOT NULL")) == 3
+
+
+def test_duckdb_delta_scan_skips_files_on_lang(tmp_path):
+    """DuckDB's own Delta reader (the `delta` extension, loaded from its PyPI package) reads the
+    statistics too: it scans one file of three for lang = 'deu_Latn'."""
+    import glob
+    import re
+
+    ext_pkg = pytest.importorskip("duckdb_extension_delta")
+    ext = glob.glob(
+        os.path.join(os.path.dirname(ext_pkg.__file__), "extensions", "*", "delta.duckdb_extension")
+    )
+    out = str(tmp_path / "out")
+    _three_languages(out)
+    con = duckdb.connect()
+    con.sql(f"LOAD '{ext[0]}'")
+    query = f"select count(*) from delta_scan('{delta.table_uri(out, 'documents')}') where lang = 'deu_Latn'"
+    assert con.sql(query).fetchall() == [(5,)]
+    plan = "\n".join(row[1] for row in con.sql(f"explain analyze {query}").fetchall())
+    assert re.search(r"Scanning Files: 1/3\b", plan), plan
+
+
+def test_file_stats_nested_columns_and_timestamps(tmp_path):
+    """The stats JSON as the Delta protocol has it: struct fields nested, list columns left out,
+    timestamps in milliseconds (the min rounded down, the max up), several row groups combined."""
+    import datetime as dt_
+
+    import pyarrow.parquet as pq
+
+    t = pa.table(
+        {
+            "s": pa.array(
+                [{"p": 1, "q": "z"}, None, {"p": 3, "q": None}],
+                pa.struct([("p", pa.int32()), ("q", pa.string())]),
+            ),
+            "l": pa.array([[1.0], [2.0], None], pa.list_(pa.float32())),
+            "ts": pa.array(
+                [dt_.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=dt_.UTC)] * 3, pa.timestamp("us", "UTC")
+            ),
+            "b": [True, False, None],
+        }
+    )
+    path = str(tmp_path / "f.parquet")
+    with pq.ParquetWriter(path, t.schema) as w:
+        w.write_table(t)
+        w.write_table(t.slice(0, 1))
+    assert json.loads(file_stats(pq.read_metadata(path), t.schema)) == {
+        "numRecords": 4,
+        "minValues": {"s": {"p": 1, "q": "z"}, "ts": "2026-01-01T00:00:00.123Z"},
+        "maxValues": {"s": {"p": 3, "q": "z"}, "ts": "2026-01-01T00:00:00.124Z"},
+        "nullCount": {"s": {"p": 1, "q": 2}, "ts": 0, "b": 1},
+    }
 
 
 def test_schema_evolves_only_by_nullable_columns(tmp_path):
@@ -298,8 +455,20 @@ def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
     assert maintenance.migrate(out) == {"converted": {"documents": 1, "rejects": 1}, "rewritten": {}}
     delta.refuse_legacy(out)  # converted: runs may go on
     m = collect.read_manifest(out, DATE)
-    assert m["tables"] == {"documents": 0, "rejects": 0}
-    assert _ids(DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()) == {"a", "b"}
+    assert m["tables"] == {"documents": 1, "rejects": 1}
+    migrated = DeltaTable(delta.table_uri(out, "documents"))
+    assert _ids(migrated.to_pyarrow_table()) == {"a", "b"}
+    # recorded as an overwrite of the whole table (no predicate), after the table's creation
+    h = migrated.history(1)[0]
+    assert (h["operation"], h["operationParameters"]["mode"]) == ("WRITE", "Overwrite")
+    assert "predicate" not in h["operationParameters"]
+    assert json.loads(h["userMetadata"]) == {"operation": "migrate"}
+    stats = json.loads(delta.partition_files(migrated, DATE)[0]["stats"])  # from the files' footers
+    assert (stats["numRecords"], stats["minValues"], stats["maxValues"]) == (
+        2,
+        {"doc_id": "a"},
+        {"doc_id": "b"},
+    )
     assert read_partition(out, "rejects", DATE).num_rows == 1
     assert [r["operation"] for r in maintenance.runs_of(out, DATE)] == ["migrate"]
     # a later run replaces the migrated partition like any other
@@ -448,15 +617,26 @@ def test_history_restore_vacuum_commands(tmp_path, capsys):
     from xlmflow.cli import main
 
     out = str(tmp_path / "out")
+    assert main(["history", "--out", out]) == 0
+    assert capsys.readouterr().out.strip() == "no committed partitions"
     _commit(out, _run_hex(1), 10, 1)
     _commit(out, _run_hex(2), 12, 2)
+    _commit(out, _run_hex(3), 7, 1, date="2026-11-02")
+    assert main(["history", "--out", out]) == 0  # every date's current run, one line each
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["date", "run", "id"] and len(lines) == 3
+    assert lines[1].split()[:3] == [DATE, _run_hex(2), "write"] and " 12 " in lines[1]
+    assert lines[1].endswith("documents=2 rejects=2")
+    assert lines[2].split()[:3] == ["2026-11-02", _run_hex(3), "write"] and " 7 " in lines[2]
     assert main(["history", "--out", out, "--date", DATE]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["time", "(UTC)", "run"]
     assert _run_hex(1) in lines[1] and "replaced" in lines[1] and "documents=1 rejects=1" in lines[1]
     assert _run_hex(2) in lines[2] and "current" in lines[2] and " 12 " in lines[2]
     assert main(["restore", "--out", out, "--date", DATE, "--run", _run_hex(1)]) == 0
-    assert f"run {_run_hex(1)} is current again (documents=3 rejects=3)" in capsys.readouterr().out
+    assert f"run {_run_hex(1)} is current again (documents=4 rejects=4)" in capsys.readouterr().out
+    assert main(["history", "--out", out]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == [DATE, _run_hex(1), "restore"]
     assert main(["vacuum", "--out", out, "--retain-hours", "0", "--dry-run"]) == 0
     assert "documents: would delete 1 files" in capsys.readouterr().out
     assert main(["restore", "--out", out, "--date", DATE, "--run", "feedbeef"]) == 2  # a config error

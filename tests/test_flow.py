@@ -70,7 +70,10 @@ def _run(corpus_path, out, **kw):
 def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     path, n_good = corpus
     out = str(tmp_path / "out")
-    res = _run(path, out)
+    # part files as small as they get (one per staged shard, languages grouped by shard); every run of
+    # the test has the same settings, so its Ray workers are reused
+    small = {"target_file_bytes": 1}
+    res = _run(path, out, options=small)
     assert res["status"] == "committed"
     m = res["manifest"]
     c = m["counts"]
@@ -99,16 +102,26 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     assert not os.path.exists(os.path.join(out, "_staging", "date=2026-11-01"))
 
     # rerun: a committed partition is not recomputed
-    again = _run(path, out)
+    again = _run(path, out, options=small)
     assert again["status"] == "skipped" and again["manifest"]["run_id"] == m["run_id"]
 
     # --force: a new version of every table; the previous one stays readable by number until vacuum
-    forced = _run(path, out, force=True)
+    forced = _run(path, out, force=True, options=small)
     m2 = forced["manifest"]
     assert forced["status"] == "committed" and m2["run_id"] != m["run_id"]
     assert m2["counts"] == m["counts"]
     assert all(m2["tables"][n] == m["tables"][n] + 1 for n in m["tables"])
     assert _read(out, "documents", "2026-11-01", m).count("*").fetchall()[0][0] == n_good
+    _skips_files_on_lang(out, "2026-11-01")
+    # what DESCRIBE HISTORY shows of the run: its id, config hash and totals (breakdowns stay in `xlmflow`)
+    shown = json.loads(DeltaTable(delta.table_uri(out, "documents")).history(1)[0]["userMetadata"])
+    assert (shown["run_id"], shown["date"], shown["config_hash"]) == (
+        m2["run_id"],
+        "2026-11-01",
+        m2["config_hash"],
+    )
+    assert shown["counts"] == {k: v for k, v in m2["counts"].items() if not isinstance(v, dict)}
+    assert shown["counts"]["documents"] == n_good and "by_lang" in m2["counts"]
 
     def parts() -> list[str]:
         return sorted(p for p in storage.list_files(out) if p.endswith(".parquet"))
@@ -133,10 +146,32 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     )
     for f in m2["files"]["documents"]:
         os.unlink(storage.join(out, f["path"]))
-    healed = _run(path, out)
+    healed = _run(path, out, options=small)
     assert healed["status"] == "committed" and healed["manifest"]["counts"] == m["counts"]
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert sorted(latest.column("doc_id").to_pylist()) == expected["documents"]
+
+
+def _skips_files_on_lang(out: str, date: str) -> None:
+    """The writer tasks' statistics are in the log: each part file's lang range is its rows' range,
+    and delta-rs, reading the log alone, keeps only the files whose range holds the language."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = DeltaTable(delta.table_uri(out, "documents"))
+    files = delta.partition_files(table, date)
+    assert len(files) > 3
+    holding = set()
+    for f in files:
+        stats = json.loads(f["stats"])
+        langs = pq.read_table(storage.join(out, "documents", f["path"]), columns=["lang"])["lang"]
+        bounds = pc.min_max(langs).as_py()
+        assert (stats["minValues"]["lang"], stats["maxValues"]["lang"]) == (bounds["min"], bounds["max"])
+        assert stats["numRecords"] == len(langs) and stats["nullCount"]["lang"] == 0
+        if "deu_Latn" in langs.to_pylist():
+            holding.add(f["path"])
+    kept = {u.split("/documents/", 1)[1] for u in table.file_uris(file_pruning_predicate="lang = 'deu_Latn'")}
+    assert holding and holding <= kept and len(kept) < len(files), (len(holding), len(kept), len(files))
 
 
 def test_flow_refuses_an_output_it_cannot_write_or_would_read_back(prefect_harness, corpus, tmp_path):

@@ -23,10 +23,13 @@ from typing import Any
 
 from xlmflow import storage
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.stats import stats_of_action
 
 PARTITION = "date"
 LOG_DIR = "_delta_log"
 META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata (a JSON string)
+# what of it goes into commitInfo.userMetadata, which Spark's and Databricks' DESCRIBE HISTORY show
+USER_METADATA = ("operation", "run_id", "date", "config_hash", "counts", "restore_id", "replaced_run")
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
 READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
 
@@ -196,25 +199,27 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
 
 
 def partition_files(dt, date: str) -> list[dict]:  # noqa: ANN001
-    """The add actions of one date in a table version: path (relative to the table), size, rows."""
+    """The add actions of one date in a table version: path (relative to the table), size, rows, and
+    the file's statistics as Delta's stats JSON (None when its add action had none)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    t = pa.table(dt.get_add_actions(flatten=True))
+    t = pa.table(dt.get_add_actions(flatten=False))
     if t.num_rows == 0:
         return []
-    rows = t.select(["path", "size_bytes", "modification_time", "num_records", f"partition.{PARTITION}"])
+    t = t.filter(pc.equal(pc.struct_field(t["partition"], PARTITION), date))
     out = []
-    for r in rows.to_pylist():
-        if r[f"partition.{PARTITION}"] == date:
-            mtime = r["modification_time"]
-            out.append(
-                {
-                    "path": r["path"],
-                    "size": r["size_bytes"],
-                    "mtime": int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(mtime),
-                    "rows": r["num_records"],
-                }
-            )
+    for r in t.to_pylist():
+        mtime = r["modification_time"]
+        out.append(
+            {
+                "path": r["path"],
+                "size": r["size_bytes"],
+                "mtime": int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(mtime),
+                "rows": r["num_records"],
+                "stats": stats_of_action(r),
+            }
+        )
     return out
 
 
@@ -222,7 +227,13 @@ def files_for_commit(out: str, name: str, date: str, version: int) -> list[dict]
     """The date's files in a table version, in the shape `commit_partition` takes (paths under OUT)."""
     table = open_table(out, name, version)
     return [
-        {"path": f"{name}/{f['path']}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
+        {
+            "path": f"{name}/{f['path']}",
+            "bytes": f["size"],
+            "rows": f["rows"],
+            "mtime": f["mtime"],
+            "stats": f["stats"],
+        }
         for f in partition_files(table, date)
     ]
 
@@ -259,11 +270,32 @@ def _touching(out: str, name: str, date: str, first: int, last: int) -> tuple[in
     return None
 
 
-def add_action(path: str, size: int, date: str, mtime_ms: int, rows: int):  # noqa: ANN201
-    """The Delta `add` action of one data file of `date` (path relative to the table)."""
+def add_action(path: str, size: int, date: str, mtime_ms: int, rows: int, stats: str | None = None):  # noqa: ANN201
+    """The Delta `add` action of one data file of `date` (path relative to the table); `stats`: its
+    stats JSON (xlmflow.stats.file_stats), else only its row count."""
     from deltalake.transaction import AddAction
 
-    return AddAction(path, size, {PARTITION: date}, mtime_ms, True, json.dumps({"numRecords": rows}))
+    return AddAction(path, size, {PARTITION: date}, mtime_ms, True, stats or json.dumps({"numRecords": rows}))
+
+
+def commit_info(meta: dict, predicate: str | None, read_version: int | None = None, **user) -> dict:
+    """commitInfo fields of a commit that replaces data, as Delta's replaceWhere writes them: operation
+    WRITE (delta-rs sets it), mode Overwrite, the predicate replaced (None: the whole table); what
+    Spark's DESCRIBE HISTORY shows of the run in `userMetadata` (`user`: more of it); all of `meta`
+    under META_KEY."""
+    shown = {**user, **{k: meta[k] for k in USER_METADATA if meta.get(k) is not None}}
+    if isinstance(shown.get("counts"), dict):  # the totals; the breakdowns stay under META_KEY
+        shown["counts"] = {k: v for k, v in shown["counts"].items() if not isinstance(v, dict)}
+    info: dict = {
+        META_KEY: json.dumps(meta),
+        "userMetadata": json.dumps(shown, sort_keys=True),
+        "isBlindAppend": False,
+    }
+    if predicate is not None:
+        info["operationParameters"] = {"predicate": json.dumps([predicate])}
+    if read_version is not None:
+        info["readVersion"] = read_version
+    return info
 
 
 def commit_partition(
@@ -271,8 +303,12 @@ def commit_partition(
 ) -> int:  # noqa: ANN001
     """Replace the date's files in table `name` by `files` in one commit; returns its version.
 
-    `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms)}. `base_version`: the table's
-    version when the run started (None: there was no table). Raises CommitConflictError when a commit
+    The commit is what Delta's replaceWhere on the date writes (WRITE, mode Overwrite, predicate
+    `date = '<date>'`: delta-rs removes the date's current files), with `meta` in its commitInfo.
+
+    `files`: {"path" (relative to OUT), "bytes", "rows", "mtime" (ms), "stats" (optional: the
+    file's stats JSON, xlmflow.stats.file_stats)}. `base_version`: the table's version when the run
+    started (None: there was no table). Raises CommitConflictError when a commit
     since then touched the same date. `table`: the table freshly loaded, if the caller has it.
 
     Each commit carries a fresh `commit_id`. A commit PUT whose answer was lost may have landed anyway
@@ -281,7 +317,7 @@ def commit_partition(
     commit succeeded.
     """
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import CommitProperties, RemoveAction
+    from deltalake.transaction import CommitProperties
 
     prefix = name.strip("/") + "/"
     adds = [
@@ -291,13 +327,12 @@ def commit_partition(
             date,
             f.get("mtime") or int(time.time() * 1000),
             f["rows"],
+            f.get("stats"),
         )
         for f in files
     ]
     commit_id = uuid.uuid4().hex
-    props = CommitProperties(
-        custom_metadata={META_KEY: json.dumps({**meta, "commit_id": commit_id})}, max_commit_retries=0
-    )
+    predicate = f"{PARTITION} = '{date}'"
     seen = -1 if base_version is None else base_version
     dt = table if table is not None else open_table(out, name)
     for attempt in range(COMMIT_ATTEMPTS):
@@ -314,18 +349,15 @@ def commit_partition(
                 f"{other.get('run_id', '(unknown tool)')} after this run started; this run committed "
                 "nothing more. The partition is that run's; rerun with --force to replace it"
             )
-        now = int(time.time() * 1000)
-        removes = [
-            RemoveAction(f["path"], True, now, f["size"], {PARTITION: date})
-            for f in partition_files(dt, date)
-        ]
+        info = commit_info({**meta, "commit_id": commit_id}, predicate, latest, date=date)
         try:
             dt.create_write_transaction(
-                removes + adds,
-                mode="append",
+                adds,
+                mode="overwrite",
                 schema=dt.schema(),
                 partition_by=[PARTITION],
-                commit_properties=props,
+                partition_filters=[(PARTITION, "=", date)],
+                commit_properties=CommitProperties(custom_metadata=info, max_commit_retries=0),
             )
             return latest + 1
         except Exception as exc:

@@ -7,7 +7,6 @@ never deletes under a date whose lease is held.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 import uuid
@@ -157,6 +156,41 @@ def runs_of(out: str, date: str) -> list[dict]:
     return rows
 
 
+def current_runs(out: str) -> list[dict]:
+    """Every date's current run, by date, from the dates' manifests (one small read each, no table
+    log): date, run_id, operation (write, restore, migrate), time (when its manifest was made), counts,
+    tables {name: version}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs, path = storage.fresh(storage.join(out, "_manifests"))
+    try:
+        names = sorted(
+            n.rsplit("/", 1)[-1]
+            for n in fs.ls(path, detail=False)
+            if n.rsplit("/", 1)[-1].startswith("date=")
+        )
+    except FileNotFoundError:
+        return []
+    uris = [storage.join(out, "_manifests", n) for n in names if n.endswith(".json")]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        manifests = list(pool.map(storage.read_json, uris))
+    rows = []
+    for m in manifests:
+        restored = m.get("restored") or {}
+        op = "restore" if restored else ("migrate" if m.get("migrated") else "write")
+        rows.append(
+            {
+                "date": m["date"],
+                "run_id": m.get("run_id"),
+                "operation": op,
+                "time": (restored.get("at") or m.get("finished_at") or "")[:19],
+                "counts": m.get("counts") or {},
+                "tables": m.get("tables") or {},
+            }
+        )
+    return rows
+
+
 def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_ttl: float = 120) -> dict:
     """Make `run_id`'s committed files the date's current files in every table; returns the manifest.
 
@@ -195,6 +229,7 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
             "run_id": run_id,
             "restore_id": restore_id,
             "date": date,
+            "config_hash": old.get("config_hash"),
             "counts": old.get("counts"),
             "replaced_run": current.get("run_id"),
         }
@@ -225,8 +260,9 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
 def migrate(out: str, lock_timeout: float = 300, lease_ttl: float = 120) -> dict[str, dict[str, int]]:
     """Bring an OUT written by earlier versions up to date, keeping every committed file readable.
 
-    - `converted`: plain Parquet directories + manifests become Delta tables (one commit per dataset
-      adding the files the manifests list; the manifests are rewritten to pin those versions);
+    - `converted`: plain Parquet directories + manifests become Delta tables (per dataset, the table's
+      creation, then one commit that overwrites the whole table with add actions of the files the
+      manifests list, their statistics read from the footers; the manifests then pin those versions);
     - `rewritten`: data files holding vectors as fixed-size lists (which Polars' and DuckDB's native
       Delta readers refuse: the table says `array`) are rewritten as plain lists, one commit per date.
 
@@ -288,7 +324,13 @@ def _rewrite_fixed_size_lists(out: str, lock_timeout: float, lease_ttl: float) -
                         "stopped between its commits); run the date again, then migrate"
                     )
                 files = [
-                    {"path": f"{name}/{p}", "bytes": f["size"], "rows": f["rows"], "mtime": f["mtime"]}
+                    {
+                        "path": f"{name}/{p}",
+                        "bytes": f["size"],
+                        "rows": f["rows"],
+                        "mtime": f["mtime"],
+                        "stats": f["stats"],
+                    }
                     for p, f in current.items()
                     if p not in stale
                 ]
@@ -322,11 +364,15 @@ def _rewrite_fixed_size_lists(out: str, lock_timeout: float, lease_ttl: float) -
 def _convert_layout(out: str, paths: list[str]) -> dict[str, int]:
     """Plain Parquet directories + manifests into Delta tables, keeping every file; files per dataset."""
     import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+    from deltalake.transaction import CommitProperties
 
     from xlmflow.manifest import MANIFEST_VERSION, write_manifest
+    from xlmflow.stats import file_stats
 
     manifests = [storage.read_json(p) for p in paths]
     done: dict[str, int] = {}
+    versions: dict[str, int] = {}
     for name in _datasets():
         listed = [(m["date"], m["run_id"], f) for m in manifests for f in m.get("files", {}).get(name, [])]
         if not listed:
@@ -338,27 +384,37 @@ def _convert_layout(out: str, paths: list[str]) -> dict[str, int]:
         for date, _run, f in listed:
             fs, path = storage.fresh(storage.join(out, f["path"]))
             info = fs.info(path)
-            if schema is None:
-                with fs.open(path, "rb") as fh:
-                    schema = pq.read_schema(fh)
+            with fs.open(path, "rb") as fh:
+                footer = pq.read_metadata(fh)
+            schema = schema or footer.schema.to_arrow_schema()
             mtime = info.get("LastModified") or info.get("mtime") or time.time()
             ms = int(mtime.timestamp() * 1000) if hasattr(mtime, "timestamp") else int(float(mtime) * 1000)
-            adds.append(delta.add_action(f["path"][len(name) + 1 :], int(info["size"]), date, ms, f["rows"]))
-        from deltalake.transaction import CommitProperties, create_table_with_add_actions
-
+            stats = file_stats(footer, footer.schema.to_arrow_schema())
+            adds.append(
+                delta.add_action(f["path"][len(name) + 1 :], int(info["size"]), date, ms, f["rows"], stats)
+            )
         meta = {"operation": "migrate", "partitions": {m["date"]: m["run_id"] for m in manifests}}
         uri = delta.table_uri(out, name)
-        create_table_with_add_actions(
+        opts = delta.storage_options(uri)
+        table = DeltaTable.create(
             uri,
             delta.table_schema(schema),
-            adds,
-            mode="error",
             partition_by=[delta.PARTITION],
-            storage_options=delta.storage_options(uri),
-            commit_properties=CommitProperties(custom_metadata={delta.META_KEY: json.dumps(meta)}),
+            mode="error",
+            storage_options=opts,
+        )
+        created = table.version()
+        # an overwrite of the whole table (no predicate), as other Delta writers record a conversion
+        table.create_write_transaction(
+            adds,
+            mode="overwrite",
+            schema=table.schema(),
+            partition_by=[delta.PARTITION],
+            commit_properties=CommitProperties(custom_metadata=delta.commit_info(meta, None, created)),
         )
         done[name] = len(adds)
+        versions[name] = created + 1
     for m in manifests:
-        tables = {n: 0 for n in done if m.get("files", {}).get(n)}
+        tables = {n: versions[n] for n in done if m.get("files", {}).get(n)}
         write_manifest(out, {**m, "manifest_version": MANIFEST_VERSION, "tables": tables, "migrated": True})
     return done

@@ -10,8 +10,10 @@ def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     v.add_argument("--retain-hours", type=float, default=None, help="default 168 (7 days, as Delta's)")
     v.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     v.set_defaults(func=_vacuum)
-    h = sub.add_parser("history", help="the runs committed for a date: run id, table versions, counts")
-    h.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    h = sub.add_parser(
+        "history", help="each date's current run; with --date, every run committed for that date"
+    )
+    h.add_argument("--date", help="partition date YYYY-MM-DD (default: one line per date)")
     h.set_defaults(func=_history)
     r = sub.add_parser("restore", help="make an earlier run's output the date's current partition again")
     r.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
@@ -48,6 +50,8 @@ def _vacuum(a: argparse.Namespace) -> int:
 def _history(a: argparse.Namespace) -> int:
     from xlmflow import maintenance
 
+    if a.date is None:
+        return _dates(maintenance.current_runs(_out(a)))
     runs = maintenance.runs_of(_out(a), a.date)
     if not runs:
         print(f"partition {a.date}: no committed runs")
@@ -61,6 +65,23 @@ def _history(a: argparse.Namespace) -> int:
         versions = " ".join(f"{n}={v}" for n, v in r["tables"].items())
         print(
             f"{r['time']:25} {r['run_id']:32} {r['operation']:9} {state:10} "
+            f"{c.get('documents', ''):>9} {c.get('rejects', ''):>7}  {versions}"
+        )
+    return 0
+
+
+def _dates(rows: list[dict]) -> int:
+    if not rows:
+        print("no committed partitions")
+        return 0
+    print(
+        f"{'date':10} {'run id':32} {'operation':9} {'time (UTC)':19} {'documents':>9} {'rejects':>7}  versions"
+    )
+    for r in rows:
+        c = r["counts"]
+        versions = " ".join(f"{n}={v}" for n, v in r["tables"].items())
+        print(
+            f"{r['date']:10} {r['run_id'] or '':32} {r['operation']:9} {r['time']:19} "
             f"{c.get('documents', ''):>9} {c.get('rejects', ''):>7}  {versions}"
         )
     return 0
@@ -80,7 +101,7 @@ def _migrate(a: argparse.Namespace) -> int:
 
     done = maintenance.migrate(_out(a))
     for name, n in done["converted"].items():
-        print(f"{name}: {n} files committed as version 0 of a Delta table (files kept in place)")
+        print(f"{name}: {n} files committed as version 1 of a Delta table (files kept in place)")
     for name, n in done["rewritten"].items():
         print(f"{name}: {n} files with fixed-size lists rewritten as lists (old versions keep theirs)")
     return 0
