@@ -224,7 +224,7 @@ def test_vacuum_keeps_retained_versions_and_held_partitions(tmp_path):
     storage.write_bytes(debris, b"never committed")
     a_files = [storage.join(out, f["path"]) for fs in a["files"].values() for f in fs]
 
-    assert maintenance.vacuum(out, retain_hours=1) == {"documents": [], "rejects": []}
+    assert maintenance.vacuum(out, retain_hours=1) == {"documents": {}, "rejects": {}}
     assert all(os.path.exists(p) for p in a_files)
     # a run holds the date: no retention under an hour, and its date is skipped at any retention
     lease = PartitionLease(out, DATE, "f" * 32, ttl=60).acquire(5)
@@ -234,7 +234,7 @@ def test_vacuum_keeps_retained_versions_and_held_partitions(tmp_path):
     finally:
         lease.release()
     removed = maintenance.vacuum(out, retain_hours=0)
-    assert sorted(removed["documents"] + removed["rejects"]) == sorted(
+    assert sorted([*removed["documents"], *removed["rejects"]]) == sorted(
         p.split("/", 1)[1] for fs in a["files"].values() for p in [f["path"] for f in fs]
     )
     assert not any(os.path.exists(p) for p in a_files)
@@ -347,14 +347,14 @@ def test_vacuum_never_deletes_what_a_manifest_pins(tmp_path):
     _crash_after_first_table_commit(out, a)
     pinned = [storage.join(out, f["path"]) for f in a["files"]["documents"]]
 
-    assert maintenance.vacuum(out, retain_hours=0) == {"documents": [], "rejects": []}
+    assert maintenance.vacuum(out, retain_hours=0) == {"documents": {}, "rejects": {}}
     assert all(os.path.exists(p) for p in pinned)
     assert _ids(read_partition(out, "documents", DATE)) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == ["documents"]
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     # once the table holds the pinned files again, the crashed run's file is superseded: vacuum takes it
-    assert maintenance.vacuum(out, retain_hours=0)["documents"] == [
+    assert list(maintenance.vacuum(out, retain_hours=0)["documents"]) == [
         f"date={DATE}/part-00000002-00000.parquet"
     ]
 

@@ -1,0 +1,162 @@
+"""Commit time and no-op rerun time of tables with a long history against fresh tables, same run.
+
+Two output roots, local directories: a fresh one, and one whose `documents` and `rejects` tables hold
+`--commits` commits each (365 dates, each committed again and again as daily runs, backfills and
+`--force` reruns do; one small part file per commit, a manifest per date), built by committing
+through `tasks.collect.commit_tables` as runs do, without running the pipeline.
+
+On each root, `--reps` times, alternating which root goes first:
+- commit: what a run of a new date does around its data files: the tables' snapshot, the debris check
+  (`remove_debris`), the table commits and the manifest (`commit_tables`), then `cleanup_partition`;
+- no-op rerun: what a plain rerun of a committed date does: read the manifest, `realign_tables`,
+  `cleanup_partition` (the debris check) — for the date just committed and for the first date
+  (whose manifest pins a version from the start of the history).
+
+    .venv/bin/python benchmarks/log_size.py --commits 2000 --reps 5
+
+Results: BENCHMARKS.md ("A long table history").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+START = dt.date(2025, 1, 1)
+NAMES = ("documents", "rejects")
+
+
+def _tables():  # noqa: ANN202
+    import pyarrow as pa
+
+    from xlmflow import schemas
+
+    n = 20
+    docs = pa.table(
+        {
+            "doc_id": [f"doc-{i:05d}" for i in range(n)],
+            "text": ["a short text"] * n,
+            "lang": ["eng_Latn"] * n,
+            "lang_score": pa.array([0.99] * n, pa.float32()),
+            "n_chars": pa.array([12] * n, pa.int32()),
+            "source": ["bench.jsonl"] * n,
+            "source_row": list(range(n)),
+            "lang_hint": [None] * n,
+            "meta": ["{}"] * n,
+        },
+        schema=schemas.DOCUMENTS,
+    )
+    rejects = schemas.rejects_table([schemas.make_reject("bench.jsonl", 0, "empty_text", "")])
+    return {"documents": docs, "rejects": rejects}
+
+
+def _write(out: str, date: str, tables: dict) -> tuple[dict, dict]:
+    from tasks import collect
+    from tasks.write import write_table
+
+    run = uuid.uuid4().hex
+    parts = {n: write_table(out, n, date, run, t) for n, t in tables.items()}
+    manifest = {
+        "manifest_version": collect.MANIFEST_VERSION,
+        "date": date,
+        "run_id": run,
+        "config_hash": "bench",
+        "files": {n: [f] for n, (f, _) in parts.items()},
+        "counts": {"documents": tables["documents"].num_rows, "rejects": tables["rejects"].num_rows},
+    }
+    return manifest, {n: s for n, (_, s) in parts.items()}
+
+
+def commit(out: str, date: str, tables: dict) -> float:
+    """A run's work around its data files (written beforehand, outside the figure)."""
+    from tasks import collect
+    from xlmflow import delta
+
+    manifest, schemas_ = _write(out, date, tables)
+    t = time.perf_counter()
+    base = delta.snapshot(out, list(NAMES))
+    existing = collect.read_manifest(out, date)
+    collect.remove_debris(out, date, existing, "bench")
+    collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest)
+    collect.cleanup_partition(out, date, manifest, debris=False)
+    return time.perf_counter() - t
+
+
+def noop(out: str, date: str) -> float:
+    """A plain rerun of a committed date (its inputs unchanged): nothing is computed or committed."""
+    from tasks import collect
+
+    t = time.perf_counter()
+    existing = collect.read_manifest(out, date)
+    assert existing is not None
+    assert collect.realign_tables(out, date, existing) == []
+    collect.cleanup_partition(out, date, existing)
+    return time.perf_counter() - t
+
+
+def build(out: str, commits: int, tables: dict) -> float:
+    from tasks import collect
+    from xlmflow import delta
+
+    t = time.perf_counter()
+    for i in range(commits):
+        date = (START + dt.timedelta(days=i % 365)).isoformat()
+        manifest, schemas_ = _write(out, date, tables)
+        base = delta.snapshot(out, list(NAMES))
+        collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest)
+        if i % 250 == 249:
+            print(f"  built {i + 1} commits per table ({time.perf_counter() - t:.0f}s)", flush=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--commits", type=int, default=2000)
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    tables = _tables()
+    roots = {"fresh": os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")}
+    roots["long"] = os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")
+    secs = build(roots["long"], a.commits, tables)
+    print(f"long history: {a.commits} commits per table built in {secs:.0f}s")
+    log_dir = os.path.join(roots["long"], "documents", "_delta_log")
+    names = os.listdir(log_dir)
+    print(
+        f"documents/_delta_log: {sum(n.endswith('.json') for n in names)} commits, "
+        f"{sum('checkpoint' in n for n in names)} checkpoint files"
+    )
+    first = START.isoformat()
+    commit(roots["fresh"], first, tables)  # the fresh root's first date, committed once
+    results: dict = {}
+    for rep in range(a.reps):
+        date = (START + dt.timedelta(days=400 + rep)).isoformat()
+        order = ["fresh", "long"] if rep % 2 == 0 else ["long", "fresh"]
+        for side in order:
+            out = roots[side]
+            row = {
+                "commit": commit(out, date, tables),
+                "no-op rerun (date just committed)": noop(out, date),
+                "no-op rerun (first date)": noop(out, first),
+            }
+            for k, v in row.items():
+                results.setdefault((k, side), []).append(v)
+            print(f"rep {rep} {side:5} " + ", ".join(f"{k} {v:.3f}s" for k, v in row.items()), flush=True)
+    print(f"\nlocal directory; median of {a.reps} reps, seconds")
+    print(f"| | fresh table | {a.commits} commits | ratio |\n|---|---|---|---|")
+    for k in ("commit", "no-op rerun (date just committed)", "no-op rerun (first date)"):
+        f = statistics.median(results[(k, "fresh")])
+        g = statistics.median(results[(k, "long")])
+        print(f"| {k} | {f:.3f} | {g:.3f} | {g / f:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
