@@ -35,6 +35,9 @@ META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata 
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
 READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
 CHECKPOINT_INTERVAL = 100  # Delta's default; runs pass settings.checkpoint_interval
+# log cleanup is vacuum's, which keeps the versions manifests pin; delta-rs' vacuum (and other
+# writers, Spark's included) would otherwise drop log entries by age alone
+TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,7 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
                 partition_by=[PARTITION],
                 mode="error",
                 storage_options=opts,
+                configuration=TABLE_CONFIG,
                 post_commithook_properties=_no_hooks(),
             )
         except Exception:  # noqa: BLE001 - another run may have created it at the same moment
@@ -244,6 +248,16 @@ def _no_hooks():  # noqa: ANN202
     from deltalake.transaction import PostCommitHookProperties
 
     return PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
+
+
+def own_log_cleanup(dt) -> bool:  # noqa: ANN001
+    """Turn off age-based log cleanup by other writers in a table made before it was set (one metadata
+    commit); True when it was."""
+    conf = dt.metadata().configuration or {}
+    if all(conf.get(k) == v for k, v in TABLE_CONFIG.items()):
+        return False
+    dt.alter.set_table_properties(TABLE_CONFIG, post_commithook_properties=_no_hooks())
+    return True
 
 
 def last_checkpoint(out: str, name: str) -> int | None:

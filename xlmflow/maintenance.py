@@ -77,6 +77,8 @@ def vacuum(
         dt_ = delta.open_table(out, name)
         if dt_ is None:
             continue
+        if not dry_run and delta.own_log_cleanup(dt_):
+            dt_ = delta.open_table(out, name)
         # what expires within the next hour too: the versions to keep are picked from these files'
         # dates, so the deleting call below (moments later) meets none outside them
         soon = _rel(
@@ -89,19 +91,22 @@ def vacuum(
         )
         keep = _keep_versions(out, name, soon, pins, held)
         sizes = _sizes(out, name, soon)
-        gone = _rel(
-            name,
-            dt_.vacuum(
-                retention_hours=int(retain_hours),
-                dry_run=dry_run,
-                enforce_retention_duration=False,
-                keep_versions=sorted(keep),
-                post_commithook_properties=delta._no_hooks(),
-            ),
-        )
+        gone = []
+        if keep is not None:
+            gone = _rel(
+                name,
+                dt_.vacuum(
+                    retention_hours=int(retain_hours),
+                    dry_run=dry_run,
+                    enforce_retention_duration=False,
+                    keep_versions=sorted(keep) or None,
+                    post_commithook_properties=delta._no_hooks(),
+                ),
+            )
         if keep:
-            log.info("vacuum %s: kept the files of versions %s (pinned, or runs held dates may restore)",
-                     name, sorted(keep))  # fmt: skip
+            log.info(
+                "vacuum %s: kept the files of versions %s (pinned, or a held date's)", name, sorted(keep)
+            )
         removed[name] = {r: sizes.get(r, 0) for r in sorted(gone)}
         if dry_run:
             continue
@@ -133,35 +138,49 @@ def _current_pins(out: str) -> dict[str, dict[str, int]]:
     return {d: (read_manifest(out, d) or {}).get("tables") or {} for d in dates}
 
 
-def _keep_versions(out: str, name: str, candidates: list[str], pins: dict, held: list[str]) -> set[int]:
-    """The versions whose files vacuum must keep, among those `candidates` (paths relative to table
-    `name`) belong to: the version each date's manifest pins, and for dates a run holds right now, the
-    versions its archived runs pin (what `xlmflow restore` may be bringing back).
+def _keep_versions(
+    out: str, name: str, candidates: list[str], pins: dict, held: list[str]
+) -> set[int] | None:
+    """The versions whose files vacuum must keep, so that none of `candidates` (paths relative to table
+    `name`) it must keep is deleted: the version a date's manifest pins, where it holds candidates of
+    that date; for a date a run holds right now, the versions its archived runs pin, covering all its
+    candidates (the run may be restoring one). None: a held date's candidate is in none of them, the
+    table waits for a later vacuum. delta-rs keeps whole versions: other files they hold wait too.
 
     A run that crashed between its table commits and its manifest leaves tables whose latest version
     no longer holds the files the manifest pins; they are what readers through the manifest read, and
     what the next run points the table at again, so no retention makes them deletable."""
     from xlmflow.manifest import run_manifest_uri
 
-    dates = {
-        part.split("=", 1)[1]
-        for r in candidates
-        if (part := r.split("/", 1)[0]).startswith(f"{delta.PARTITION}=")
-    }
-    keep = {v for d in dates if (v := (pins.get(d) or {}).get(name)) is not None}
-    for d in dates & set(held):
-        fs, path = storage.fresh(storage.join(out, "_manifests", "_runs", f"date={d}"))
-        try:
-            runs = [p.rsplit("/", 1)[-1][: -len(".json")] for p in fs.ls(path, detail=False)]
-        except FileNotFoundError:
-            runs = []
-        for run in runs:
-            v = (storage.read_json(run_manifest_uri(out, d, run)).get("tables") or {}).get(name)
-            if v is not None:
+    by_date: dict[str, set[str]] = {}
+    for r in candidates:
+        part = r.split("/", 1)[0]
+        if part.startswith(f"{delta.PARTITION}="):
+            by_date.setdefault(part.split("=", 1)[1], set()).add(r)
+    oldest = delta.oldest_version(out, name) if by_date else 0  # older versions lost their log
+    keep: set[int] = set()
+    for date, paths in by_date.items():
+        versions = {v} if (v := (pins.get(date) or {}).get(name)) is not None else set()
+        left = set(paths) if date in held else set()
+        if date in held:
+            fs, path = storage.fresh(storage.join(out, "_manifests", "_runs", f"date={date}"))
+            try:
+                runs = [p.rsplit("/", 1)[-1][: -len(".json")] for p in fs.ls(path, detail=False)]
+            except FileNotFoundError:
+                runs = []
+            for run in runs:
+                v = (storage.read_json(run_manifest_uri(out, date, run)).get("tables") or {}).get(name)
+                versions |= {v} if v is not None else set()
+        for v in sorted(x for x in versions if x >= oldest):
+            held_files = {f["path"] for f in delta.partition_files(delta.open_table(out, name, v), date)}
+            if paths & held_files:
                 keep.add(v)
-    if keep:
-        oldest = delta.oldest_version(out, name)  # versions whose log is gone cannot be restored
-        keep = {v for v in keep if v >= oldest}
+            left -= held_files
+        if left:
+            log.info(
+                "vacuum %s: %d files of held partition %s kept; vacuum again later", name, len(left), date
+            )
+            return None
     return keep
 
 
