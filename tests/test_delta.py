@@ -20,11 +20,12 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from deltalake.transaction import PostCommitHookProperties
 
 from tasks import collect
 from tasks.write import write_table
 from xlmflow import delta, maintenance, schemas, storage
-from xlmflow.errors import ConfigError
+from xlmflow.errors import ConfigError, FatalError
 from xlmflow.read import read_partition
 
 DATE = "2026-11-01"
@@ -484,7 +485,7 @@ def _log_props(out: str, **props: str) -> None:
     for n in ("documents", "rejects"):
         # as delta-rs' own writers would, but without their post-commit hooks (this commit is not ours)
         DeltaTable(delta.table_uri(out, n)).alter.set_table_properties(
-            props, post_commithook_properties=delta._no_hooks()
+            props, post_commithook_properties=PostCommitHookProperties(False, False)
         )
 
 
@@ -540,6 +541,8 @@ def test_log_checkpoints_and_cleanup_keep_every_pinned_version_readable(tmp_path
     assert f"{2:020d}.json" not in names and f"{3:020d}.json" in names  # from checkpoint 3 on
     readable()
     assert DeltaTable(delta.table_uri(out, "documents"), version=5).version() == 5
+    with pytest.raises(FatalError, match="vacuum removed the log of table documents up to its version 1"):
+        maintenance.restore(out, dates[0], _run_hex(1))
 
 
 def test_run_time_log_reads_start_at_the_last_checkpoint(tmp_path):

@@ -273,6 +273,11 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
         current = read_manifest(out, date) or {}
         wanted: dict[str, list[dict]] = {}
         for name, version in (old.get("tables") or {}).items():
+            if version < delta.oldest_version(out, name):
+                raise FatalError(
+                    f"run {run_id} of {date} cannot be restored: vacuum removed the log of table {name} "
+                    f"up to its version {version} (older than the retention); rerun the date with --force instead"
+                )
             files = delta.files_for_commit(out, name, date, version)
             gone = [f["path"] for f in files if not storage.exists(storage.join(out, f["path"]))]
             if gone:
