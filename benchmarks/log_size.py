@@ -12,7 +12,7 @@ On each root, `--reps` times, alternating which root goes first:
   `cleanup_partition` (the debris check) — for the date just committed and for the first date
   (whose manifest pins a version from the start of the history).
 
-    .venv/bin/python benchmarks/log_size.py --commits 2000 --reps 5
+    .venv/bin/python benchmarks/log_size.py --commits 2000 --reps 5 [--checkpoint-interval N]
 
 Results: BENCHMARKS.md ("A long table history").
 """
@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 START = dt.date(2025, 1, 1)
 NAMES = ("documents", "rejects")
+COMMIT_OPTIONS: dict = {}  # --checkpoint-interval, passed on to commit_tables when given
 
 
 def _tables():  # noqa: ANN202
@@ -86,7 +87,7 @@ def commit(out: str, date: str, tables: dict) -> float:
     base = delta.snapshot(out, list(NAMES))
     existing = collect.read_manifest(out, date)
     collect.remove_debris(out, date, existing, "bench")
-    collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest)
+    collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest, **COMMIT_OPTIONS)
     collect.cleanup_partition(out, date, manifest, debris=False)
     return time.perf_counter() - t
 
@@ -112,7 +113,7 @@ def build(out: str, commits: int, tables: dict) -> float:
         date = (START + dt.timedelta(days=i % 365)).isoformat()
         manifest, schemas_ = _write(out, date, tables)
         base = delta.snapshot(out, list(NAMES))
-        collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest)
+        collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest, **COMMIT_OPTIONS)
         if i % 250 == 249:
             print(f"  built {i + 1} commits per table ({time.perf_counter() - t:.0f}s)", flush=True)
     return time.perf_counter() - t
@@ -122,7 +123,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--commits", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--checkpoint-interval", type=int, default=None, help="default: the run's default")
     a = ap.parse_args()
+    if a.checkpoint_interval:
+        COMMIT_OPTIONS["checkpoint_interval"] = a.checkpoint_interval
     tables = _tables()
     roots = {"fresh": os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")}
     roots["long"] = os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")

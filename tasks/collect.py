@@ -154,7 +154,7 @@ def commit_tables(
             table = delta.ensure_table(out, name, schema)
             versions[name] = delta.commit_partition(out, name, date, fs, base_versions.get(name), meta, table)
             log.info("partition %s: committed table %s version %d", date, name, versions[name])
-            delta.checkpoint(out, name, checkpoint_interval)
+            delta.checkpoint(out, name, checkpoint_interval, table, versions[name])
         manifest["tables"] = versions
         if fence:
             fence()
@@ -197,6 +197,9 @@ def realign_tables(out: str, date: str, manifest: dict) -> list[str]:
         if table is None or table.version() == version:
             continue
         latest = {f["path"] for f in delta.partition_files(table, date)}
+        listed = {f["path"].split("/", 1)[1] for f in (manifest.get("files") or {}).get(name) or []}
+        if listed and latest == listed:
+            continue  # the files the manifest lists are those of the version it pins: nothing to read
         pinned = delta.files_for_commit(out, name, date, version)
         if latest == {f["path"].split("/", 1)[1] for f in pinned}:
             continue

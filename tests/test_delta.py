@@ -508,6 +508,8 @@ def test_log_checkpoints_and_cleanup_keep_every_pinned_version_readable(tmp_path
     seen: list[str] = []
     warned.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("xlmflow.delta").addHandler(warned)
+    disabled = logging.root.manager.disable  # a CLI error earlier in this process turns logging off
+    logging.disable(logging.NOTSET)
     rows = {dates[0]: 1}
     try:
         for i, date in enumerate(dates[1:] + dates[1:3] + dates[1:2], start=2):  # versions 3 to 8
@@ -516,6 +518,7 @@ def test_log_checkpoints_and_cleanup_keep_every_pinned_version_readable(tmp_path
             assert m["tables"] == {"documents": i + 1, "rejects": i + 1}
     finally:
         logging.getLogger("xlmflow.delta").removeHandler(warned)
+        logging.disable(disabled)
     assert any("documents: no checkpoint written" in w for w in seen), seen
     log_dir = os.path.join(out, "documents", "_delta_log")
     cps = [n for n in _log_names(out) if ".checkpoint." in n and os.path.isfile(os.path.join(log_dir, n))]

@@ -34,7 +34,7 @@ LOG_DIR = "_delta_log"
 META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata (a JSON string)
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
 READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
-CHECKPOINT_INTERVAL = 100  # Delta's default; runs pass settings.checkpoint_interval
+CHECKPOINT_INTERVAL = 10  # Delta's (Spark's) default; runs pass settings.checkpoint_interval
 # log cleanup is vacuum's, which keeps the versions manifests pin; delta-rs' vacuum (and other
 # writers, Spark's included) would otherwise drop log entries by age alone
 TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}
@@ -269,19 +269,27 @@ def last_checkpoint(out: str, name: str) -> int | None:
         return None
 
 
-def checkpoint(out: str, name: str, interval: int | None = None) -> int | None:
+def checkpoint(
+    out: str, name: str, interval: int | None = None, table=None, version: int | None = None
+) -> int | None:  # noqa: ANN001, E501
     """Write a checkpoint of the table's latest version when `interval` commits (the table's
     `delta.checkpointInterval` when set) have passed since the last one; returns its version.
+    `table`, `version`: the table as the caller loaded it and the version it just committed, which
+    spare loading the table when no checkpoint is due.
 
     Only an optimisation (readers and the run-time log reads start from it): a failure is logged, never
     raised, since the commit before it has landed."""
     try:
+        conf = (table.metadata().configuration if table is not None else None) or {}
+        last = last_checkpoint(out, name)
+        every = int(conf.get("delta.checkpointInterval") or interval or CHECKPOINT_INTERVAL)
+        if version is not None and table is not None and version - (last or 0) < every:
+            return None
         dt = open_table(out, name)
         if dt is None:
             return None
         conf = dt.metadata().configuration or {}
         every = int(conf.get("delta.checkpointInterval") or interval or CHECKPOINT_INTERVAL)
-        last = last_checkpoint(out, name)
         if dt.version() - (last if last is not None else 0) < every:
             return None
         dt.create_checkpoint()

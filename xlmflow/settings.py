@@ -125,7 +125,7 @@ class JobSettings(BaseModel):
         default=300.0, ge=0, description="Seconds to wait for a partition another run holds."
     )
     checkpoint_interval: int = Field(
-        default=100,
+        default=10,
         gt=0,
         description="Write a Delta checkpoint of a table every N commits (a table's own "
         "delta.checkpointInterval wins).",
