@@ -12,7 +12,11 @@ On each root, `--reps` times, alternating which root goes first:
   `cleanup_partition` (the debris check) — for the date just committed and for the first date
   (whose manifest pins a version from the start of the history).
 
-    .venv/bin/python benchmarks/log_size.py --commits 2000 --reps 5 [--checkpoint-interval N]
+    .venv/bin/python benchmarks/log_size.py --commits 2000 --reps 15 [--checkpoint-interval N] [--long DIR]
+
+`--long DIR`: measure on a long-history root built by an earlier run (it prints its path) instead of
+building one; the medians and minimums of the reps are both printed (the minimum is the steadier on a
+shared machine).
 
 Results: BENCHMARKS.md ("A long table history").
 """
@@ -126,14 +130,18 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--checkpoint-interval", type=int, default=None, help="default: the run's default")
+    ap.add_argument("--long", default=None, help="a long-history root built by an earlier run")
     a = ap.parse_args()
     if a.checkpoint_interval:
         COMMIT_OPTIONS["checkpoint_interval"] = a.checkpoint_interval
     tables = _tables()
     roots = {"fresh": os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")}
-    roots["long"] = os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")
-    secs = build(roots["long"], a.commits, tables)
-    print(f"long history: {a.commits} commits per table built in {secs:.0f}s")
+    if a.long:
+        roots["long"] = a.long
+    else:
+        roots["long"] = os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")
+        secs = build(roots["long"], a.commits, tables)
+        print(f"long history: {a.commits} commits per table built in {secs:.0f}s at {roots['long']}")
     log_dir = os.path.join(roots["long"], "documents", "_delta_log")
     names = os.listdir(log_dir)
     print(
@@ -144,7 +152,7 @@ def main() -> None:
     commit(roots["fresh"], first, tables)  # the fresh root's first date, committed once
     results: dict = {}
     for rep in range(a.reps):
-        date = (START + dt.timedelta(days=400 + rep)).isoformat()
+        date = (START + dt.timedelta(days=400 + rep + (1000 if a.long else 0))).isoformat()
         order = ["fresh", "long"] if rep % 2 == 0 else ["long", "fresh"]
         for side in order:
             out = roots[side]
@@ -156,12 +164,15 @@ def main() -> None:
             for k, v in row.items():
                 results.setdefault((k, side), []).append(v)
             print(f"rep {rep} {side:5} " + ", ".join(f"{k} {v:.3f}s" for k, v in row.items()), flush=True)
-    print(f"\nlocal directory; median of {a.reps} reps, seconds")
-    print(f"| | fresh table | {a.commits} commits | ratio |\n|---|---|---|---|")
+    print(f"\nlocal directory; {a.reps} reps, seconds: median (minimum)")
+    print(f"| | fresh table | {a.commits} commits | ratio of medians (of minimums) |\n|---|---|---|---|")
     for k in ("commit", "no-op rerun (date just committed)", "no-op rerun (first date)"):
-        f = statistics.median(results[(k, "fresh")])
-        g = statistics.median(results[(k, "long")])
-        print(f"| {k} | {f:.3f} | {g:.3f} | {g / f:.2f}× |")
+        f, g = results[(k, "fresh")], results[(k, "long")]
+        fm, gm = statistics.median(f), statistics.median(g)
+        print(
+            f"| {k} | {fm:.3f} ({min(f):.3f}) | {gm:.3f} ({min(g):.3f}) | "
+            f"{gm / fm:.2f}× ({min(g) / min(f):.2f}×) |"
+        )
 
 
 if __name__ == "__main__":
