@@ -392,16 +392,15 @@ def _debris(out: str, date: str, manifest: dict | None = None) -> list[str]:
             continue
         if runs is None:
             runs = {r[:8] for r in _date_runs(out, date, manifest)}
-        dt = delta.open_table(out, n)
-        live = {f["path"] for f in delta.partition_files(dt, date)} if dt is not None else set()
 
         def unknown(uri: str, paths: set[str], keep: set[str]) -> bool:
             base = uri.rsplit("/", 1)[-1]
             m = _PART_NAME.match(base)
             return bool(m) and m.group(1) not in keep and f"date={date}/{base}" not in paths
 
-        doubt = [u for u in found if unknown(u, live, runs)]
-        if doubt and dt is not None:  # files of no committed run of the date: ask the log
+        doubt = [u for u in found if unknown(u, set(), runs)]
+        dt = delta.open_table(out, n) if doubt else None
+        if dt is not None:  # files of no run whose manifest the date has: ask the table and its log
             paths, committed = delta.tracked(out, n, date, dt)
             doubt = [u for u in doubt if unknown(u, paths, runs | {r[:8] for r in committed})]
         stale += doubt
