@@ -1,11 +1,13 @@
 """Commit time and no-op rerun time of tables with a long history against fresh tables, same run.
 
-Two output roots, local directories: a fresh one, and one whose `documents` and `rejects` tables hold
+Three output roots, local directories: a fresh one; one whose `documents` and `rejects` tables hold
 `--commits` commits each (365 dates, each committed again and again as daily runs, backfills and
 `--force` reruns do; one small part file per commit, a manifest per date), built by committing
-through `tasks.collect.commit_tables` as runs do, without running the pipeline.
+through `tasks.collect.commit_tables` as runs do, without running the pipeline; and one with the same
+365 dates committed once each (the long root's table state with a short log), which separates the
+cost of the log's length from that of the table's size.
 
-On each root, `--reps` times, alternating which root goes first:
+On each root, `--reps` times, rotating which root goes first:
 - commit: what a run of a new date does around its data files: the tables' snapshot, the debris check
   (`remove_debris`), the table commits and the manifest (`commit_tables`), then `cleanup_partition`;
 - no-op rerun: what a plain rerun of a committed date does: read the manifest, `realign_tables`,
@@ -142,19 +144,24 @@ def main() -> None:
         roots["long"] = os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")
         secs = build(roots["long"], a.commits, tables)
         print(f"long history: {a.commits} commits per table built in {secs:.0f}s at {roots['long']}")
-    log_dir = os.path.join(roots["long"], "documents", "_delta_log")
-    names = os.listdir(log_dir)
-    print(
-        f"documents/_delta_log: {sum(n.endswith('.json') for n in names)} commits, "
-        f"{sum('checkpoint' in n for n in names)} checkpoint files"
-    )
+    # the same 365 dates, each committed once: the long root's table state with a short log
+    roots["365"] = os.path.join(tempfile.mkdtemp(prefix="log-bench-"), "out")
+    build(roots["365"], 365, tables)
     first = START.isoformat()
     commit(roots["fresh"], first, tables)  # the fresh root's first date, committed once
     results: dict = {}
+    # new dates for the commits: after every date the long root has (an earlier measurement's included)
+    have = [n[len("date=") : -len(".json")] for n in os.listdir(os.path.join(roots["long"], "_manifests"))]
+    after = max(dt.date.fromisoformat(d) for d in have if d[:1].isdigit())
+    names = os.listdir(os.path.join(roots["long"], "documents", "_delta_log"))
+    print(
+        f"long history: {sum(n.endswith('.json') for n in names)} commits in documents/_delta_log "
+        f"({sum('checkpoint.parquet' in n for n in names)} checkpoints), dates up to {after}"
+    )
+    sides = ["fresh", "365", "long"]
     for rep in range(a.reps):
-        date = (START + dt.timedelta(days=400 + rep + (1000 if a.long else 0))).isoformat()
-        order = ["fresh", "long"] if rep % 2 == 0 else ["long", "fresh"]
-        for side in order:
+        date = (after + dt.timedelta(days=1 + rep)).isoformat()
+        for side in sides[rep % 3 :] + sides[: rep % 3]:
             out = roots[side]
             row = {
                 "commit": commit(out, date, tables),
@@ -165,13 +172,16 @@ def main() -> None:
                 results.setdefault((k, side), []).append(v)
             print(f"rep {rep} {side:5} " + ", ".join(f"{k} {v:.3f}s" for k, v in row.items()), flush=True)
     print(f"\nlocal directory; {a.reps} reps, seconds: median (minimum)")
-    print(f"| | fresh table | {a.commits} commits | ratio of medians (of minimums) |\n|---|---|---|---|")
+    print(
+        "| | fresh table | 365 dates, 365 commits | long history | long / fresh | long / 365 commits |\n"
+        "|---|---|---|---|---|---|"
+    )
     for k in ("commit", "no-op rerun (date just committed)", "no-op rerun (first date)"):
-        f, g = results[(k, "fresh")], results[(k, "long")]
-        fm, gm = statistics.median(f), statistics.median(g)
+        f, m, g = (results[(k, side)] for side in sides)
+        fm, mm, gm = (statistics.median(x) for x in (f, m, g))
         print(
-            f"| {k} | {fm:.3f} ({min(f):.3f}) | {gm:.3f} ({min(g):.3f}) | "
-            f"{gm / fm:.2f}× ({min(g) / min(f):.2f}×) |"
+            f"| {k} | {fm:.3f} ({min(f):.3f}) | {mm:.3f} ({min(m):.3f}) | {gm:.3f} ({min(g):.3f}) | "
+            f"{gm / fm:.2f}× ({min(g) / min(f):.2f}×) | {gm / mm:.2f}× ({min(g) / min(m):.2f}×) |"
         )
 
 
