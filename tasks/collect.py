@@ -109,7 +109,16 @@ def collect_partition(
     }
     manifest["nodes"]["writers"] = sorted({r["node_id"] for r in results if r.get("node_id")})
     manifest.update(report_stats(by_name))
-    commit_tables(settings.out, date, files, schemas_, base_versions or {}, manifest, fence)
+    commit_tables(
+        settings.out,
+        date,
+        files,
+        schemas_,
+        base_versions or {},
+        manifest,
+        fence,
+        checkpoint_interval=settings.checkpoint_interval,
+    )
     cleanup_partition(settings.out, date, manifest, debris=False)  # removed before the run started
     return manifest
 
@@ -128,8 +137,10 @@ def commit_tables(
     base_versions: dict,
     manifest: dict,
     fence=None,  # noqa: ANN001
+    checkpoint_interval: int | None = None,
 ) -> dict:
     """Commit each dataset's files to its table (in `files` order), then the manifest that pins them.
+    Each table gets a checkpoint when `checkpoint_interval` commits have passed since its last one.
 
     On failure the part files of tables this run did not commit are removed; those of tables it did
     commit stay (that table version references them) until a later run replaces them.
@@ -146,6 +157,7 @@ def commit_tables(
             table = delta.ensure_table(out, name, schema)
             versions[name] = delta.commit_partition(out, name, date, fs, base_versions.get(name), meta, table)
             log.info("partition %s: committed table %s version %d", date, name, versions[name])
+            delta.checkpoint(out, name, checkpoint_interval, table, versions[name])
         manifest["tables"] = versions
         if fence:
             fence()
@@ -188,6 +200,9 @@ def realign_tables(out: str, date: str, manifest: dict) -> list[str]:
         if table is None or table.version() == version:
             continue
         latest = {f["path"] for f in delta.partition_files(table, date)}
+        listed = {f["path"].split("/", 1)[1] for f in (manifest.get("files") or {}).get(name) or []}
+        if listed and latest == listed:
+            continue  # the files the manifest lists are those of the version it pins: nothing to read
         pinned = delta.files_for_commit(out, name, date, version)
         if latest == {f["path"].split("/", 1)[1] for f in pinned}:
             continue
@@ -200,6 +215,7 @@ def realign_tables(out: str, date: str, manifest: dict) -> list[str]:
             )
         meta = {**commit_metadata(manifest), "operation": "realign", "realigned_to_version": version}
         delta.commit_partition(out, name, date, pinned, table.version(), meta, table)
+        delta.checkpoint(out, name)
         changed.append(name)
     return changed
 
@@ -345,12 +361,15 @@ def _committed_by(out: str, date: str, run_id: str) -> bool:
     return bool(m and m.get("run_id") == run_id)
 
 
-def _committed_runs(out: str, name: str) -> set[str]:
-    """8-hex run prefixes of every run whose files some version of the table references."""
-    runs = set()
-    for h in delta.history(out, name):
-        runs.update(r[:8] for r in [h.get("run_id") or "", *h.get("runs", [])] if r)
-    return runs
+def _date_runs(out: str, date: str, manifest: dict | None) -> set[str]:
+    """Run ids whose manifest for `date` was written: the current one and the archived ones."""
+    fs, path = storage.fresh(storage.join(out, "_manifests", "_runs", f"date={date}"))
+    try:
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        names = []
+    runs = {n[: -len(".json")] for n in names if n.endswith(".json")}
+    return runs | ({manifest["run_id"]} if (manifest or {}).get("run_id") else set())
 
 
 def _datasets(out: str, date: str, manifest: dict | None) -> list[str]:
@@ -361,22 +380,33 @@ def _datasets(out: str, date: str, manifest: dict | None) -> list[str]:
 
 
 def _debris(out: str, date: str, manifest: dict | None = None) -> list[str]:
-    """Part files of the date that no commit of their table ever added: what runs left that failed or
-    were killed before they committed that table. Files any table version references are kept (vacuum
-    decides about those), and so are files not named like ours."""
+    """Part files of the date that no commit of their table added: what runs left that failed or were
+    killed before they committed that table. Files the table's log still tracks (its latest version's,
+    removed ones whose tombstones it keeps) are kept, vacuum decides about those; so are files of runs
+    that committed the date, and files not named like ours.
+
+    Reads each table's log from its last checkpoint only (xlmflow.delta.tracked), so the check costs
+    the same after years of commits."""
     stale = []
+    runs = None
     for n in _datasets(out, date, manifest):
         found = storage.list_files(partition_dir(out, n, date))
         if not found:
             continue
-        keep = _committed_runs(out, n)
-        dt = delta.open_table(out, n)
-        live = {f["path"] for f in delta.partition_files(dt, date)} if dt is not None else set()
-        for uri in found:
+        if runs is None:
+            runs = {r[:8] for r in _date_runs(out, date, manifest)}
+
+        def unknown(uri: str, paths: set[str], keep: set[str]) -> bool:
             base = uri.rsplit("/", 1)[-1]
             m = _PART_NAME.match(base)
-            if m and m.group(1) not in keep and f"date={date}/{base}" not in live:
-                stale.append(uri)
+            return bool(m) and m.group(1) not in keep and f"date={date}/{base}" not in paths
+
+        doubt = [u for u in found if unknown(u, set(), runs)]
+        dt = delta.open_table(out, n) if doubt else None
+        if dt is not None:  # files of no run whose manifest the date has: ask the table and its log
+            paths, committed = delta.tracked(out, n, date, dt)
+            doubt = [u for u in doubt if unknown(u, paths, runs | {r[:8] for r in committed})]
+        stale += doubt
     return stale
 
 

@@ -9,6 +9,7 @@ as if the lease had been bypassed (or broken by hand while its run still lived).
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -19,11 +20,12 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from deltalake.transaction import PostCommitHookProperties
 
 from tasks import collect
 from tasks.write import write_table
 from xlmflow import delta, maintenance, schemas, storage
-from xlmflow.errors import ConfigError
+from xlmflow.errors import ConfigError, FatalError
 from xlmflow.read import read_partition
 from xlmflow.stats import file_stats
 
@@ -226,7 +228,7 @@ def test_vacuum_keeps_retained_versions_and_held_partitions(tmp_path):
     storage.write_bytes(debris, b"never committed")
     a_files = [storage.join(out, f["path"]) for fs in a["files"].values() for f in fs]
 
-    assert maintenance.vacuum(out, retain_hours=1) == {"documents": [], "rejects": []}
+    assert maintenance.vacuum(out, retain_hours=1) == {"documents": {}, "rejects": {}}
     assert all(os.path.exists(p) for p in a_files)
     # a run holds the date: no retention under an hour, and its date is skipped at any retention
     lease = PartitionLease(out, DATE, "f" * 32, ttl=60).acquire(5)
@@ -236,7 +238,7 @@ def test_vacuum_keeps_retained_versions_and_held_partitions(tmp_path):
     finally:
         lease.release()
     removed = maintenance.vacuum(out, retain_hours=0)
-    assert sorted(removed["documents"] + removed["rejects"]) == sorted(
+    assert sorted([*removed["documents"], *removed["rejects"]]) == sorted(
         p.split("/", 1)[1] for fs in a["files"].values() for p in [f["path"] for f in fs]
     )
     assert not any(os.path.exists(p) for p in a_files)
@@ -516,16 +518,23 @@ def test_vacuum_never_deletes_what_a_manifest_pins(tmp_path):
     _crash_after_first_table_commit(out, a)
     pinned = [storage.join(out, f["path"]) for f in a["files"]["documents"]]
 
-    assert maintenance.vacuum(out, retain_hours=0) == {"documents": [], "rejects": []}
+    assert maintenance.vacuum(out, retain_hours=0) == {"documents": {}, "rejects": {}}
     assert all(os.path.exists(p) for p in pinned)
     assert _ids(read_partition(out, "documents", DATE)) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == ["documents"]
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     # once the table holds the pinned files again, the crashed run's file is superseded: vacuum takes it
-    assert maintenance.vacuum(out, retain_hours=0)["documents"] == [
+    assert list(maintenance.vacuum(out, retain_hours=0)["documents"]) == [
         f"date={DATE}/part-00000002-00000.parquet"
     ]
+    history = DeltaTable(delta.table_uri(out, "documents")).history()
+    vacuums = [h for h in history if "VACUUM" in h["operation"]]
+    assert [(h["operation"], h["operationMetrics"].get("numDeletedFiles")) for h in vacuums] == [
+        ("VACUUM END", 1),
+        ("VACUUM START", None),
+    ]  # the vacuum that deleted nothing recorded nothing
+    assert vacuums[1]["operationMetrics"]["numFilesToDelete"] == 1
 
 
 def test_realign_refuses_files_that_are_gone(tmp_path):
@@ -638,8 +647,116 @@ def test_history_restore_vacuum_commands(tmp_path, capsys):
     assert main(["history", "--out", out]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:3] == [DATE, _run_hex(1), "restore"]
     assert main(["vacuum", "--out", out, "--retain-hours", "0", "--dry-run"]) == 0
-    assert "documents: would delete 1 files" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    doc = f"date={DATE}/part-{_run_hex(2)[:8]}-00000.parquet"
+    size = os.path.getsize(os.path.join(out, "documents", doc))
+    assert f"documents/{doc}  {size} bytes" in lines  # each file the vacuum would delete, and its size
+    assert f"documents: would delete 1 files ({size} bytes) removed from the table more than 0 h ago" in lines
+    rej = os.path.getsize(os.path.join(out, "rejects", doc))
+    assert lines[-1] == f"total: would delete 2 files ({size + rej} bytes)"
+    assert os.path.exists(os.path.join(out, "documents", doc))
     assert main(["restore", "--out", out, "--date", DATE, "--run", "feedbeef"]) == 2  # a config error
     assert "xlmflow history" in capsys.readouterr().err
     assert main(["migrate", "--out", out]) == 2
     assert "nothing to migrate" in capsys.readouterr().err
+
+
+def _log_props(out: str, **props: str) -> None:
+    for n in ("documents", "rejects"):
+        # as delta-rs' own writers would, but without their post-commit hooks (this commit is not ours)
+        DeltaTable(delta.table_uri(out, n)).alter.set_table_properties(
+            props, post_commithook_properties=PostCommitHookProperties(False, False)
+        )
+
+
+def _log_names(out: str, name: str = "documents") -> list[str]:
+    return sorted(os.listdir(os.path.join(out, name, "_delta_log")))
+
+
+def test_log_checkpoints_and_cleanup_keep_every_pinned_version_readable(tmp_path):
+    """Checkpoints every `delta.checkpointInterval` commits; a failed checkpoint costs the committed run
+    nothing; log entries are removed by vacuum only, never those of a version a manifest pins, even
+    when the table's owner set a log retention of zero (delta-rs' own post-commit cleanup would drop
+    them); vacuum records its commits as other Delta writers do."""
+    out = str(tmp_path / "out")
+    dates = [f"2026-11-0{d}" for d in range(1, 5)]
+    _commit(out, _run_hex(1), 1, 1, date=dates[0])  # version 1 (0 creates the table)
+    _log_props(out, **{"delta.checkpointInterval": "3", "delta.logRetentionDuration": "interval 0 seconds"})
+    # the checkpoint due at version 6 cannot be written (a directory is in its way): a warning only
+    os.makedirs(os.path.join(out, "documents", "_delta_log", f"{6:020d}.checkpoint.parquet"))
+    warned = logging.Handler(logging.WARNING)
+    seen: list[str] = []
+    warned.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("xlmflow.delta").addHandler(warned)
+    disabled = logging.root.manager.disable  # a CLI error earlier in this process turns logging off
+    logging.disable(logging.NOTSET)
+    rows = {dates[0]: 1}
+    try:
+        for i, date in enumerate(dates[1:] + dates[1:3] + dates[1:2], start=2):  # versions 3 to 8
+            rows[date] = i
+            m = _commit(out, _run_hex(i), i, 1, date=date)
+            assert m["tables"] == {"documents": i + 1, "rejects": i + 1}
+    finally:
+        logging.getLogger("xlmflow.delta").removeHandler(warned)
+        logging.disable(disabled)
+    assert any("documents: no checkpoint written" in w for w in seen), seen
+    log_dir = os.path.join(out, "documents", "_delta_log")
+    cps = [n for n in _log_names(out) if ".checkpoint." in n and os.path.isfile(os.path.join(log_dir, n))]
+    assert cps == [f"{3:020d}.checkpoint.parquet", f"{7:020d}.checkpoint.parquet"]
+    assert delta.last_checkpoint(out, "documents") == 7
+
+    def readable() -> None:
+        for date in dates:  # through the manifest, i.e. at the version it pins
+            assert read_partition(out, "documents", date).num_rows == rows[date]
+
+    readable()
+    assert maintenance.vacuum(out, retain_hours=0, dry_run=True)["documents"]  # a dry run drops nothing
+    assert f"{1:020d}.json" in _log_names(out)  # still pinned by the first date
+
+    # the first date rerun: its pin moves on; the oldest pin is now version 5 (the fourth date's)
+    _commit(out, _run_hex(20), 2, 1, date=dates[0])
+    rows[dates[0]] = 2
+    removed = maintenance.vacuum(out, retain_hours=0)
+    assert len(removed["documents"]) == 4  # each superseded file of the four dates
+    ops = [h["operation"] for h in DeltaTable(delta.table_uri(out, "documents")).history(limit=2)]
+    assert ops == ["VACUUM END", "VACUUM START"]
+    names = _log_names(out)
+    assert f"{2:020d}.json" not in names and f"{3:020d}.json" in names  # from checkpoint 3 on
+    readable()
+    assert DeltaTable(delta.table_uri(out, "documents"), version=5).version() == 5
+    with pytest.raises(FatalError, match="vacuum removed the log of table documents up to its version 1"):
+        maintenance.restore(out, dates[0], _run_hex(1))
+
+
+def test_run_time_log_reads_start_at_the_last_checkpoint(tmp_path):
+    """The debris check, the no-op rerun and the commit's conflict check read a table's log from its
+    last checkpoint (or the run's snapshot) on: with every commit before that checkpoint unreadable, a
+    rerun still tells debris from committed files and commits."""
+    out = str(tmp_path / "out")
+    other = "2026-11-02"
+    a = _commit(out, _run_hex(1), 2, 1)  # version 1
+    _log_props(out, **{"delta.checkpointInterval": "2"})  # version 2
+    b = _commit(out, _run_hex(2), 3, 1)  # 3: a checkpoint; run 1's files are removed (tombstones)
+    _commit(out, _run_hex(3), 1, 1, date=other)  # 4
+    _commit(out, _run_hex(4), 1, 1, date=other)  # 5: a checkpoint
+    for n in ("documents", "rejects"):
+        log_dir = os.path.join(out, n, "_delta_log")
+        last = json.loads(open(os.path.join(log_dir, "_last_checkpoint")).read())["version"]
+        assert last == 5
+        for v in range(last):
+            with open(os.path.join(log_dir, f"{v:020d}.json"), "w") as fh:
+                fh.write("not a commit\n")
+    debris = collect.partition_dir(out, "documents", DATE) + "/part-0000dead-00000.parquet"
+    storage.write_bytes(debris, b"never committed")
+    kept = [storage.join(out, f["path"]) for m in (a, b) for fs in m["files"].values() for f in fs]
+
+    # a plain rerun: nothing to realign, the debris goes, both runs' files stay (vacuum's to decide)
+    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == []
+    assert collect.cleanup_partition(out, DATE, collect.read_manifest(out, DATE)) == 1
+    assert not os.path.exists(debris) and all(os.path.exists(p) for p in kept)
+    # a --force rerun: its debris check and commit
+    assert collect.remove_debris(out, DATE, collect.read_manifest(out, DATE), "cfg") == 0
+    c = _commit(out, _run_hex(5), 4, 1)
+    assert c["tables"] == {"documents": 6, "rejects": 6}
+    assert read_partition(out, "documents", DATE).num_rows == 4
+    assert all(os.path.exists(p) for p in kept)

@@ -8,6 +8,11 @@ the partition got there first), then commits at exactly the next version (a cond
 DynamoDB). A commit that lands in between sends it back to look again, so runs of *other* dates never
 fail it, and runs of the *same* date never interleave their files.
 
+Checkpoints are written every `checkpoint_interval` commits (or the table's `delta.checkpointInterval`)
+after a commit, so opening a table and the run-time log reads start from the last checkpoint; old log
+entries are removed by `xlmflow vacuum` only (delta-rs' own post-commit cleanup is turned off: it would
+drop versions that manifests still pin).
+
 Tables keep to reader version 1 / writer version 2 (no deletion vectors, column mapping or timestampNtz),
 which Spark, Trino, Athena, DuckDB and Polars all read. Schemas evolve only by adding nullable columns.
 """
@@ -32,6 +37,10 @@ META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata 
 USER_METADATA = ("operation", "run_id", "date", "config_hash", "counts", "restore_id", "replaced_run")
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
 READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
+CHECKPOINT_INTERVAL = 10  # Delta's (Spark's) default; runs pass settings.checkpoint_interval
+# log cleanup is vacuum's, which keeps the versions manifests pin; delta-rs' vacuum (and other
+# writers, Spark's included) would otherwise drop log entries by age alone
+TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +175,15 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
     dt = open_table(out, name)
     if dt is None:
         try:
-            return DeltaTable.create(uri, want, partition_by=[PARTITION], mode="error", storage_options=opts)
+            return DeltaTable.create(
+                uri,
+                want,
+                partition_by=[PARTITION],
+                mode="error",
+                storage_options=opts,
+                configuration=TABLE_CONFIG,
+                post_commithook_properties=_no_hooks(),
+            )
         except Exception:  # noqa: BLE001 - another run may have created it at the same moment
             dt = open_table(out, name)
             if dt is None:
@@ -194,7 +211,7 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
         )
     new = [f for c, f in wanted.items() if c not in have]
     if new:
-        dt.alter.add_columns(new)
+        dt.alter.add_columns(new, post_commithook_properties=_no_hooks())
     return dt
 
 
@@ -236,6 +253,105 @@ def files_for_commit(out: str, name: str, date: str, version: int) -> list[dict]
         }
         for f in partition_files(table, date)
     ]
+
+
+def _no_hooks():  # noqa: ANN202
+    """delta-rs' post-commit hooks off: checkpoints are ours (`checkpoint`), log cleanup is vacuum's."""
+    from deltalake.transaction import PostCommitHookProperties
+
+    return PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
+
+
+def own_log_cleanup(dt) -> bool:  # noqa: ANN001
+    """Turn off age-based log cleanup by other writers in a table made before it was set (one metadata
+    commit); True when it was."""
+    conf = dt.metadata().configuration or {}
+    if all(conf.get(k) == v for k, v in TABLE_CONFIG.items()):
+        return False
+    dt.alter.set_table_properties(TABLE_CONFIG, post_commithook_properties=_no_hooks())
+    return True
+
+
+def last_checkpoint(out: str, name: str) -> int | None:
+    """The version of the table's last checkpoint (`_delta_log/_last_checkpoint`); None: none yet."""
+    uri = storage.join(out, name, LOG_DIR, "_last_checkpoint")
+    try:
+        return int(json.loads(storage.read_bytes(uri))["version"])
+    except FileNotFoundError:
+        return None
+
+
+def checkpoint(
+    out: str, name: str, interval: int | None = None, table=None, version: int | None = None
+) -> int | None:  # noqa: ANN001, E501
+    """Write a checkpoint of the table's latest version when `interval` commits (the table's
+    `delta.checkpointInterval` when set) have passed since the last one; returns its version.
+    `table`, `version`: the table as the caller loaded it and the version it just committed, which
+    spare loading the table when no checkpoint is due.
+
+    Only an optimisation (readers and the run-time log reads start from it): a failure is logged, never
+    raised, since the commit before it has landed."""
+    try:
+        conf = (table.metadata().configuration if table is not None else None) or {}
+        last = last_checkpoint(out, name)
+        every = int(conf.get("delta.checkpointInterval") or interval or CHECKPOINT_INTERVAL)
+        if version is not None and table is not None and version - (last or 0) < every:
+            return None
+        dt = open_table(out, name)
+        if dt is None:
+            return None
+        conf = dt.metadata().configuration or {}
+        every = int(conf.get("delta.checkpointInterval") or interval or CHECKPOINT_INTERVAL)
+        if dt.version() - (last if last is not None else 0) < every:
+            return None
+        dt.create_checkpoint()
+        return dt.version()
+    except Exception as exc:  # noqa: BLE001 - the next commit tries again
+        log.warning("table %s: no checkpoint written (%s); the next commit tries again", name, exc)
+        return None
+
+
+def _log_files(out: str, name: str) -> list[tuple[int, str]]:
+    """(version, file name) of the table's versioned log files: commits, checkpoints, checksums."""
+    fs, path = storage.fresh(storage.join(out, name, LOG_DIR))
+    found = []
+    for p in fs.ls(path, detail=False):
+        base = p.rsplit("/", 1)[-1]
+        head = base.split(".", 1)[0]
+        if len(head) == 20 and head.isdigit():
+            found.append((int(head), base))
+    return sorted(found)
+
+
+def oldest_version(out: str, name: str) -> int:
+    """The oldest version of the table that can still be loaded (log cleanup removes older ones)."""
+    files = _log_files(out, name)
+    if any(v == 0 and b.endswith(".json") for v, b in files):
+        return 0
+    points = [v for v, b in files if ".checkpoint." in b]
+    return min(points) if points else 0
+
+
+def cleanup_log(out: str, name: str, keep_from: int | None, cutoff_ms: int) -> int:
+    """Delete the log files of versions older than the newest checkpoint that is at most `keep_from`
+    (None: no limit) and was committed before `cutoff_ms`; returns how many were deleted.
+
+    Every version from that checkpoint on stays loadable (it and the commits after it are kept), so
+    versions committed after the cutoff and every version from `keep_from` on can still be opened."""
+    files = _log_files(out, name)
+    start = None
+    for v in sorted({v for v, b in files if b.endswith(".checkpoint.parquet")}, reverse=True):
+        if keep_from is not None and v > keep_from:
+            continue
+        info = next((a["commitInfo"] for a in read_log_entry(out, name, v) if "commitInfo" in a), {})
+        if int(info.get("timestamp") or 0) <= cutoff_ms:
+            start = v
+            break
+    if start is None:
+        return 0
+    old = [storage.join(out, name, LOG_DIR, b) for v, b in files if v < start]
+    storage.remove(old)
+    return len(old)
 
 
 def read_log_entry(out: str, name: str, version: int) -> list[dict]:
@@ -358,6 +474,7 @@ def commit_partition(
                 partition_by=[PARTITION],
                 partition_filters=[(PARTITION, "=", date)],
                 commit_properties=CommitProperties(custom_metadata=info, max_commit_retries=0),
+                post_commithook_properties=_no_hooks(),
             )
             return latest + 1
         except Exception as exc:
@@ -409,6 +526,54 @@ def commits_by_run(out: str, name: str, date: str, run_id: str, since: int | Non
         if meta.get("run_id") == run_id and meta.get("date") in (date, None):
             found.append(v)
     return found
+
+
+def _checkpoint_removes(out: str, name: str, version: int, date: str) -> set[str]:
+    """Paths of `date` that the checkpoint at `version` holds as removed (tombstones still kept)."""
+    import pyarrow.parquet as pq
+
+    meta = json.loads(storage.read_bytes(storage.join(out, name, LOG_DIR, "_last_checkpoint")))
+    parts = meta.get("parts") if meta.get("version") == version else None
+    names = (
+        [f"{version:020d}.checkpoint.{i:010d}.{parts:010d}.parquet" for i in range(1, parts + 1)]
+        if parts
+        else [f"{version:020d}.checkpoint.parquet"]
+    )
+    paths = set()
+    for n in names:
+        fs, path = storage.fresh(storage.join(out, name, LOG_DIR, n))
+        with fs.open(path, "rb") as fh:
+            rows = pq.read_table(fh, columns=["remove"]).column("remove").to_pylist()
+        for r in rows:
+            if r and dict(r.get("partitionValues") or {}).get(PARTITION) == date:
+                paths.add(r["path"])
+    return paths
+
+
+def tracked(out: str, name: str, date: str, dt) -> tuple[set[str], set[str]]:  # noqa: ANN001
+    """What the table's log still tracks of `date`: (paths, run ids). Paths: files the latest version
+    holds, and files removed (tombstones) that the last checkpoint or a later commit records; run
+    ids: those of the commits since the last checkpoint.
+
+    Reads the last checkpoint and the commits after it, never the older history: a file removed so long
+    ago that the checkpoint dropped its tombstone is one vacuum would delete too.
+    """
+    paths = {f["path"] for f in partition_files(dt, date)}
+    runs: set[str] = set()
+    first = 0
+    cp = last_checkpoint(out, name)
+    if cp is not None:
+        paths |= _checkpoint_removes(out, name, cp, date)
+        first = cp + 1
+    for v in range(first, max(dt.version(), cp if cp is not None else -1) + 1):
+        entry = read_log_entry(out, name, v)
+        for action in entry:
+            act = action.get("add") or action.get("remove")
+            if act and (act.get("partitionValues") or {}).get(PARTITION) == date:
+                paths.add(act["path"])
+        meta = commit_meta(entry)
+        runs.update(r for r in [meta.get("run_id"), *(meta.get("partitions") or {}).values()] if r)
+    return paths, runs
 
 
 def arrow_filesystem(uri: str):  # noqa: ANN201

@@ -49,12 +49,16 @@ def held_dates(out: str) -> list[str]:
 
 def vacuum(
     out: str, retain_hours: float = DEFAULT_RETAIN_HOURS, dry_run: bool = False
-) -> dict[str, list[str]]:
-    """Delete files that versions older than `retain_hours` alone reference; returns them per table.
+) -> dict[str, dict[str, int]]:
+    """Delete files that versions older than `retain_hours` alone reference; returns them per table
+    ({path relative to the table: bytes}).
 
     A file is deleted only when it was removed from its table more than `retain_hours` ago (Delta's
-    tombstones) and no current version references it; files never committed are left to the next run
-    of their date. Dates whose lease is held are skipped.
+    tombstones) and no version a manifest pins references it; files never committed are left to the
+    next run of their date. delta-rs deletes them and records the VACUUM START and VACUUM END commits
+    other Delta writers record. Then log entries older than the retention are removed, keeping every
+    version a date's manifest pins loadable; not while a run holds a partition (its commit reads the
+    log since its start).
     """
     if retain_hours < 0 or retain_hours != int(retain_hours):
         raise ConfigError("--retain-hours must be a whole number of hours, 0 or more")
@@ -65,49 +69,138 @@ def vacuum(
             f"{MIN_RETAIN_HOURS_WHILE_HELD} h could delete files their readers still use. Wait for them, "
             "or vacuum with --retain-hours 1 or more"
         )
-    removed: dict[str, list[str]] = {}
+    pins = _current_pins(out)
+    cutoff_ms = int((time.time() - retain_hours * 3600) * 1000)
+    removed: dict[str, dict[str, int]] = {}
     for name in _datasets():
         dt_ = delta.open_table(out, name)
         if dt_ is None:
             continue
-        # delta-rs lists the expired tombstones (its lite mode never touches untracked files); the
-        # deletion is ours so that held dates can be skipped
-        stale = dt_.vacuum(retention_hours=int(retain_hours), dry_run=True, enforce_retention_duration=False)
-        rel = [s.split(f"/{name}/", 1)[-1] if "://" in s or s.startswith("/") else s for s in stale]
-        keep = [r for r in rel if any(r.startswith(f"{delta.PARTITION}={d}/") for d in held)]
+        if not dry_run and delta.own_log_cleanup(dt_):
+            dt_ = delta.open_table(out, name)
+        # what expires within the next hour too: the versions to keep are picked from these files'
+        # dates, so the deleting call below (moments later) meets none outside them
+        soon = _rel(
+            name,
+            dt_.vacuum(
+                retention_hours=max(int(retain_hours) - 1, 0),
+                dry_run=True,
+                enforce_retention_duration=False,
+            ),
+        )
+        keep = _keep_versions(out, name, soon, pins, held)
+        sizes = _sizes(out, name, soon)
+        gone = []
+        if keep is not None:
+            gone = _rel(
+                name,
+                dt_.vacuum(
+                    retention_hours=int(retain_hours),
+                    dry_run=dry_run,
+                    enforce_retention_duration=False,
+                    keep_versions=sorted(keep) or None,
+                    post_commithook_properties=delta._no_hooks(),
+                ),
+            )
         if keep:
-            log.info("vacuum %s: skipped %d files of partitions whose lease is held", name, len(keep))
-        pinned = _pinned(out, name, sorted(set(rel) - set(keep)))
-        if pinned:
-            log.info("vacuum %s: kept %d files that a partition's manifest pins", name, len(pinned))
-        gone = sorted(set(rel) - set(keep) - pinned)
-        if not dry_run:
-            storage.remove([storage.join(out, name, r) for r in gone])
-        removed[name] = gone
+            log.info(
+                "vacuum %s: kept the files of versions %s (pinned, or a held date's)", name, sorted(keep)
+            )
+        removed[name] = {r: sizes.get(r, 0) for r in sorted(gone)}
+        if dry_run:
+            continue
+        delta.checkpoint(out, name)
+        if held:
+            log.info("vacuum %s: log entries kept while runs hold partitions %s", name, ", ".join(held))
+            continue
+        pinned = [v for p in pins.values() if (v := p.get(name)) is not None]
+        n = delta.cleanup_log(out, name, min(pinned) if pinned else None, cutoff_ms)
+        if n:
+            log.info("vacuum %s: removed %d log files older than %g h", name, n, retain_hours)
     return removed
 
 
-def _pinned(out: str, name: str, candidates: list[str]) -> set[str]:
-    """Those of `candidates` (paths relative to table `name`) that a date's current manifest pins.
+def _rel(name: str, paths: list[str]) -> list[str]:
+    return [s.split(f"/{name}/", 1)[-1] if "://" in s or s.startswith("/") else s for s in paths]
+
+
+def _current_pins(out: str) -> dict[str, dict[str, int]]:
+    """Each date's table versions, as its current manifest pins them."""
+    from xlmflow.manifest import read_manifest
+
+    fs, path = storage.fresh(storage.join(out, "_manifests"))
+    try:
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return {}
+    dates = [n[len("date=") : -len(".json")] for n in names if n.startswith("date=") and n.endswith(".json")]
+    return {d: (read_manifest(out, d) or {}).get("tables") or {} for d in dates}
+
+
+def _keep_versions(
+    out: str, name: str, candidates: list[str], pins: dict, held: list[str]
+) -> set[int] | None:
+    """The versions whose files vacuum must keep, so that none of `candidates` (paths relative to table
+    `name`) it must keep is deleted: the version a date's manifest pins, where it holds candidates of
+    that date; for a date a run holds right now, the versions its archived runs pin, covering all its
+    candidates (the run may be restoring one). None: a held date's candidate is in none of them, the
+    table waits for a later vacuum. delta-rs keeps whole versions: other files they hold wait too.
 
     A run that crashed between its table commits and its manifest leaves tables whose latest version
     no longer holds the files the manifest pins; they are what readers through the manifest read, and
     what the next run points the table at again, so no retention makes them deletable."""
-    from xlmflow.manifest import read_manifest
+    from xlmflow.manifest import run_manifest_uri
 
     by_date: dict[str, set[str]] = {}
     for r in candidates:
         part = r.split("/", 1)[0]
         if part.startswith(f"{delta.PARTITION}="):
             by_date.setdefault(part.split("=", 1)[1], set()).add(r)
-    pinned: set[str] = set()
+    oldest = delta.oldest_version(out, name) if by_date else 0  # older versions lost their log
+    keep: set[int] = set()
     for date, paths in by_date.items():
-        version = ((read_manifest(out, date) or {}).get("tables") or {}).get(name)
-        if version is None:
+        versions = {v} if (v := (pins.get(date) or {}).get(name)) is not None else set()
+        left = set(paths) if date in held else set()
+        if date in held:
+            fs, path = storage.fresh(storage.join(out, "_manifests", "_runs", f"date={date}"))
+            try:
+                runs = [p.rsplit("/", 1)[-1][: -len(".json")] for p in fs.ls(path, detail=False)]
+            except FileNotFoundError:
+                runs = []
+            for run in runs:
+                v = (storage.read_json(run_manifest_uri(out, date, run)).get("tables") or {}).get(name)
+                versions |= {v} if v is not None else set()
+        for v in sorted(x for x in versions if x >= oldest):
+            held_files = {f["path"] for f in delta.partition_files(delta.open_table(out, name, v), date)}
+            if paths & held_files:
+                keep.add(v)
+            left -= held_files
+        if left:
+            log.info(
+                "vacuum %s: %d files of held partition %s kept; vacuum again later", name, len(left), date
+            )
+            return None
+    return keep
+
+
+def _sizes(out: str, name: str, paths: list[str]) -> dict[str, int]:
+    """Bytes of each file (paths relative to table `name`), one listing per directory."""
+    by_dir: dict[str, set[str]] = {}
+    for r in paths:
+        d, _, base = r.rpartition("/")
+        by_dir.setdefault(d, set()).add(base)
+    sizes = {}
+    for d, bases in by_dir.items():
+        fs, path = storage.fresh(storage.join(out, name, d) if d else storage.join(out, name))
+        try:
+            listing = fs.ls(path, detail=True)
+        except FileNotFoundError:
             continue
-        table = delta.open_table(out, name, version)
-        pinned |= paths & {f["path"] for f in delta.partition_files(table, date)}
-    return pinned
+        for e in listing:
+            base = e["name"].rsplit("/", 1)[-1]
+            if base in bases:
+                sizes[f"{d}/{base}" if d else base] = int(e.get("size") or 0)
+    return sizes
 
 
 def runs_of(out: str, date: str) -> list[dict]:
@@ -214,6 +307,11 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
         current = read_manifest(out, date) or {}
         wanted: dict[str, list[dict]] = {}
         for name, version in (old.get("tables") or {}).items():
+            if version < delta.oldest_version(out, name):
+                raise FatalError(
+                    f"run {run_id} of {date} cannot be restored: vacuum removed the log of table {name} "
+                    f"up to its version {version} (older than the retention); rerun the date with --force instead"
+                )
             files = delta.files_for_commit(out, name, date, version)
             gone = [f["path"] for f in files if not storage.exists(storage.join(out, f["path"]))]
             if gone:
@@ -238,6 +336,7 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
             lease.check()
             base = delta.open_table(out, name).version()
             v = delta.commit_partition(out, name, date, files, base, meta)
+            delta.checkpoint(out, name)
             if name in (old.get("tables") or {}):
                 versions[name] = v
         lease.check()

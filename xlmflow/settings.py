@@ -124,6 +124,12 @@ class JobSettings(BaseModel):
     lock_timeout: float = Field(
         default=300.0, ge=0, description="Seconds to wait for a partition another run holds."
     )
+    checkpoint_interval: int = Field(
+        default=10,
+        gt=0,
+        description="Write a Delta checkpoint of a table every N commits (a table's own "
+        "delta.checkpointInterval wins).",
+    )
     # run-level defaults of the model processors (each instance may override them)
     stride: int = Field(default=128, ge=0, description="Overlap in tokens between windows of long documents.")
     max_batch_tokens: int = Field(default=8192, gt=0, description="Padded tokens per model batch.")

@@ -8,7 +8,11 @@ import argparse
 def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     v = sub.add_parser("vacuum", help="delete superseded files older than the retention (all tables)")
     v.add_argument("--retain-hours", type=float, default=None, help="default 168 (7 days, as Delta's)")
-    v.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    v.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the files (and bytes) that would be deleted, delete nothing",
+    )
     v.set_defaults(func=_vacuum)
     h = sub.add_parser(
         "history", help="each date's current run; with --date, every run committed for that date"
@@ -41,9 +45,18 @@ def _vacuum(a: argparse.Namespace) -> int:
     removed = maintenance.vacuum(_out(a), hours, dry_run=a.dry_run)
     verb = "would delete" if a.dry_run else "deleted"
     for name, files in removed.items():
-        print(f"{name}: {verb} {len(files)} files removed from the table more than {hours:g} h ago")
+        if a.dry_run:
+            for path, size in files.items():
+                print(f"{name}/{path}  {size} bytes")
+        print(
+            f"{name}: {verb} {len(files)} files ({sum(files.values())} bytes) removed from the table "
+            f"more than {hours:g} h ago"
+        )
     if not removed:
         print("no tables to vacuum")
+    else:
+        n = sum(len(f) for f in removed.values())
+        print(f"total: {verb} {n} files ({sum(sum(f.values()) for f in removed.values())} bytes)")
     return 0
 
 
