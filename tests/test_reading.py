@@ -102,6 +102,9 @@ def test_migrate_rewrites_fixed_size_lists_that_native_readers_refuse(tmp_path):
     for d in dates:  # the manifests pin the migrated version: same rows, now as plain lists
         assert read_partition(out, "embeddings", d).to_pylist() == before[d]
         assert collect.realign_tables(out, d, collect.read_manifest(out, d)) == []  # pins what is current
+        # the rewrite is still the run's: history shows that run, current, at the migrated version
+        runs = maintenance.runs_of(out, d)
+        assert [(r["run_id"], r["current"]) for r in runs] == [(_run_hex(10 + dates.index(d)), True)]
     with pytest.raises(Exception, match="nothing to migrate"):
         maintenance.migrate(out)
 

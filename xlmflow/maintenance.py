@@ -207,7 +207,8 @@ def runs_of(out: str, date: str) -> list[dict]:
     """The runs committed for `date`, oldest first, from the tables' commit metadata.
 
     Each: run_id, operation (write, restore, migrate), tables {name: version}, counts, time, current
-    (the manifest pins exactly these versions), complete (the run's manifest was written).
+    (the manifest pins exactly these versions), complete (the run's manifest was written). A
+    migration that rewrote one date's files counts as a commit of the run whose files it rewrote.
     """
     from xlmflow.manifest import read_manifest, run_manifest_uri
 
@@ -215,6 +216,12 @@ def runs_of(out: str, date: str) -> list[dict]:
     for name in _datasets():
         for h in delta.history(out, name):
             op = h.get("operation", "write")
+            if op == "migrate" and h.get("date") == date:
+                # a rewrite of one date's files (same rows, another file layout) stays its run's commit
+                own = [r for k, r in runs.items() if k[1] == h.get("run_id") and name in r["tables"]]
+                if own:
+                    own[-1]["tables"][name] = h["version"]
+                    continue
             if op == "migrate":
                 run_id = (h.get("partitions") or {}).get(date)
             elif h.get("date") == date:
@@ -244,7 +251,8 @@ def runs_of(out: str, date: str) -> list[dict]:
         r["current"] = pinned == r["tables"]
         r["complete"] = r["current"] or storage.exists(run_manifest_uri(out, date, r["run_id"]))
         if r["counts"] is None and r["complete"]:
-            r["counts"] = storage.read_json(run_manifest_uri(out, date, r["run_id"])).get("counts")
+            src = current if r["current"] else storage.read_json(run_manifest_uri(out, date, r["run_id"]))
+            r["counts"] = (src or {}).get("counts")
         rows.append(r)
     return rows
 
