@@ -760,3 +760,35 @@ def test_run_time_log_reads_start_at_the_last_checkpoint(tmp_path):
     assert c["tables"] == {"documents": 6, "rejects": 6}
     assert read_partition(out, "documents", DATE).num_rows == 4
     assert all(os.path.exists(p) for p in kept)
+
+
+def test_a_replacement_never_adds_and_removes_one_path_in_a_commit(tmp_path):
+    """Engines that do not order the actions within a commit would read a path both added and removed
+    as either; a replacement by the same files commits nothing, one keeping some files removes only the
+    others."""
+    out = str(tmp_path / "out")
+    _commit(out, _run_hex(1), 3, 0)
+    table = delta.open_table(out, "documents")
+    first = delta.files_for_commit(out, "documents", DATE, table.version())
+    assert delta.commit_partition(out, "documents", DATE, first, table.version(), {"run_id": "r"}) == (
+        table.version()
+    )
+    assert delta.open_table(out, "documents").version() == table.version()
+
+    extra = write_table(
+        out,
+        "documents",
+        DATE,
+        _run_hex(2),
+        delta.read_partition(out, "documents", DATE, table.version()).drop(["date"]),
+    )[0]
+    both = delta.commit_partition(out, "documents", DATE, first + [extra], table.version(), {"run_id": "r"})
+    only_new = delta.commit_partition(out, "documents", DATE, [extra], both, {"run_id": "r"})
+    for v in (both, only_new):
+        actions = delta.read_log_entry(out, "documents", v)
+        added = {a["add"]["path"] for a in actions if "add" in a}
+        removed = {a["remove"]["path"] for a in actions if "remove" in a}
+        assert not added & removed, (v, actions)
+    assert delta.read_partition(out, "documents", DATE, both).num_rows == 6
+    assert delta.read_partition(out, "documents", DATE, only_new).num_rows == 3
+    assert {f["path"] for f in delta.files_for_commit(out, "documents", DATE, only_new)} == {extra["path"]}

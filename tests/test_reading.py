@@ -105,6 +105,11 @@ def test_migrate_rewrites_fixed_size_lists_that_native_readers_refuse(tmp_path):
         # the rewrite is still the run's: history shows that run, current, at the migrated version
         runs = maintenance.runs_of(out, d)
         assert [(r["run_id"], r["current"]) for r in runs] == [(_run_hex(10 + dates.index(d)), True)]
+        # the rewritten files are the date's own: never debris, whatever the log still holds
+        assert collect._debris(out, d, collect.read_manifest(out, d)) == []
+        assert collect._date_runs(out, d, collect.read_manifest(out, d)) >= set(
+            collect.read_manifest(out, d)["migrations"]
+        )
     with pytest.raises(Exception, match="nothing to migrate"):
         maintenance.migrate(out)
 

@@ -465,14 +465,17 @@ def commit_partition(
                 f"{other.get('run_id', '(unknown tool)')} after this run started; this run committed "
                 "nothing more. The partition is that run's; rerun with --force to replace it"
             )
+        current = {f["path"]: f for f in partition_files(dt, date)}
+        kept = current.keys() & {a.path for a in adds}
+        if kept and kept == current.keys() and len(kept) == len(adds):
+            return latest  # the date holds exactly these files already (a restore of the current run)
         info = commit_info({**meta, "commit_id": commit_id}, predicate, latest, date=date)
         try:
             dt.create_write_transaction(
-                adds,
-                mode="overwrite",
+                *_replacement(adds, current, kept, date),
                 schema=dt.schema(),
                 partition_by=[PARTITION],
-                partition_filters=[(PARTITION, "=", date)],
+                partition_filters=[(PARTITION, "=", date)] if not kept else None,
                 commit_properties=CommitProperties(custom_metadata=info, max_commit_retries=0),
                 post_commithook_properties=_no_hooks(),
             )
@@ -494,6 +497,23 @@ def commit_partition(
         f"table {name}: {COMMIT_ATTEMPTS} commits of other runs landed while this one tried to commit "
         f"{date}; rerun the same command"
     )
+
+
+def _replacement(adds: list, current: dict[str, dict], kept: set[str], date: str) -> tuple[list, str]:
+    """The actions and mode of a commit replacing the date's `current` files by `adds`.
+
+    An overwrite lets delta-rs remove every current file of the date after our adds; a path both
+    added and removed in one commit is read differently by engines that do not order actions within a
+    commit, so a replacement keeping some files (`kept`) removes the others itself and appends."""
+    from deltalake.transaction import RemoveAction
+
+    if not kept:
+        return adds, "overwrite"
+    now = int(time.time() * 1000)
+    removes = [
+        RemoveAction(p, True, now, f["size"], {PARTITION: date}) for p, f in current.items() if p not in kept
+    ]
+    return removes + [a for a in adds if a.path not in kept], "append"
 
 
 def commit_outcome(out: str, name: str, version: int, commit_id: str) -> bool | None:

@@ -459,9 +459,11 @@ def _rewrite_fixed_size_lists(out: str, lock_timeout: float, lease_ttl: float) -
                 v = delta.commit_partition(out, name, date, files, base.version(), meta, base)
                 if manifest and (manifest.get("tables") or {}).get(name) is not None:
                     lease.check()
-                    storage.write_json(
-                        manifest_uri(out, date), {**manifest, "tables": {**manifest["tables"], name: v}}
-                    )
+                    # the migration's id marks its files as the date's own for the debris check
+                    migrations = sorted({*manifest.get("migrations", []), migration_id})
+                    tables = {**manifest["tables"], name: v}
+                    manifest = {**manifest, "tables": tables, "migrations": migrations}
+                    storage.write_json(manifest_uri(out, date), manifest)
                 done[name] = done.get(name, 0) + len(stale)
             finally:
                 lease.release()
