@@ -792,3 +792,36 @@ def test_a_replacement_never_adds_and_removes_one_path_in_a_commit(tmp_path):
     assert delta.read_partition(out, "documents", DATE, both).num_rows == 6
     assert delta.read_partition(out, "documents", DATE, only_new).num_rows == 3
     assert {f["path"] for f in delta.files_for_commit(out, "documents", DATE, only_new)} == {extra["path"]}
+
+
+def test_vacuum_deletes_files_superseded_long_before_the_last_checkpoint(tmp_path):
+    """Vacuum finds what to delete through tombstones; a checkpoint must not drop those of files that
+    were superseded long ago (or kept longer because a manifest pinned them)."""
+    from deltalake.transaction import RemoveAction
+
+    out = str(tmp_path / "out")
+    _commit(out, _run_hex(1), 3, 0)
+    table = delta.open_table(out, "documents")
+    old = [
+        f["path"].split("/", 1)[1] for f in delta.files_for_commit(out, "documents", DATE, table.version())
+    ]
+    rows = delta.read_partition(out, "documents", DATE, table.version()).drop(["date"])
+    new = write_table(out, "documents", DATE, _run_hex(2), rows)[0]
+    ten_days_ago = int((time.time() - 10 * 86400) * 1000)
+    table.create_write_transaction(
+        [RemoveAction(p, True, ten_days_ago, None, {"date": DATE}) for p in old]
+        + [delta.add_action(new["path"].split("/", 1)[1], new["bytes"], DATE, ten_days_ago, new["rows"])],
+        mode="append",
+        schema=table.schema(),
+        partition_by=["date"],
+    )
+    manifest = collect.read_manifest(out, DATE)
+    version = delta.open_table(out, "documents").version()
+    storage.write_json(
+        collect.manifest_uri(out, DATE), {**manifest, "tables": {**manifest["tables"], "documents": version}}
+    )
+    delta.open_table(out, "documents").create_checkpoint()
+
+    assert sorted(maintenance.vacuum(out, retain_hours=24)["documents"]) == sorted(old)
+    assert not any(os.path.exists(os.path.join(out, "documents", p)) for p in old)
+    assert maintenance.vacuum(out, retain_hours=24)["documents"] == {}  # gone files are not listed again

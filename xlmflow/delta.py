@@ -40,7 +40,14 @@ READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s
 CHECKPOINT_INTERVAL = 10  # Delta's (Spark's) default; runs pass settings.checkpoint_interval
 # log cleanup is vacuum's, which keeps the versions manifests pin; delta-rs' vacuum (and other
 # writers, Spark's included) would otherwise drop log entries by age alone
-TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}
+# vacuum sees the files to delete through their tombstones, which a checkpoint drops once older than
+# deletedFileRetentionDuration (7 days by default): files superseded earlier than that, or kept longer
+# because a manifest pinned them, would never be deleted. Tombstones are kept (a few hundred bytes
+# each in the checkpoints), and vacuum's own --retain-hours decides
+TABLE_CONFIG = {
+    "delta.enableExpiredLogCleanup": "false",
+    "delta.deletedFileRetentionDuration": "interval 36500 days",
+}
 
 log = logging.getLogger(__name__)
 

@@ -81,6 +81,7 @@ def vacuum(
         # what expires within the next hour too: the versions to keep are picked from these files'
         # dates, so the deleting call below (moments later) meets none outside them
         soon = _rel(
+            out,
             name,
             dt_.vacuum(
                 retention_hours=max(int(retain_hours) - 1, 0),
@@ -88,11 +89,15 @@ def vacuum(
                 enforce_retention_duration=False,
             ),
         )
-        keep = _keep_versions(out, name, soon, pins, held)
         sizes = _sizes(out, name, soon)
+        # tombstones outlive the files vacuum deleted (delta.TABLE_CONFIG says why): only files still
+        # there count
+        soon = [r for r in soon if r in sizes]
+        keep = _keep_versions(out, name, soon, pins, held) if soon else None
         gone = []
         if keep is not None:
             gone = _rel(
+                out,
                 name,
                 dt_.vacuum(
                     retention_hours=int(retain_hours),
@@ -106,7 +111,7 @@ def vacuum(
             log.info(
                 "vacuum %s: kept the files of versions %s (pinned, or a held date's)", name, sorted(keep)
             )
-        removed[name] = {r: sizes.get(r, 0) for r in sorted(gone)}
+        removed[name] = {r: sizes[r] for r in sorted(gone) if r in sizes}
         if dry_run:
             continue
         delta.checkpoint(out, name)
@@ -120,8 +125,14 @@ def vacuum(
     return removed
 
 
-def _rel(name: str, paths: list[str]) -> list[str]:
-    return [s.split(f"/{name}/", 1)[-1] if "://" in s or s.startswith("/") else s for s in paths]
+def _rel(out: str, name: str, paths: list[str]) -> list[str]:
+    """Paths relative to the table (delta-rs' vacuum answers some as absolute URIs)."""
+    root = delta.table_uri(out, name).rstrip("/") + "/"
+    prefixes = (root, root.split("://", 1)[-1], "/" + root.split("://", 1)[-1].lstrip("/"))
+    rel = []
+    for s in paths:
+        rel.append(next((s[len(p) :] for p in prefixes if s.startswith(p)), s))
+    return rel
 
 
 def _current_pins(out: str) -> dict[str, dict[str, int]]:
@@ -511,6 +522,8 @@ def _convert_layout(out: str, paths: list[str]) -> dict[str, int]:
             partition_by=[delta.PARTITION],
             mode="error",
             storage_options=opts,
+            configuration=delta.TABLE_CONFIG,
+            post_commithook_properties=delta._no_hooks(),
         )
         created = table.version()
         # an overwrite of the whole table (no predicate), as other Delta writers record a conversion
