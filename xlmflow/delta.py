@@ -356,6 +356,8 @@ def cleanup_log(out: str, name: str, keep_from: int | None, cutoff_ms: int) -> i
             break
     if start is None:
         return 0
+    named = last_checkpoint(out, name)  # readers start there: never delete it, even if stale
+    start = start if named is None else min(start, named)
     old = [storage.join(out, name, LOG_DIR, b) for v, b in files if v < start]
     storage.remove(old)
     return len(old)
