@@ -65,6 +65,14 @@ def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     ]
 
 
+def _nan_columns(t) -> set[str]:  # noqa: ANN001
+    """The float columns of `t` holding NaN (their file statistics get no bounds)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return {f.name for f in t.schema if pa.types.is_floating(f.type) and pc.any(pc.is_nan(t[f.name])).as_py()}
+
+
 def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: bytes | None = None) -> dict:
     """Write one Parquet file of `dataset` from staged sources (an empty one, with the serialized schema
     `empty`, when there are none); returns its file entry, schema and report figures."""
@@ -80,6 +88,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
     reasons: collections.Counter[str] = collections.Counter()
     scores: list = []
     schema = None
+    nan: set[str] = set()
     with storage.writing(uri) as path:
         writer = None
         try:
@@ -92,6 +101,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
                         writer = pq.ParquetWriter(path, schema, compression="zstd")
                     t = t.cast(schema) if t.schema != schema else t
                     schemas.check_widths(t, schema)
+                    nan |= _nan_columns(t)
                     writer.write_table(t)
                     rows += t.num_rows
                     if "label" in t.column_names and dataset != "rejects":
@@ -130,7 +140,7 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
             "rows": rows,
             "bytes": size,
             "mtime": int(time.time() * 1000),
-            "stats": file_stats(footer, schema),
+            "stats": file_stats(footer, schema, nan),
         },
         "schema": schema.serialize().to_pybytes(),
         "node_id": node_id(),

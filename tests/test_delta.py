@@ -825,3 +825,14 @@ def test_vacuum_deletes_files_superseded_long_before_the_last_checkpoint(tmp_pat
     assert sorted(maintenance.vacuum(out, retain_hours=24)["documents"]) == sorted(old)
     assert not any(os.path.exists(os.path.join(out, "documents", p)) for p in old)
     assert maintenance.vacuum(out, retain_hours=24)["documents"] == {}  # gone files are not listed again
+
+
+def test_a_file_with_nan_scores_gets_no_score_bounds(tmp_path):
+    """Parquet's min/max leave NaN out, but engines ordering NaN above every number would skip the file
+    on `score > x`: the writer gives such a column no bounds, and other columns keep theirs."""
+    t = pa.table({"doc_id": ["a", "b"], "score": pa.array([0.2, float("nan")], pa.float32())})
+    out = str(tmp_path / "out")
+    f = write_table(out, "qe", DATE, _run_hex(1), t)[0]
+    stats = json.loads(f["stats"])
+    assert "score" not in stats["minValues"] and "score" not in stats["maxValues"]
+    assert stats["minValues"]["doc_id"] == "a" and stats["nullCount"]["score"] == 0

@@ -64,15 +64,18 @@ def _leaves(schema) -> dict[str, tuple]:  # noqa: ANN001
     return found
 
 
-def file_stats(metadata, schema) -> str:  # noqa: ANN001
+def file_stats(metadata, schema, nan_columns=()) -> str:  # noqa: ANN001
     """Delta's stats JSON of a Parquet file, from its footer (`metadata`, a pyarrow FileMetaData) and
     arrow `schema`: numRecords, and minValues, maxValues and nullCount per column, so that engines
-    skip files on a filter (`lang = 'deu_Latn'`, a `doc_id` range). No data is read."""
+    skip files on a filter (`lang = 'deu_Latn'`, a `doc_id` range). No data is read.
+
+    `nan_columns`: float columns holding NaN, which get no bounds: Parquet's min/max leave NaN out,
+    while Spark orders NaN above every number, so `score > x` could skip a file with NaN rows."""
     leaves = _leaves(schema)
     mins: dict[str, object] = {}
     maxs: dict[str, object] = {}
     nulls: dict[str, int | None] = {}
-    no_bounds: set[str] = set()
+    no_bounds: set[str] = set(nan_columns)
     for i in range(metadata.num_row_groups):
         rg = metadata.row_group(i)
         for j in range(rg.num_columns):
