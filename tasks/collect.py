@@ -140,12 +140,13 @@ def commit_tables(
     checkpoint_interval: int | None = None,
 ) -> dict:
     """Commit each dataset's files to its table (in `files` order), then the manifest that pins them.
-    Each table gets a checkpoint when `checkpoint_interval` commits have passed since its last one.
+    Then each table gets a checkpoint when `checkpoint_interval` commits have passed since its last one.
 
     On failure the part files of tables this run did not commit are removed; those of tables it did
     commit stay (that table version references them) until a later run replaces them.
     """
     versions: dict[str, int] = {}
+    tables: dict = {}
     meta = commit_metadata(manifest)
     try:
         for name, fs in files.items():
@@ -157,7 +158,7 @@ def commit_tables(
             table = delta.ensure_table(out, name, schema)
             versions[name] = delta.commit_partition(out, name, date, fs, base_versions.get(name), meta, table)
             log.info("partition %s: committed table %s version %d", date, name, versions[name])
-            delta.checkpoint(out, name, checkpoint_interval, table, versions[name])
+            tables[name] = table
         manifest["tables"] = versions
         if fence:
             fence()
@@ -172,6 +173,10 @@ def commit_tables(
             ]
             storage.remove([storage.join(out, f["path"]) for n in unreferenced for f in files[n]])
         raise
+    # after the commit point: a checkpoint is due only now and then and takes a while, and a crash
+    # between the table commits and the manifest must stay as short as it can
+    for name, table in tables.items():
+        delta.checkpoint(out, name, checkpoint_interval, table, versions[name])
     return manifest
 
 
