@@ -136,7 +136,12 @@ def check_widths(table: pa.Table, schema: pa.Schema) -> None:
         lengths = pc.list_value_length(table[f.name])
         wrong = pc.sum(pc.not_equal(lengths, int(width))).as_py() or 0
         if wrong:
-            raise ValueError(f"column {f.name}: {wrong} vectors are not {int(width)} values long")
+            who = sorted(set(table["instance"].to_pylist())) if "instance" in table.column_names else []
+            raise ValueError(
+                f"column {f.name}: {wrong} vectors are not {int(width)} values long, the width its "
+                f"dataset declares{' (processor ' + ', '.join(map(str, who)) + ')' if who else ''}; a "
+                "processor must return vectors of the width its output schema declares"
+            )
 
 
 QE = pa.schema(
