@@ -54,20 +54,37 @@ main()
 """
 
 
-# on the head's Python path: a per-client Ray Client server dies at its start once for each marker file,
-# as it does when its fork crashes on a busy head
+# on the head's Python path: once for each marker file, the Ray Client proxy's start of a per-client
+# server ends as it does when the fork crashes on a busy head (the process is gone at once)
 FAIL_ONCE_HOOK = """
-import os
-marker = os.environ.get("XJ_CLIENT_SERVER_FAILS")
-with open("/proc/self/cmdline", "rb") as f:
-    specific = b"--mode=specific-server" in f.read()
-if marker and specific:
-    try:
-        os.unlink(marker)
-    except OSError:
-        pass
+import os, sys, threading, time
+
+def _patch():
+    for _ in range(6000):
+        proxier = sys.modules.get("ray.util.client.server.proxier")
+        if proxier is not None and hasattr(proxier, "ProxyManager"):
+            break
+        time.sleep(0.01)
     else:
-        os._exit(1)
+        return
+    start = proxier.ProxyManager.start_specific_server
+
+    def start_once_crashed(self, client_id, job_config):
+        started = start(self, client_id, job_config)
+        try:
+            os.unlink(os.environ["XJ_CLIENT_SERVER_FAILS"])
+        except OSError:
+            return started
+        proc = self._get_server_for_client(client_id).process_handle_future.result()
+        proc.process.kill()
+        proc.process.wait()
+        return False
+
+    proxier.ProxyManager.start_specific_server = start_once_crashed
+
+with open("/proc/self/cmdline", "rb") as f:
+    if b"--mode=proxy" in f.read() and os.environ.get("XJ_CLIENT_SERVER_FAILS"):
+        threading.Thread(target=_patch, daemon=True).start()
 """
 
 
