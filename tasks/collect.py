@@ -22,6 +22,7 @@ from xlmflow import delta, storage
 from xlmflow.errors import FatalError
 from xlmflow.manifest import (  # noqa: F401 - part of this module's interface
     MANIFEST_VERSION,
+    archived_runs,
     manifest_uri,
     read_manifest,
     run_manifest_uri,
@@ -369,13 +370,7 @@ def _committed_by(out: str, date: str, run_id: str) -> bool:
 def _date_runs(out: str, date: str, manifest: dict | None) -> set[str]:
     """Run ids whose manifest for `date` was written: the current one and the archived ones, and the
     migrations that rewrote the current run's files."""
-    fs, path = storage.fresh(storage.join(out, "_manifests", "_runs", f"date={date}"))
-    try:
-        names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-    except FileNotFoundError:
-        names = []
-    runs = {n[: -len(".json")] for n in names if n.endswith(".json")}
-    runs |= set((manifest or {}).get("migrations") or [])
+    runs = set(archived_runs(out, date)) | set((manifest or {}).get("migrations") or [])
     return runs | ({manifest["run_id"]} if (manifest or {}).get("run_id") else set())
 
 

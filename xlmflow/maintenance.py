@@ -137,15 +137,9 @@ def _rel(out: str, name: str, paths: list[str]) -> list[str]:
 
 def _current_pins(out: str) -> dict[str, dict[str, int]]:
     """Each date's table versions, as its current manifest pins them."""
-    from xlmflow.manifest import read_manifest
+    from xlmflow.manifest import manifest_dates, read_manifest
 
-    fs, path = storage.fresh(storage.join(out, "_manifests"))
-    try:
-        names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-    except FileNotFoundError:
-        return {}
-    dates = [n[len("date=") : -len(".json")] for n in names if n.startswith("date=") and n.endswith(".json")]
-    return {d: (read_manifest(out, d) or {}).get("tables") or {} for d in dates}
+    return {d: (read_manifest(out, d) or {}).get("tables") or {} for d in manifest_dates(out)}
 
 
 def _keep_versions(
@@ -160,7 +154,7 @@ def _keep_versions(
     A run that crashed between its table commits and its manifest leaves tables whose latest version
     no longer holds the files the manifest pins; they are what readers through the manifest read, and
     what the next run points the table at again, so no retention makes them deletable."""
-    from xlmflow.manifest import run_manifest_uri
+    from xlmflow.manifest import archived_runs, run_manifest_uri
 
     by_date: dict[str, set[str]] = {}
     for r in candidates:
@@ -173,12 +167,7 @@ def _keep_versions(
         versions = {v} if (v := (pins.get(date) or {}).get(name)) is not None else set()
         left = set(paths) if date in held else set()
         if date in held:
-            fs, path = storage.fresh(storage.join(out, "_manifests", "_runs", f"date={date}"))
-            try:
-                runs = [p.rsplit("/", 1)[-1][: -len(".json")] for p in fs.ls(path, detail=False)]
-            except FileNotFoundError:
-                runs = []
-            for run in runs:
+            for run in archived_runs(out, date):
                 v = (storage.read_json(run_manifest_uri(out, date, run)).get("tables") or {}).get(name)
                 versions |= {v} if v is not None else set()
         for v in sorted(x for x in versions if x >= oldest):
@@ -274,16 +263,9 @@ def current_runs(out: str) -> list[dict]:
     tables {name: version}."""
     from concurrent.futures import ThreadPoolExecutor
 
-    fs, path = storage.fresh(storage.join(out, "_manifests"))
-    try:
-        names = sorted(
-            n.rsplit("/", 1)[-1]
-            for n in fs.ls(path, detail=False)
-            if n.rsplit("/", 1)[-1].startswith("date=")
-        )
-    except FileNotFoundError:
-        return []
-    uris = [storage.join(out, "_manifests", n) for n in names if n.endswith(".json")]
+    from xlmflow.manifest import manifest_dates, manifest_uri
+
+    uris = [manifest_uri(out, d) for d in manifest_dates(out)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         manifests = list(pool.map(storage.read_json, uris))
     rows = []

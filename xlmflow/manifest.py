@@ -20,6 +20,28 @@ def run_manifest_uri(out: str, date: str, run_id: str) -> str:
     return storage.join(out, "_manifests", "_runs", f"date={check_date(date, 'date')}", f"{run_id}.json")
 
 
+def _json_names(uri: str, prefix: str = "") -> list[str]:
+    """Names (without `.json`) of the JSON files directly under `uri` that start with `prefix`."""
+    fs, path = storage.fresh(uri)
+    try:
+        bases = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(
+        b[len(prefix) : -len(".json")] for b in bases if b.startswith(prefix) and b.endswith(".json")
+    )
+
+
+def manifest_dates(out: str) -> list[str]:
+    """The dates that have a current manifest."""
+    return _json_names(storage.join(out, "_manifests"), "date=")
+
+
+def archived_runs(out: str, date: str) -> list[str]:
+    """The run ids whose manifest of `date` is archived (every run that committed the date)."""
+    return _json_names(storage.join(out, "_manifests", "_runs", f"date={check_date(date, 'date')}"))
+
+
 def read_manifest(out: str, date: str) -> dict | None:
     uri = manifest_uri(out, date)
     return storage.read_json(uri) if storage.exists(uri) else None
