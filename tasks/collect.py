@@ -381,6 +381,13 @@ def _datasets(out: str, date: str, manifest: dict | None) -> list[str]:
     return sorted({*known_datasets(), *((manifest or {}).get("files") or {})})
 
 
+def _unknown(uri: str, date: str, paths: set[str], keep: set[str]) -> bool:
+    """A part file of ours, of no run in `keep` (8-hex prefixes) and not among the table's `paths`."""
+    base = uri.rsplit("/", 1)[-1]
+    m = _PART_NAME.match(base)
+    return bool(m) and m.group(1) not in keep and f"date={date}/{base}" not in paths
+
+
 def _debris(out: str, date: str, manifest: dict | None = None) -> list[str]:
     """Part files of the date that no commit of their table added: what runs left that failed or were
     killed before they committed that table. Files the table's log still tracks (its latest version's,
@@ -397,17 +404,11 @@ def _debris(out: str, date: str, manifest: dict | None = None) -> list[str]:
             continue
         if runs is None:
             runs = {r[:8] for r in _date_runs(out, date, manifest)}
-
-        def unknown(uri: str, paths: set[str], keep: set[str]) -> bool:
-            base = uri.rsplit("/", 1)[-1]
-            m = _PART_NAME.match(base)
-            return bool(m) and m.group(1) not in keep and f"date={date}/{base}" not in paths
-
-        doubt = [u for u in found if unknown(u, set(), runs)]
+        doubt = [u for u in found if _unknown(u, date, set(), runs)]
         dt = delta.open_table(out, n) if doubt else None
         if dt is not None:  # files of no run whose manifest the date has: ask the table and its log
             paths, committed = delta.tracked(out, n, date, dt)
-            doubt = [u for u in doubt if unknown(u, paths, runs | {r[:8] for r in committed})]
+            doubt = [u for u in doubt if _unknown(u, date, paths, runs | {r[:8] for r in committed})]
         stale += doubt
     return stale
 

@@ -98,11 +98,9 @@ def storage_options(uri: str) -> dict[str, str] | None:
     return opts
 
 
-def open_table(out: str, name: str, version: int | None = None, without_files: bool = False):  # noqa: ANN201
-    """The table at `version` (latest when None), or None when there is no table yet.
-
-    `without_files`: the caller needs no file list (deltalake 1.6 loads it anyway and deprecates
-    its own `without_files`, so it is not passed on)."""
+def open_table(out: str, name: str, version: int | None = None):  # noqa: ANN201
+    """The table at `version` (latest when None), or None when there is no table yet. (deltalake 1.6
+    loads the file list whatever the caller needs: its `without_files` is deprecated and ignored.)"""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -115,7 +113,7 @@ def open_table(out: str, name: str, version: int | None = None, without_files: b
 
 def snapshot(out: str, names: list[str]) -> dict[str, int | None]:
     """Each table's current version (None: no table yet): what a run commits against."""
-    tables = {n: open_table(out, n, without_files=True) for n in names}
+    tables = {n: open_table(out, n) for n in names}
     return {n: (t.version() if t is not None else None) for n, t in tables.items()}
 
 
@@ -298,18 +296,18 @@ def checkpoint(
 
     Only an optimisation (readers and the run-time log reads start from it): a failure is logged, never
     raised, since the commit before it has landed."""
-    try:
-        conf = (table.metadata().configuration if table is not None else None) or {}
-        last = last_checkpoint(out, name)
-        every = int(conf.get("delta.checkpointInterval") or interval or CHECKPOINT_INTERVAL)
-        if version is not None and table is not None and version - (last or 0) < every:
-            return None
-        dt = open_table(out, name)
-        if dt is None:
-            return None
+
+    def due(dt, version: int) -> bool:  # noqa: ANN001
         conf = dt.metadata().configuration or {}
         every = int(conf.get("delta.checkpointInterval") or interval or CHECKPOINT_INTERVAL)
-        if dt.version() - (last if last is not None else 0) < every:
+        return version - (last or 0) >= every
+
+    try:
+        last = last_checkpoint(out, name)
+        if version is not None and table is not None and not due(table, version):
+            return None
+        dt = open_table(out, name)
+        if dt is None or not due(dt, dt.version()):
             return None
         dt.create_checkpoint()
         return dt.version()
@@ -385,13 +383,21 @@ def commit_meta(entry: list[dict]) -> dict:
     return {}
 
 
+def _date_paths(entry: list[dict], date: str) -> list[str]:
+    """The paths of `date` that a commit adds or removes."""
+    return [
+        act["path"]
+        for action in entry
+        if (act := action.get("add") or action.get("remove"))
+        and (act.get("partitionValues") or {}).get(PARTITION) == date
+    ]
+
+
 def _touching(out: str, name: str, date: str, first: int, last: int) -> tuple[int, dict] | None:
     for v in range(first, last + 1):
         entry = read_log_entry(out, name, v)
-        for action in entry:
-            act = action.get("add") or action.get("remove")
-            if act and (act.get("partitionValues") or {}).get(PARTITION) == date:
-                return v, commit_meta(entry)
+        if _date_paths(entry, date):
+            return v, commit_meta(entry)
     return None
 
 
@@ -546,7 +552,7 @@ def commit_outcome(out: str, name: str, version: int, commit_id: str) -> bool | 
 
 def commits_by_run(out: str, name: str, date: str, run_id: str, since: int | None) -> list[int]:
     """Versions after `since` (None: all) in which run `run_id` committed `date` to the table."""
-    dt = open_table(out, name, without_files=True)
+    dt = open_table(out, name)
     if dt is None:
         return []
     found = []
@@ -596,10 +602,7 @@ def tracked(out: str, name: str, date: str, dt) -> tuple[set[str], set[str]]:  #
         first = cp + 1
     for v in range(first, max(dt.version(), cp if cp is not None else -1) + 1):
         entry = read_log_entry(out, name, v)
-        for action in entry:
-            act = action.get("add") or action.get("remove")
-            if act and (act.get("partitionValues") or {}).get(PARTITION) == date:
-                paths.add(act["path"])
+        paths.update(_date_paths(entry, date))
         meta = commit_meta(entry)
         runs.update(r for r in [meta.get("run_id"), *(meta.get("partitions") or {}).values()] if r)
     return paths, runs
@@ -649,7 +652,7 @@ def read_partition(out: str, name: str, date: str, version: int):  # noqa: ANN20
 
 def history(out: str, name: str) -> list[dict]:
     """This project's commits of a table, oldest first: {version, timestamp, operation, **metadata}."""
-    dt = open_table(out, name, without_files=True)
+    dt = open_table(out, name)
     if dt is None:
         return []
     rows = [
