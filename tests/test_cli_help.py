@@ -45,19 +45,22 @@ def test_help_placeholders_say_what_a_value_is(capsys):
     # --max-inflight-per-actor ACTOR) say nothing about the value
     assert not re.search(r"--[\w.-]+ [A-Z_]*__[A-Z_]*", out), re.findall(r"--[\w.-]+ [A-Z_]*__\w*", out)
     placeholders = dict(re.findall(r"^\s+(--[\w.-]+) ([A-Z][A-Z_=]*)", out, re.M))
-    assert placeholders["--tasks"] == "LIST"
-    assert placeholders["--actors"] == "N"
-    assert placeholders["--max-inflight-per-actor"] == "N"
-    assert placeholders["--shard-retries"] == "N"
-    assert placeholders["--lease-ttl"] == "SECONDS"
-    assert placeholders["--actor-start-timeout"] == "SECONDS"
-    assert placeholders["--split-mb"] == "MB"
-    assert placeholders["--gpu-fraction"] == "FRACTION"
-    assert placeholders["--ner-model"] == "MODEL"
-    assert placeholders["--ray-address"] == "ADDRESS"
-    assert placeholders["--proc"] == "NAME=TYPE"
-    assert placeholders["--qe-target-lang"] == "LANG"
-    assert placeholders["--model-cache"] == "DIR"
+    expected = {
+        "--tasks": "LIST",
+        "--actors": "N",
+        "--max-inflight-per-actor": "N",
+        "--shard-retries": "N",
+        "--lease-ttl": "SECONDS",
+        "--actor-start-timeout": "SECONDS",
+        "--split-mb": "MB",
+        "--gpu-fraction": "FRACTION",
+        "--ner-model": "MODEL",
+        "--ray-address": "ADDRESS",
+        "--proc": "NAME=TYPE",
+        "--qe-target-lang": "LANG",
+        "--model-cache": "DIR",
+    }
+    assert {k: placeholders.get(k) for k in expected} == expected
     # every number says its unit or that it is a count
     numeric = {"N", "SECONDS", "FRACTION", "MB"}
     words = {"OUT", "DATE", "LIST", "NAME=TYPE", "MODEL", "ADDRESS", "LANG", "DIR"}
