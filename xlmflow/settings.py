@@ -21,6 +21,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from xlmflow.errors import ConfigError
+from xlmflow.storage import canonical
+
+# defaults that commands outside JobSettings use too (restore and migrate take the partition lease;
+# delta.checkpoint serves callers without settings): written once here
+LEASE_TTL = 120.0
+LOCK_TIMEOUT = 300.0
+CHECKPOINT_INTERVAL = 10  # Delta's (Spark's) default
 
 _INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -119,13 +126,13 @@ class JobSettings(BaseModel):
     )
     # the partition lease (one writer per partition)
     lease_ttl: float = Field(
-        default=120.0, gt=0, description="Seconds a partition lease lives without a heartbeat."
+        default=LEASE_TTL, gt=0, description="Seconds a partition lease lives without a heartbeat."
     )
     lock_timeout: float = Field(
-        default=300.0, ge=0, description="Seconds to wait for a partition another run holds."
+        default=LOCK_TIMEOUT, ge=0, description="Seconds to wait for a partition another run holds."
     )
     checkpoint_interval: int = Field(
-        default=10,
+        default=CHECKPOINT_INTERVAL,
         gt=0,
         description="Write a Delta checkpoint of a table every N commits (a table's own "
         "delta.checkpointInterval wins).",
@@ -237,9 +244,7 @@ class JobSettings(BaseModel):
     @classmethod
     def _abs_out(cls, v: str) -> str:
         # one canonical spelling of local paths, so listed files compare equal to the ones we wrote
-        import os
-
-        return v.rstrip("/") if "://" in v else os.path.abspath(v)
+        return canonical(v)
 
     @field_validator("out")
     @classmethod
