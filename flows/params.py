@@ -14,6 +14,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from xlmflow.errors import ConfigError
+from xlmflow.settings import JobSettings, make_job
+
+# defaults of the flows' own parameters: the flows' signatures, `xlmflow deploy`/`backfill` and the
+# generated prefect.yaml all read them from here
+LAG_DAYS = 1  # the daily run processes its scheduled day minus this
+TIMEZONE = "UTC"  # of the daily schedule and of its dates
+MAX_CONCURRENT = 2  # partition runs of a backfill at a time
 
 REDEPLOY = (
     "redeploy with this version: `xlmflow deploy --input TEMPLATE --out OUT [options]` (or `prefect deploy "
@@ -21,10 +28,8 @@ REDEPLOY = (
 )
 
 
-def job_settings(settings: Any, legacy: dict[str, Any], flow: str):  # noqa: ANN201
+def job_settings(settings: Any, legacy: dict[str, Any], flow: str) -> JobSettings:
     """The flow's JobSettings; a ConfigError saying how to redeploy when old-style parameters came in."""
-    from xlmflow.settings import JobSettings, make_job
-
     if legacy:
         raise ConfigError(
             f"flow {flow!r} got parameters it no longer has ({', '.join(sorted(legacy))}): the deployment was "
