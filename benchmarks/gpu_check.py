@@ -37,7 +37,8 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repo root, when run as a script
-DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "parallel_articles.jsonl")
+from benchmarks.common import ARTICLES_HELP  # noqa: E402
+
 PEAK_SPEC = 989e12  # H100 SXM / H200 dense bf16, no sparsity
 PEAK_MEASURED = 790e12  # 8192^3 bf16 torch.matmul on the lent H100/H200 (KINDS.md: 769-798)
 T0 = time.perf_counter()
@@ -331,7 +332,7 @@ def main() -> None:
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
     ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--tokenizer", help="XLM-R tokenizer.json (default: the semantra_multilingual copy)")
-    ap.add_argument("--corpus", default=DEFAULT_CORPUS)
+    ap.add_argument("--corpus", required=True, metavar="JSONL", help=ARTICLES_HELP)
     ap.add_argument("--workdir", default="/tmp/xlmflow-gpu-check")
     ap.add_argument("--out-json")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model, for a quick plumbing check")
