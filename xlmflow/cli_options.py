@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 
+from ray_cluster.processors.base import registry
 from xlmflow.errors import ConfigError
+from xlmflow.settings import JobSettings
 
 # fields that a command sets itself (positional inputs, --out) or builds from several options
 _OWN = {"out", "processors"}
@@ -76,9 +78,6 @@ def _metavar(flag: str, f: FieldInfo, kind: Any, extra: dict) -> str:
 
 def add_job_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """Every JobSettings field and processor option as an option of `parser` (dests `job__*`/`proc__*`)."""
-    from ray_cluster.processors.base import registry
-    from xlmflow.settings import JobSettings
-
     g = parser.add_argument_group("run settings")
     for name, f in JobSettings.model_fields.items():
         if name not in _OWN:

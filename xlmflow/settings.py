@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from xlmflow.errors import ConfigError
 from xlmflow.storage import canonical
+from xlmflow.uris import REFUSED, has_userinfo
 
 # defaults that commands outside JobSettings use too (restore and migrate take the partition lease;
 # delta.checkpoint serves callers without settings): written once here
@@ -292,8 +293,6 @@ class RunSettings(JobSettings):
     @field_validator("inputs")
     @classmethod
     def _no_credentials(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        from xlmflow.uris import REFUSED, has_userinfo
-
         for i, uri in enumerate(v, 1):
             if has_userinfo(uri):
                 raise ValueError(f"input {i}: {REFUSED}")
@@ -323,8 +322,6 @@ OUTPUT_FIELDS = ("inputs", "processors", "max_text_chars", "max_record_bytes", "
 def _refuse_userinfo(uri: str, what: str) -> str:
     # a secret in a URI would reach botocore's error messages, logs and run records; refuse it here
     # too, so flows and deployments that build settings themselves refuse it like the CLI does
-    from xlmflow.uris import REFUSED, has_userinfo
-
     if has_userinfo(uri):
         raise ValueError(f"{what}: {REFUSED}")
     return uri
