@@ -47,6 +47,7 @@ def load_docs(n: int, corpus: str) -> list[str]:
     return random.Random(0).sample(texts, n)
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

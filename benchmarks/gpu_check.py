@@ -120,6 +120,7 @@ def reference_forward(model, seqs: list[list[int]], device: str) -> list:  # noq
     return out
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def ner_throughput(a, lm, texts: list[str], results: dict) -> object:  # noqa: ANN001
     import torch
     import transformers
@@ -323,6 +324,7 @@ def qe(a, results: dict) -> None:  # noqa: ANN001
     print(results["qe"]["tail"], flush=True)
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")

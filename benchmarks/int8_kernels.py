@@ -178,6 +178,7 @@ def forward_rounds(rounds: int, threads: int, corpus: str) -> tuple[list[str], d
     return out
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", metavar="JSONL", help=f"part 2's texts: {ARTICLES_HELP}")

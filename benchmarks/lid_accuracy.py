@@ -61,6 +61,7 @@ def speed(lid, texts: list[str], repeat: int) -> tuple[float, float]:  # noqa: A
     return len(texts) / min(runs), min(cpu) / len(texts) * 1e6
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_corpus_argument(ap)

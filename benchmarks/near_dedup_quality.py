@@ -92,6 +92,7 @@ def all_pairs_jaccard(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, n
     return inter.row, inter.col, j, len(sets) * (len(sets) - 1) // 2
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("corpus")

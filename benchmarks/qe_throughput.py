@@ -61,6 +61,7 @@ def hf_loop(model, tok, pairs, device: str, batch: int = 16) -> list[float]:  # 
     return out
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

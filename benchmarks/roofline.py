@@ -121,6 +121,7 @@ def run_engine(eng, texts: list[str]) -> tuple[float, float]:  # noqa: ANN001
     return time.perf_counter() - t0, t2 - t1
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = engine_parser(__doc__, docs=120)
     ap.add_argument("--rounds", type=int, default=5)

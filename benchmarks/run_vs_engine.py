@@ -199,6 +199,7 @@ def engine_worker(a: argparse.Namespace) -> None:
     print("ENGINE_RESULT " + json.dumps(res), flush=True)
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_argument(ap, articles=True)
