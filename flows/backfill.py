@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.corpus import corpus_flow
-from flows.params import MAX_CONCURRENT, job_settings, partition_lock, render_input, tag_run
+from flows.params import MAX_CONCURRENT, POLL_INTERVAL, job_settings, partition_lock, render_input, tag_run
 from tasks import fingerprint
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.manifest import read_manifest
@@ -43,7 +43,9 @@ def _counts(manifest: dict | None) -> dict:
 
 
 @task(name="partition", task_run_name="partition-{date}")
-def run_partition(date: str, params: dict, deployment: str | None, poll_interval: float = 5.0) -> dict:
+def run_partition(
+    date: str, params: dict, deployment: str | None, poll_interval: float = POLL_INTERVAL
+) -> dict:
     """Run one date (as a deployment run or a subflow) and report its status; never raises.
 
     `params`: the partition flow's parameters but the date (inputs, settings as JSON, missing_input)."""
@@ -136,7 +138,7 @@ def backfill_flow(
     end: str | None = None,
     max_concurrent: int = MAX_CONCURRENT,
     deployment: str | None = None,
-    poll_interval: float = 5.0,
+    poll_interval: float = POLL_INTERVAL,
     **legacy: Any,
 ) -> list[dict]:
     """Process every date of [start, end]; fail (after all dates ran) if any date failed."""

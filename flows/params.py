@@ -21,6 +21,7 @@ from xlmflow.settings import JobSettings, make_job
 LAG_DAYS = 1  # the daily run processes its scheduled day minus this
 TIMEZONE = "UTC"  # of the daily schedule and of its dates
 MAX_CONCURRENT = 2  # partition runs of a backfill at a time
+POLL_INTERVAL = 5.0  # seconds between a backfill's status polls of a partition run
 
 REDEPLOY = (
     "redeploy with this version: `xlmflow deploy --input TEMPLATE --out OUT [options]` (or `prefect deploy "

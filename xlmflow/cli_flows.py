@@ -7,7 +7,7 @@ import shlex
 
 from flows.backfill import backfill_flow, date_range, format_table
 from flows.deploy import CRON, POOL, ROOT, YAML_SOURCE, deploy_all, deployments, prefect_yaml
-from flows.params import LAG_DAYS, MAX_CONCURRENT, TIMEZONE, render_input
+from flows.params import LAG_DAYS, MAX_CONCURRENT, POLL_INTERVAL, TIMEZONE, render_input
 from xlmflow import reaper
 from xlmflow.cli_options import add_job_options, job_kwargs
 from xlmflow.errors import ConfigError
@@ -44,7 +44,11 @@ def add_backfill_arguments(parser: argparse.ArgumentParser, argv: list[str] | No
         "work pool's workers; default: run dates in this process",
     )
     parser.add_argument(
-        "--poll-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between run status polls"
+        "--poll-interval",
+        type=float,
+        default=POLL_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between run status polls (default {POLL_INTERVAL:g})",
     )
     add_job_options(parser, argv)
 
