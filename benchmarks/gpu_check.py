@@ -8,7 +8,7 @@ One script, one device call. On `--device cuda`:
     aggregation) against `transformers.pipeline("token-classification", batch_size=16, device=0)` under
     bf16 autocast (the engine's regime) and with bf16 weights, same docs, same run;
 (c) MFU = achieved FLOP/s / peak dense bf16 (989 TFLOP/s spec for H100 SXM/H200; ~790 measured for an
-    8192^3 bf16 matmul on these machines, /work/.library/device/KINDS.md). FLOPs of a sequence of L tokens
+    8192^3 bf16 matmul on the lent H100/H200 machines). FLOPs of a sequence of L tokens
     (special tokens included, each window counted): 2 * N * L + 4 * n_layers * hidden * L^2, where N is the
     non-embedding parameters (encoder + classifier; the embedding lookup does no matmul) and the second
     term is QK^T and AV (2 * L^2 * hidden each per layer). Padding is not counted as useful work;
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # the repo root, when run as a script
 from benchmarks.common import ARTICLES_HELP  # noqa: E402
 
 PEAK_SPEC = 989e12  # H100 SXM / H200 dense bf16, no sparsity
-PEAK_MEASURED = 790e12  # 8192^3 bf16 torch.matmul on the lent H100/H200 (KINDS.md: 769-798)
+PEAK_MEASURED = 790e12  # 8192^3 bf16 torch.matmul on the lent H100/H200 (769-798 over the machines)
 T0 = time.perf_counter()
 
 
