@@ -1,4 +1,4 @@
-"""What the flows share: their settings parameter, the input template, the partition lock.
+"""What the flows share: their settings parameter, their own parameters' defaults, the input template, the lock.
 
 Every flow takes the run settings as one typed parameter, `settings` (xlmflow.settings.JobSettings;
 the Prefect UI renders it as a form). A deployment created by an older xlmflow passes the parameters
