@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from xlmflow.lease_cli import out_root
+
 
 def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     v = sub.add_parser("vacuum", help="delete superseded files older than the retention (all tables)")
@@ -33,13 +35,11 @@ def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpar
 
 
 def _out(a: argparse.Namespace) -> str:
-    from xlmflow.lease_cli import out_root
-
     return out_root(a.out)
 
 
 def _vacuum(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import maintenance  # lazy: pyarrow, 0.3 s, not needed at CLI start
 
     hours = maintenance.DEFAULT_RETAIN_HOURS if a.retain_hours is None else a.retain_hours
     removed = maintenance.vacuum(_out(a), hours, dry_run=a.dry_run)
@@ -61,11 +61,11 @@ def _vacuum(a: argparse.Namespace) -> int:
 
 
 def _history(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import history  # lazy: pyarrow, 0.3 s, not needed at CLI start
 
     if a.date is None:
-        return _dates(maintenance.current_runs(_out(a)))
-    runs = maintenance.runs_of(_out(a), a.date)
+        return _dates(history.current_runs(_out(a)))
+    runs = history.runs_of(_out(a), a.date)
     if not runs:
         print(f"partition {a.date}: no committed runs")
         return 0
@@ -101,7 +101,7 @@ def _dates(rows: list[dict]) -> int:
 
 
 def _restore(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import maintenance  # lazy: pyarrow, 0.3 s, not needed at CLI start
 
     m = maintenance.restore(_out(a), a.date, a.run, lock_timeout=a.lock_timeout)
     versions = " ".join(f"{n}={v}" for n, v in m["tables"].items())
@@ -110,7 +110,7 @@ def _restore(a: argparse.Namespace) -> int:
 
 
 def _migrate(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import maintenance  # lazy: pyarrow, 0.3 s, not needed at CLI start
 
     done = maintenance.migrate(_out(a))
     for name, n in done["converted"].items():
