@@ -126,20 +126,27 @@ def process_shards(ingested: Ingested, settings, progress_id=None) -> ProcessRes
         if done:
             logger.info("resume: %d shards already done", len(done))
         if todo:
-            pool = get_pool(settings)
+            pool = _pool(settings)
             infos = pool.actor_infos
-            logger.info(
-                "pool: %d actors %s%s",
-                len(infos),
-                [(i["device"], i["cuda_visible_devices"]) for i in infos],
-                " (started with the run, before the flow)" if pool.prestarted else "",
-            )
             new, failed = pool.run(todo, staging, on_done=progress.shard_done, feed=_Feed())
             done.update(new)
     finally:
         progress.close()
     logger.info("process: %d shards, %d failed", len(shards), len(failed))
     return ProcessResult(shards=shards, done=done, failed=failed, actors=infos, content=feed.summaries)
+
+
+def _pool(settings):  # noqa: ANN001, ANN202
+    """The run's actor pool (started now, or with the run before the flow), logged."""
+    pool = get_pool(settings)
+    infos = pool.actor_infos
+    get_run_logger().info(
+        "pool: %d actors %s%s",
+        len(infos),
+        [(i["device"], i["cuda_visible_devices"]) for i in infos],
+        " (started with the run, before the flow)" if pool.prestarted else "",
+    )
+    return pool
 
 
 @task(name="commit", cache_policy=NONE)

@@ -142,9 +142,7 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     crashed = "c" * 32
     rows = read_version(out, "documents", "2026-11-01", m2["tables"]["documents"]).drop(["date"])
     f, _ = write_table(out, "documents", "2026-11-01", crashed, rows.slice(0, 3))
-    delta.replace_files(
-        out, "documents", "2026-11-01", [f], m2["tables"]["documents"], {"run_id": crashed}
-    )
+    delta.replace_files(out, "documents", "2026-11-01", [f], m2["tables"]["documents"], {"run_id": crashed})
     for f in m2["files"]["documents"]:
         os.unlink(storage.join(out, f["path"]))
     healed = _run(path, out, options=small)

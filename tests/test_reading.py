@@ -107,9 +107,7 @@ def test_migrate_rewrites_fixed_size_lists_that_native_readers_refuse(tmp_path):
         assert [(r["run_id"], r["current"]) for r in runs] == [(_run_hex(10 + dates.index(d)), True)]
         # the rewritten files are the date's own: never debris, whatever the log still holds
         assert partition.find_debris(out, d, read_manifest(out, d)) == []
-        assert partition._date_runs(out, d, read_manifest(out, d)) >= set(
-            read_manifest(out, d)["migrations"]
-        )
+        assert partition._date_runs(out, d, read_manifest(out, d)) >= set(read_manifest(out, d)["migrations"])
     with pytest.raises(Exception, match="nothing to migrate"):
         maintenance.migrate(out)
 
