@@ -314,6 +314,24 @@ def _three_languages(out: str) -> None:
     delta.replace_files(out, "documents", DATE, files, None, {"run_id": _run_hex(1)})
 
 
+def test_tables_of_processors_not_registered_here_are_maintained_too(tmp_path):
+    """History, restore and vacuum go by the tables on disk: a plug-in's table (its plug-in not
+    installed in this process) is listed, restored and vacuumed like the built-in ones."""
+    out = str(tmp_path / "out")
+    name = "plugin_scores"
+    for i, n in ((1, 3), (2, 5)):
+        run = _run_hex(i)
+        f, schema = write_table(out, name, DATE, run, pa.table({"doc_id": [f"{run}-{k}" for k in range(n)]}))
+        manifest = {"manifest_version": MANIFEST_VERSION, "date": DATE, "run_id": run, "files": {name: [f]}}
+        partition.commit_tables(out, DATE, {name: [f]}, {name: schema}, delta.snapshot(out, [name]), manifest)
+    assert delta.table_names(out) == [name]
+    assert [r["tables"] for r in history.runs_of(out, DATE)] == [{name: 1}, {name: 2}]
+    maintenance.restore(out, DATE, _run_hex(1))
+    assert read_partition(out, name, DATE).num_rows == 3
+    removed = maintenance.vacuum(out, retain_hours=0)
+    assert list(removed) == [name] and [p.split("/")[-1][:13] for p in removed[name]] == ["part-00000002"]
+
+
 def test_file_statistics_let_engines_skip_files(tmp_path):
     """Each add action carries numRecords, minValues, maxValues and nullCount taken from the footer
     the writer wrote; a reader of the log then skips the part files whose ranges exclude a filter."""
