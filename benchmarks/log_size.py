@@ -3,7 +3,7 @@
 Three output roots, local directories: a fresh one; one whose `documents` and `rejects` tables hold
 `--commits` commits each (365 dates, each committed again and again as daily runs, backfills and
 `--force` reruns do; one small part file per commit, a manifest per date), built by committing
-through `tasks.collect.commit_tables` as runs do, without running the pipeline; and one with the same
+through `xlmflow.partition.commit_tables` as runs do, without running the pipeline; and one with the same
 365 dates committed once each (the long root's table state with a short log), which separates the
 cost of the log's length from that of the table's size.
 
