@@ -133,7 +133,9 @@ def table_names(out: str) -> list[str]:
     fs, path = storage.fresh(out)
     try:
         names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if "bucket does not exist" in str(exc).lower():
+            raise  # a mistyped bucket is an error of --out (xlmflow.failures says so), not an empty OUT
         return []
     return [n for n in names if not n.startswith(("_", ".")) and has_table(out, n)]
 

@@ -226,7 +226,7 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
     """Make `run_id`'s committed files the date's current files in every table, holding the
     partition's lease like a run does; returns the manifest (xlmflow.history.restore_run)."""
     history.archived_manifest(out, date, run_id)  # an unknown run is refused before waiting for the lease
-    with Partition(out, date, uuid.uuid4().hex, lease_ttl).held(lock_timeout, on_wait=log.warning) as p:
+    with Partition(out, date, lease_ttl=lease_ttl).held(lock_timeout, on_wait=log.warning) as p:
         return p.restore(run_id)
 
 

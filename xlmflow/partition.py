@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 
 from xlmflow import delta, delta_schema, history, storage
@@ -38,31 +39,42 @@ class PinnedFilesGoneError(FatalError):
 
 
 class Partition:
-    """The partition `date` of `out`, held by `owner_id` (a run, a restore) while its lease is taken.
+    """The partition `date` of `out`. While `held`, it holds the partition's lease for `owner_id` (a run,
+    a restore; a fresh id when not given): everything that changes the partition happens then.
 
     `datasets`: the datasets whose directories may hold files of this date besides those the manifest
     lists (the caller knows them: the processors' datasets); the debris check looks there too.
     """
 
     def __init__(
-        self, out: str, date: str, owner_id: str, lease_ttl: float, datasets: Iterable[str] = ()
+        self,
+        out: str,
+        date: str,
+        owner_id: str | None = None,
+        lease_ttl: float = 120,
+        datasets: Iterable[str] = (),
     ) -> None:
-        self.out, self.date, self.owner_id = out, date, owner_id
+        self.out, self.date, self.owner_id = out, date, owner_id or uuid.uuid4().hex
+        self.lease_ttl = lease_ttl
         self.datasets = tuple(datasets)
-        self.lease = PartitionLease(out, date, owner_id, lease_ttl)
+        self.lease: PartitionLease | None = None  # while held
         self.base_versions: dict[str, int | None] = {}
 
     @contextlib.contextmanager
     def held(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> Iterator[Partition]:
         """Hold the partition's lease for the block (waiting up to `timeout` s for another owner)."""
+        self.lease = PartitionLease(self.out, self.date, self.owner_id, self.lease_ttl)
         self.lease.acquire(timeout, on_wait=on_wait)
         try:
             yield self
         finally:
             self.lease.release()
+            self.lease = None
 
     def check(self) -> None:
         """Fence: raises LeaseLostError if another run took the partition over (a stalled owner)."""
+        if self.lease is None:
+            raise FatalError(f"partition {self.date}: changed without holding its lease (this is a bug)")
         self.lease.check()
 
     def manifest(self) -> dict | None:

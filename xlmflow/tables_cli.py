@@ -39,7 +39,7 @@ def _out(a: argparse.Namespace) -> str:
 
 
 def _vacuum(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance  # lazy: pyarrow, 0.3 s, not needed at CLI start
+    from xlmflow import maintenance  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
 
     hours = maintenance.DEFAULT_RETAIN_HOURS if a.retain_hours is None else a.retain_hours
     removed = maintenance.vacuum(_out(a), hours, dry_run=a.dry_run)
@@ -61,11 +61,12 @@ def _vacuum(a: argparse.Namespace) -> int:
 
 
 def _history(a: argparse.Namespace) -> int:
-    from xlmflow import history  # lazy: pyarrow, 0.3 s, not needed at CLI start
+    from xlmflow import history  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
+    from xlmflow.partition import Partition  # lazy: as above
 
     if a.date is None:
         return _dates(history.current_runs(_out(a)))
-    runs = history.runs_of(_out(a), a.date)
+    runs = Partition(_out(a), a.date).history()
     if not runs:
         print(f"partition {a.date}: no committed runs")
         return 0
@@ -101,7 +102,7 @@ def _dates(rows: list[dict]) -> int:
 
 
 def _restore(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance  # lazy: pyarrow, 0.3 s, not needed at CLI start
+    from xlmflow import maintenance  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
 
     m = maintenance.restore(_out(a), a.date, a.run, lock_timeout=a.lock_timeout)
     versions = " ".join(f"{n}={v}" for n, v in m["tables"].items())
@@ -110,7 +111,7 @@ def _restore(a: argparse.Namespace) -> int:
 
 
 def _migrate(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance  # lazy: pyarrow, 0.3 s, not needed at CLI start
+    from xlmflow import maintenance  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
 
     done = maintenance.migrate(_out(a))
     for name, n in done["converted"].items():
