@@ -13,16 +13,9 @@ import time
 from collections.abc import Iterator
 
 from xlmflow import schemas, storage
-from xlmflow.stats import file_stats
+from xlmflow.part_files import part_uri, write_parquet  # noqa: F401 - part_uri: part of this module's interface
 
 QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all of them, or quantiles
-
-
-def part_uri(out: str, dataset: str, date: str, run_id: str, index: int) -> str:
-    """Named as tasks.collect's debris check expects (`part-<run 8 hex>-<n>.parquet`)."""
-    from tasks.collect import partition_dir
-
-    return storage.join(partition_dir(out, dataset, date), f"part-{run_id[:8]}-{index:05d}.parquet")
 
 
 def _tables(src: dict) -> Iterator:
@@ -65,64 +58,28 @@ def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     ]
 
 
-def _nan_columns(t) -> set[str]:  # noqa: ANN001
-    """The float columns of `t` holding NaN (their file statistics get no bounds)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return {f.name for f in t.schema if pa.types.is_floating(f.type) and pc.any(pc.is_nan(t[f.name])).as_py()}
-
-
 def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: bytes | None = None) -> dict:
     """Write one Parquet file of `dataset` from staged sources (an empty one, with the serialized schema
     `empty`, when there are none); returns its file entry, schema and report figures."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from ray_cluster.cluster import node_id
 
     t0 = time.perf_counter()
-    rows = 0
-    extra: dict = {}
     labels: collections.Counter[str] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()
     scores: list = []
-    schema = None
-    nan: set[str] = set()
-    with storage.writing(uri) as path:
-        writer = None
-        try:
-            for src in sources:
-                for t in _tables(src):
-                    if not t.num_rows:
-                        continue
-                    if writer is None:
-                        schema = schemas.file_schema(t.schema)
-                        writer = pq.ParquetWriter(path, schema, compression="zstd")
-                    t = t.cast(schema) if t.schema != schema else t
-                    schemas.check_widths(t, schema)
-                    nan |= _nan_columns(t)
-                    writer.write_table(t)
-                    rows += t.num_rows
-                    if "label" in t.column_names and dataset != "rejects":
-                        labels.update(t["label"].to_pylist())
-                    elif dataset == "rejects":
-                        reasons.update(t["reason"].to_pylist())
-                    elif dataset == "qe":
-                        scores.append(t["score"])
-            if writer is None:
-                if empty is None:
-                    raise ValueError(f"no rows and no schema for an empty file of {dataset}")
-                schema = schemas.file_schema(pa.ipc.read_schema(pa.py_buffer(empty)))
-                writer = pq.ParquetWriter(path, schema, compression="zstd")
-                writer.write_table(schema.empty_table())
-        finally:
-            if writer is not None:
-                writer.close()
-        footer = writer.writer.metadata  # the statistics the writer put in the file's footer
-        import os
 
-        size = os.path.getsize(path)
+    def seen(t) -> None:  # noqa: ANN001 - the figures the report shows
+        if "label" in t.column_names and dataset != "rejects":
+            labels.update(t["label"].to_pylist())
+        elif dataset == "rejects":
+            reasons.update(t["reason"].to_pylist())
+        elif dataset == "qe":
+            scores.append(t["score"])
+
+    written = write_parquet(out, uri, (t for src in sources for t in _tables(src)), empty, seen)
+    extra: dict = {}
     if labels:
         extra["labels"] = dict(labels)
     if dataset == "rejects":
@@ -135,14 +92,8 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
             s = pc.quantile(s, q=[i / QE_SAMPLE for i in range(QE_SAMPLE + 1)])
         extra["qe_scores"] = {"n": len(pc.drop_null(pa.chunked_array(scores))), "sample": s.to_pylist()}
     return {
-        "file": {
-            "path": uri[len(out.rstrip("/")) + 1 :],
-            "rows": rows,
-            "bytes": size,
-            "mtime": int(time.time() * 1000),
-            "stats": file_stats(footer, schema, nan),
-        },
-        "schema": schema.serialize().to_pybytes(),
+        "file": written.entry,
+        "schema": written.schema.serialize().to_pybytes(),
         "node_id": node_id(),
         "seconds": round(time.perf_counter() - t0, 3),
         **extra,
