@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
+from xlmflow import faults
 from xlmflow.errors import ConfigError
 from xlmflow.manifest import run_models
 from xlmflow.settings import JobSettings
@@ -151,24 +152,11 @@ def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN00
     }
     # commit's own time is logged; it cannot be in the manifest it writes
     run["stages"] = {**stages, **{f"ingest_{k}": v for k, v in ing["seconds"].items()}}
-    _test_pause_before_commit(logger)
+    faults.point("before_commit")
     lease.check()  # fence: a run that lost its lease while stalled must not write into the partition
     manifest = timed("commit", steps.commit_partition, settings, ing, processed, run, lease.check)
     timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
     return {**result, "status": "committed", "manifest": manifest}
-
-
-def _test_pause_before_commit(logger) -> None:  # noqa: ANN001
-    """Tests hold a run just before its commit while a gate file exists, to make runs overlap for sure."""
-    import os
-
-    gate = os.environ.get("XLMFLOW_TEST_PAUSE_BEFORE_COMMIT")
-    if not gate or not os.path.exists(gate):
-        return
-    logger.warning("test pause before commit (until %s is removed)", gate)
-    deadline = time.monotonic() + 600
-    while os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _any_input(inputs: tuple[str, ...]) -> bool:

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from xlmflow import faults
 from xlmflow.errors import FatalError
 
 log = logging.getLogger(__name__)
@@ -91,27 +92,11 @@ def _call(fn: Callable, *args: object) -> object:
     """The body of every task: fn(*args), with a failure made portable (xlmflow.failures.portable)."""
     from xlmflow.failures import portable
 
-    pause_for_test(fn.__name__)
+    faults.point("task", key=fn.__name__)
     try:
         return fn(*args)
     except BaseException as exc:
         raise portable(exc) from exc
-
-
-def pause_for_test(name: str) -> None:
-    """Tests hold a run inside one kind of task (`read_split` in ingest, `process_shard` on an actor,
-    `write_part` in commit) while a gate file exists: XLMFLOW_TEST_PAUSE_TASK=NAME:GATE. The task
-    creates GATE.reached on arrival, so the test knows the run is there."""
-    import os
-
-    spec = os.environ.get("XLMFLOW_TEST_PAUSE_TASK")
-    if not spec or spec.split(":", 1)[0] != name:
-        return
-    gate = spec.split(":", 1)[1]
-    if os.path.exists(gate):
-        open(gate + ".reached", "a").close()
-    while os.path.exists(gate):
-        time.sleep(0.05)
 
 
 def get(ref):  # noqa: ANN001, ANN201

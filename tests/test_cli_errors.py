@@ -51,7 +51,7 @@ def _ray_sessions() -> set[str]:
 def _plain_env(**extra: str) -> dict:
     """No shared Ray or Prefect: a run that got that far would start both (and say so on stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 

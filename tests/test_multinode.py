@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tasks.collect import read_manifest
-from tests.conftest import CORPUS, CRASH_CONTROL
+from tests.conftest import CORPUS, FAULTS_FILE, write_faults
 
 CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
 DATE = "2026-11-05"
@@ -75,7 +75,7 @@ def cli_env(prefect_stack) -> dict:
 
 
 def _env(cli_env: dict) -> dict:
-    return cli_env | {"XLMFLOW_TEST_CRASH_FILE": CRASH_CONTROL}
+    return cli_env | {"XLMFLOW_FAULTS": FAULTS_FILE}
 
 
 def _args(corpus: str, out: str, address: str) -> list[str]:
@@ -113,8 +113,9 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
     assert len(want) > 2000
     # the first actor to reach shard 001-00001 stops there, and its node is removed
     marker = tmp_path / "hung"
-    with open(CRASH_CONTROL, "w") as f:
-        json.dump({"shard_prefix": "001-00001", "marker": str(marker), "mode": "hang", "seconds": 300}, f)
+    write_faults(
+        FAULTS_FILE, shard={"prefix": "001-00001", "action": "hang", "marker": str(marker), "seconds": 300}
+    )
     lossy = str(tmp_path / "lossy")
     try:
         proc = subprocess.Popen(CLI + _args(corpus, lossy, cluster.address), env=env, stdout=subprocess.PIPE,
@@ -130,7 +131,7 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
         _, err = proc.communicate(timeout=300)
         print(f"node removed: the run finished {time.time() - t0:.1f}s later")
     finally:
-        os.remove(CRASH_CONTROL)
+        os.remove(FAULTS_FILE)
     assert proc.returncode == 0, err[-3000:]
     m = read_manifest(lossy, DATE)
     assert m["ingest"]["splits"] > 2
@@ -155,14 +156,16 @@ def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env,
     """Runs after the node-loss test, on what is left of the module's cluster, whose head it kills."""
     env = _env(cli_env) | {
         "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
-        "XLMFLOW_TEST_PAUSE_BEFORE_COMMIT": str(tmp_path / "gate"),
+        "XLMFLOW_FAULTS": write_faults(
+            tmp_path / "faults.json", before_commit={"action": "pause", "gate": str(tmp_path / "gate")}
+        ),
     }
     (tmp_path / "gate").touch()  # the run stops before its commit, with every shard done
     out = str(tmp_path / "out")
     proc = subprocess.Popen(CLI + _args(corpus, out, cluster.address) + ["--actors", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and "test pause" not in _peek(proc):
+    while time.time() < deadline and proc.poll() is None and "fault point before_commit" not in _peek(proc):
         time.sleep(0.5)
     t0 = time.time()
     cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
@@ -176,7 +179,7 @@ def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env,
 
     second = _cluster(workers=1)
     try:
-        env.pop("XLMFLOW_TEST_PAUSE_BEFORE_COMMIT")
+        env.pop("XLMFLOW_FAULTS")
         p = subprocess.run(CLI + _args(corpus, out, second.address) + ["--actors", "1"], env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     finally:
