@@ -59,7 +59,7 @@ def collect_partition(
 ) -> dict:
     """Have writer tasks write the Parquet files, commit them to the Delta tables, write the manifest.
 
-    `ing`: ray_cluster.ingest_pipeline.read_inputs's result; `content`: the content reducers' summaries;
+    `ing`: tasks.ingest_pipeline.read_inputs's result; `content`: the content reducers' summaries;
     `base_versions`: each table's version when the run started (xlmflow.delta.snapshot).
     """
     import pyarrow as pa

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from tasks.shard import ShardWriter
 from tasks.staged import BucketWriter, read_bucket
 from xlmflow import schemas, storage
+from xlmflow.settings import RunSettings
 
 
 def piece_table(plan, summaries: list[dict]) -> list[dict]:  # noqa: ANN001
@@ -101,8 +102,6 @@ def reduce_content(c: int, summaries: list[dict], losers: list[dict], pieces: li
     write the kept rows as shards of about shard_chars; returns the shard refs. Idempotent."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from xlmflow.settings import RunSettings
 
     done = storage.join(_dir(staging), f"content-{c:03d}.json")
     if storage.exists(done):

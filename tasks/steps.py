@@ -16,7 +16,7 @@ from tasks import collect, report
 def ingest_inputs(settings, staging: str, progress_id=None) -> dict:  # noqa: ANN001
     """List and split the inputs, read them on the cluster, run the id stage of dedup."""
     from ray_cluster.cluster import check_out_reachable, connect
-    from ray_cluster.ingest_pipeline import read_inputs
+    from tasks.ingest_pipeline import read_inputs
 
     connect(settings.ray_address)
     check_out_reachable(settings.out, settings.shared_out)
@@ -54,8 +54,8 @@ def process_shards(ing: dict, settings, progress_id=None) -> tuple:  # noqa: ANN
     """Run the content stage of dedup (it writes the shards) and the processors over every unfinished
     shard on the Ray actor pool; returns (shards, done, failed, actor infos, content summaries)."""
     from ray_cluster.actor import DONE_MARKER, results_uri
-    from ray_cluster.ingest_pipeline import ContentFeed
     from ray_cluster.pool import get_pool
+    from tasks.ingest_pipeline import ContentFeed
     from xlmflow import storage
 
     logger = get_run_logger()

@@ -99,16 +99,25 @@ def _workers(c) -> set[str]:  # noqa: ANN001
 def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_env, corpus, tmp_path):
     """One run on two worker nodes; the first actor to reach shard 001-00001 stops there and its node is
     removed. The run must still commit exactly the rows of a clean ingest of the same input (the
-    reference is the same split and dedup code run in this process), each with a language."""
-    from tasks.ingest import ingest
+    reference is the same split tasks and reducers, run from this process), each with a language."""
+    import ray
+
+    from tests.staged_ingest import ingest
     from xlmflow.settings import make_settings
 
     env = _env(cli_env)
-    ref = ingest(
-        make_settings(
-            inputs=[corpus], out=str(tmp_path / "ref"), split_bytes=int(0.15 * 1024 * 1024), dedup_buckets=3
+    ray.init(address=cluster.address)
+    try:
+        ref = ingest(
+            make_settings(
+                inputs=[corpus],
+                out=str(tmp_path / "ref"),
+                split_bytes=int(0.15 * 1024 * 1024),
+                dedup_buckets=3,
+            )
         )
-    )
+    finally:
+        ray.shutdown()
     want = sorted(zip(ref.table["doc_id"].to_pylist(), ref.table["source_row"].to_pylist(), strict=True))
     assert len(want) > 2000
     # the first actor to reach shard 001-00001 stops there, and its node is removed

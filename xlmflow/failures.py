@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Iterator
 
-from xlmflow.errors import ConfigError, InputsChangedError, XlmflowError
+from xlmflow.errors import ConfigError, FatalError, InputsChangedError, XlmflowError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_INPUTS_CHANGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -155,8 +155,6 @@ def portable(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, XlmflowError) and len(list(_chain(exc))) == 1:
         return exc
-    from xlmflow.errors import FatalError
-
     _, msg = explain(exc)
     return FatalError(msg.removeprefix("error: "))
 

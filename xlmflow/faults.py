@@ -15,7 +15,7 @@ A rule applies when the call's key starts with "prefix" (no prefix: every call),
 Points:
 - "before_commit" (flows.corpus): a run with every shard done, just before its commit.
 - "shard", key = shard id (ray_cluster.actor): an actor about to process a shard.
-- "task", key = the function's name (tasks run by ray_cluster.ingest_pipeline: "read_split",
+- "task", key = the function's name (tasks run by ray_cluster.task_runner: "read_split",
   "reduce_ids", "reduce_content", "write_part") and "process_shard" (ray_cluster.actor).
 
 Actions:
