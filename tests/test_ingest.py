@@ -625,6 +625,7 @@ def test_csv_records_skipped_as_too_long_resync_where_csv_would(tmp_path, monkey
     import random
 
     from tasks import readers
+    from tasks.readers import stream
 
     def oracle(data: str, limit: int) -> list:
         lines: list[bytes] = []
@@ -659,7 +660,7 @@ def test_csv_records_skipped_as_too_long_resync_where_csv_would(tmp_path, monkey
                 w.writerow(["".join(rng.choice('ab,"\n \r') for _ in range(rng.choice([3, 30, 200])))] * 2)
         data, limit = "text,b,c\n" + out.getvalue(), rng.choice([20, 60, 500])
         (tmp_path / "t.csv").write_text(data, newline="")
-        monkeypatch.setattr(readers, "CHUNK", rng.choice([1, 2, 3, 7, 64]))  # boundaries everywhere
+        monkeypatch.setattr(stream, "CHUNK", rng.choice([1, 2, 3, 7, 64]))  # boundaries everywhere
         got = [
             v.reason if isinstance(v, readers.Bad) else [v[k] for k in ("text", "b", "c") if k in v]
             for _, v, _ in readers.read_records(str(tmp_path / "t.csv"), max_record_bytes=limit)
