@@ -215,6 +215,7 @@ def test_after_the_error_line_only_the_console_is_silenced(tmp_path, capsys):
     other = logging.Handler()
     other.emit = lambda record: seen.append(record.getMessage())
     lg = logging.getLogger("prefect.xlmflow_test_drain")
+    lg.propagate = False  # only the two handlers here: others of this process may hold stale streams
     handlers = [other, logging.StreamHandler(sys.stderr)]
     for h in handlers:
         lg.addHandler(h)
@@ -226,6 +227,7 @@ def test_after_the_error_line_only_the_console_is_silenced(tmp_path, capsys):
     finally:
         for h in handlers:
             lg.removeHandler(h)
+        lg.propagate = True
         logging.disable(logging.NOTSET)
     err = capsys.readouterr().err
     assert rc == 1 and err.strip().splitlines()[-1].startswith("xlmflow: error: cannot read parallel corpus")
