@@ -79,10 +79,10 @@ def speed_row(kind: str, engs: dict, secs: dict, tokens: int) -> str:
 def run_ner(engs: dict, texts: list[str], rounds: int) -> tuple[str, str]:
     import numpy as np
 
-    from ray_cluster.processors.ner import finish_entities, prepare_windows, window_probs
+    from ray_cluster.processors.ner import finish_entities, tokens_and_windows, window_probs
 
     def fn(eng, texts):  # noqa: ANN001, ANN202 - predict_entities, keeping the window scores
-        docs, wins = prepare_windows(eng, texts)
+        docs, wins = tokens_and_windows(eng, texts)
         scores = window_probs(eng, wins)
         return docs, wins, scores, finish_entities(eng, texts, docs, wins, scores, "simple")
 

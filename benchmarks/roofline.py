@@ -110,10 +110,10 @@ def gemm_replay(eng, texts: list[str]) -> float:  # noqa: ANN001 - an fp32 packe
 
 def run_engine(eng, texts: list[str]) -> tuple[float, float]:  # noqa: ANN001
     """Seconds of predict_entities (its three phases) and of its forward phase alone."""
-    from ray_cluster.processors.ner import finish_entities, prepare_windows, window_probs
+    from ray_cluster.processors.ner import finish_entities, tokens_and_windows, window_probs
 
     t0 = time.perf_counter()
-    docs, wins = prepare_windows(eng, texts)
+    docs, wins = tokens_and_windows(eng, texts)
     t1 = time.perf_counter()
     scores = window_probs(eng, wins)
     t2 = time.perf_counter()

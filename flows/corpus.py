@@ -17,7 +17,7 @@ import xlmflow
 from flows.params import job_settings, tag_run
 from tasks import collect, fingerprint, report, steps
 from tasks.shard import staging_root
-from xlmflow import delta, storage
+from xlmflow import delta, faults, storage
 from xlmflow.errors import ConfigError
 from xlmflow.manifest import run_models
 from xlmflow.partition import Partition, PinnedFilesGoneError
@@ -91,7 +91,7 @@ def _run_partition(settings, partition: Partition, logger) -> dict:  # noqa: ANN
     facts = _facts(
         partition, started_at, ingested.record, processed, stages.seconds, time.perf_counter() - t0
     )
-    _test_pause_before_commit(logger)
+    faults.point("before_commit")
     partition.check()  # fence: a run that lost its lease while stalled must not write into the partition
     manifest = stages.timed("commit", steps.commit_outputs, settings, partition, ingested, processed, facts)
     stages.timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
@@ -177,19 +177,6 @@ def _already_committed(settings, partition: Partition, existing: dict, logger) -
         f" (removed {removed} stray files)" if removed else "",
     )
     return {"status": "skipped"}
-
-
-def _test_pause_before_commit(logger) -> None:  # noqa: ANN001
-    """Tests hold a run just before its commit while a gate file exists, to make runs overlap for sure."""
-    import os
-
-    gate = os.environ.get("XLMFLOW_TEST_PAUSE_BEFORE_COMMIT")
-    if not gate or not os.path.exists(gate):
-        return
-    logger.warning("test pause before commit (until %s is removed)", gate)
-    deadline = time.monotonic() + 600
-    while os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _any_input(inputs: tuple[str, ...]) -> bool:

@@ -9,8 +9,7 @@ import socket
 import time
 
 from ray_cluster.cluster import node_id
-from ray_cluster.ingest_pipeline import pause_for_test
-from xlmflow import storage
+from xlmflow import faults, storage
 from xlmflow.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -103,8 +102,8 @@ class ShardWorker:
         marker = storage.join(out_dir, DONE_MARKER)
         if storage.exists(marker):
             return storage.read_json(marker)
-        _maybe_crash_for_test(shard["shard_id"])
-        pause_for_test("process_shard")
+        faults.point("shard", key=shard["shard_id"])
+        faults.point("task", key="process_shard")
         t0 = time.perf_counter()
         table = storage.read_table_ipc(shard["uri"])
         rejects: list[dict] = []
@@ -181,37 +180,6 @@ def _pick_device(num_cpus: float) -> str:
         return "cuda"
     torch.set_num_threads(max(1, int(num_cpus)))
     return "cpu"
-
-
-def _maybe_crash_for_test(shard_id: str) -> None:
-    """Fault injection for the actor-death tests, off unless XLMFLOW_TEST_CRASH_FILE names a control file.
-
-    The control file holds {"shard_prefix": ..., "marker": path, "mode": "exit"|"raise"}. "exit" (default):
-    the first actor to reach a matching shard creates the marker and dies hard (as on an OOM kill or a
-    lost node). "raise": every matching shard raises OSError, as storage without credentials would.
-    "hang": the first actor there writes its Ray node id to the marker and sleeps (a test removes the node).
-    """
-    ctl = os.environ.get("XLMFLOW_TEST_CRASH_FILE")
-    if not ctl or not os.path.exists(ctl):
-        return
-    import json
-
-    with open(ctl) as f:
-        spec = json.load(f)
-    if not shard_id.startswith(spec["shard_prefix"]):
-        return
-    if spec.get("mode") == "raise":
-        open(spec["marker"], "a").close()
-        raise OSError(f"injected storage failure on shard {shard_id}")
-    if spec.get("mode") == "hang":  # the first actor there names its node and waits to be taken down
-        if not os.path.exists(spec["marker"]):
-            with open(spec["marker"], "w") as f:
-                f.write(node_id() or "")
-            time.sleep(spec.get("seconds", 120))
-        return
-    if not os.path.exists(spec["marker"]):
-        open(spec["marker"], "w").close()
-        os._exit(1)
 
 
 def setup_failure(p, exc: Exception) -> Exception:  # noqa: ANN001 - a Processor

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from xlmflow import reaper
+from xlmflow import reaper, storage
 from xlmflow.errors import ConfigError, FatalError
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,6 @@ def check_out_reachable(out: str, shared: bool = False) -> None:
     output files, and this machine's disk is not theirs (unless --shared-out says it is mounted at the
     same path on every node)."""
     import ray
-
-    from xlmflow import storage
 
     if storage.is_remote(out) or shared:
         return

@@ -27,9 +27,13 @@ import heapq
 import time
 from collections.abc import Iterator
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tasks.shard import ShardWriter
 from tasks.staged import BucketWriter, read_bucket
 from xlmflow import schemas, storage
+from xlmflow.settings import RunSettings
 
 
 def piece_table(plan, summaries: list[dict]) -> list[dict]:  # noqa: ANN001
@@ -99,11 +103,6 @@ def reduce_content(c: int, summaries: list[dict], losers: list[dict], pieces: li
                    staging: str) -> dict:  # fmt: skip
     """The content stage for content bucket c: reject the id stage's losers and the content duplicates,
     write the kept rows as shards of about shard_chars; returns the shard refs. Idempotent."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from xlmflow.settings import RunSettings
-
     done = storage.join(_dir(staging), f"content-{c:03d}.json")
     if storage.exists(done):
         return storage.read_json(done)
@@ -114,47 +113,17 @@ def reduce_content(c: int, summaries: list[dict], losers: list[dict], pieces: li
     rej_uri = storage.join(_dir(staging), f"rejects-{c:03d}.arrow")
     rej = BucketWriter(rej_uri, schemas.REJECTS, 1)
     shards = ShardWriter(c, schema, settings.shard_chars, staging)
-    by_reason: collections.Counter[str] = collections.Counter()
-    first: dict[bytes, tuple[str, str]] = {}  # digest -> (where, id) of the row kept
-    lose = _losers(losers, c)
-    nxt = next(lose, None)
+    decide = _ContentDecisions(_losers(losers, c), pieces, rej)
     try:
         for s in summaries:
             for batch in read_bucket(s["uris"]["rows"], s["index_by_bucket"]["rows"][c]):
-                ids = batch.column(0).to_pylist()
-                pcs, rows = batch["_piece"].to_pylist(), batch["source_row"].to_pylist()
-                digests, raws = batch["_digest"].to_pylist(), batch["_raw"].to_pylist()
-                keep = [False] * len(ids)
-                for i, (piece, row) in enumerate(zip(pcs, rows, strict=True)):
-                    p = pieces[piece]
-                    if nxt is not None and (nxt[0], nxt[1]) == (piece, row):
-                        rej.add(0, (p["uri"], p["offset"] + row, nxt[2], nxt[3], raws[i]))
-                        by_reason[nxt[2]] += 1
-                        nxt = next(lose, None)
-                        continue
-                    hit = first.get(digests[i])
-                    if hit is not None:
-                        rej.add(
-                            0,
-                            (
-                                p["uri"],
-                                p["offset"] + row,
-                                "duplicate",
-                                f"same content as {hit[0]} ({hit[1]})",
-                                raws[i],
-                            ),
-                        )
-                        by_reason["duplicate"] += 1
-                        continue
-                    first[digests[i]] = (f"{p['uri']} row {p['offset'] + row}", ids[i])
-                    keep[i] = True
-                kept = batch.filter(pa.array(keep, pa.bool_()))
+                kept = batch.filter(pa.array(decide.keep(batch), pa.bool_()))
                 if kept.num_rows:
                     rows_abs = pc.add(kept["source_row"], offsets.take(kept["_piece"]))
                     cols = [rows_abs if f.name == "source_row" else kept[f.name] for f in schema]
                     shards.add(pa.Table.from_batches([pa.RecordBatch.from_arrays(cols, schema=schema)]))
-        if nxt is not None:
-            raise RuntimeError(f"dedup bucket {c}: a loser of the id stage has no row: {nxt}")  # a bug
+        if decide.nxt is not None:
+            raise RuntimeError(f"dedup bucket {c}: a loser of the id stage has no row: {decide.nxt}")  # a bug
         refs = shards.close()
         rej_index = rej.close()
     except BaseException:
@@ -167,11 +136,47 @@ def reduce_content(c: int, summaries: list[dict], losers: list[dict], pieces: li
         "rejects_uri": rej_uri,
         "rejects_index": rej_index[0],
         "rejects": rej.rows,
-        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "rejects_by_reason": dict(sorted(decide.by_reason.items())),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     storage.write_json(done, summary)
     return summary
+
+
+class _ContentDecisions:
+    """The content stage over one bucket's rows in input order: a loser of the id stage is rejected with
+    its reason, a row whose content was kept before is a `duplicate`, every other row is kept."""
+
+    def __init__(self, lose: Iterator[tuple], pieces: list[dict], rej: BucketWriter) -> None:
+        self.lose, self.pieces, self.rej = lose, pieces, rej
+        self.nxt = next(lose, None)  # the next loser, in input order
+        self.first: dict[bytes, tuple[str, str]] = {}  # digest -> (where, id) of the row kept
+        self.by_reason: collections.Counter[str] = collections.Counter()
+
+    def keep(self, batch) -> list[bool]:  # noqa: ANN001 - a staged rows batch
+        """Which rows of the batch are kept; the others are written to the rejects."""
+        ids = batch.column(0).to_pylist()
+        pcs, rows = batch["_piece"].to_pylist(), batch["source_row"].to_pylist()
+        digests, raws = batch["_digest"].to_pylist(), batch["_raw"].to_pylist()
+        keep = [False] * len(ids)
+        nxt, first, rej = self.nxt, self.first, self.rej
+        for i, (piece, row) in enumerate(zip(pcs, rows, strict=True)):
+            p = self.pieces[piece]
+            if nxt is not None and (nxt[0], nxt[1]) == (piece, row):
+                rej.add(0, (p["uri"], p["offset"] + row, nxt[2], nxt[3], raws[i]))
+                self.by_reason[nxt[2]] += 1
+                nxt = next(self.lose, None)
+                continue
+            hit = first.get(digests[i])
+            if hit is not None:
+                detail = f"same content as {hit[0]} ({hit[1]})"
+                rej.add(0, (p["uri"], p["offset"] + row, "duplicate", detail, raws[i]))
+                self.by_reason["duplicate"] += 1
+                continue
+            first[digests[i]] = (f"{p['uri']} row {p['offset'] + row}", ids[i])
+            keep[i] = True
+        self.nxt = nxt
+        return keep
 
 
 def read_rejects(summary: dict) -> Iterator[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tasks.inputs import expand_inputs
 from xlmflow import storage
 from xlmflow.errors import FatalError
 
@@ -30,8 +31,6 @@ def fingerprint(files: Sequence[str]) -> list[dict]:
 
 def current(inputs: Sequence[str]) -> list[dict]:
     """The fingerprint of the inputs as they are now; [] when they match no files any more."""
-    from tasks.ingest import expand_inputs
-
     try:
         files = expand_inputs(inputs)
     except FatalError:

@@ -23,7 +23,7 @@ Choices a user of the staged tables can rely on:
   the byte limit is one row and one `too_long` reject, skipped unread. The part of a file past
   max_file_bytes is ONE `file_too_large` reject counting as one input row, as is a Parquet row group
   too large to read (`row_group_too_large`): the rows in them were never read, so never counted.
-- An input the user named that matches nothing, or cannot be listed, is a FatalError.
+- An input the user named that matches nothing, or cannot be listed, is a FatalError (tasks.inputs).
 """
 
 from __future__ import annotations
@@ -33,21 +33,21 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 
+import orjson
 import pyarrow as pa
 
-from tasks.readers import SUPPORTED, Bad, format_of, read_piece, read_records
+from ray_cluster import cluster
+from tasks.readers import Bad, read_piece, read_records
+from tasks.staged import BucketWriter, read_bucket
 from xlmflow import schemas, storage
-from xlmflow.errors import ConfigError, FatalError
+from xlmflow.errors import FatalError
 from xlmflow.settings import RunSettings
-from xlmflow.storage import fs_for, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -56,158 +56,11 @@ _FATAL_IO = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
 _FORMAT_ERRORS = (ValueError, OSError, EOFError, csv.Error, zlib.error, pa.ArrowException)
 
 
-@dataclass
-class IngestResult:
-    """The whole ingest of a partition in one process (`ingest`): for tests and small inputs."""
-
-    table: pa.Table  # schemas.STAGED_DOCS or schemas.STAGED_PAIRS, in input order
-    rejects: list[dict]  # schemas.make_reject rows, in input order
-    input_rows: int  # == table.num_rows + len(rejects)
-    input_files: list[str]
-
-    def counts(self) -> dict:
-        by_reason = Counter(r["reason"] for r in self.rejects)
-        return {
-            "input_rows": self.input_rows,
-            "accepted": self.table.num_rows,
-            "rejects": len(self.rejects),
-            "rejects_by_reason": dict(sorted(by_reason.items())),
-        }
-
-
 def normalize(text: str) -> str:
     """NFC + collapse whitespace + strip: the text that ids and dedup look at."""
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return " ".join(text.split())  # str.split() splits on the same Unicode whitespace as re \s, faster
-
-
-def expand_inputs(inputs: Sequence[str]) -> list[str]:
-    """Files, directories (recursive) and globs, local or s3://, as sorted unique file URIs."""
-    found: set[str] = set()
-    for inp in inputs:
-        fs, path = fs_for(inp)
-        proto = inp.split("://", 1)[0] + "://" if is_remote(inp) else ""
-        try:
-            fs.invalidate_cache()
-            if any(c in inp for c in "*?["):
-                tops = fs.glob(path)
-            elif fs.exists(path):
-                tops = [path]
-            else:
-                raise FatalError(f"input {inp!r} matched no files; check the path/glob")
-            files, skipped = [], []
-            for top in sorted(tops):
-                if not fs.isdir(top):
-                    files.append(top)
-                    continue
-                for p in fs.find(top):
-                    # hidden/underscore files and folders below the input (.crc, _SUCCESS, .git/,
-                    # _delta_log/) are not data, as in Spark and Hadoop
-                    below = p[len(top.rstrip("/")) + 1 :].split("/")
-                    (skipped if any(c.startswith((".", "_")) for c in below) else files).append(p)
-        except FatalError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise FatalError(
-                f"cannot read input {inp!r}: {exc}; check the path and your access to it"
-            ) from exc
-        if files == [path] and format_of(path) is None:  # a file the user named explicitly
-            raise FatalError(f"input {inp!r} is not a supported file type; supported: {SUPPORTED}")
-        if not proto:
-            special = {p: why for p in files if (why := _not_a_file(p))}
-            if files == [path] and special:
-                raise FatalError(f"input {inp!r} cannot be read: {special[path]}")
-            if special:
-                eg = "; ".join(f"{p}: {why}" for p, why in list(special.items())[:3])
-                log.warning(
-                    "input %r: skipped %d paths that are not files to read, e.g. %s", inp, len(special), eg
-                )
-            files = [p for p in files if p not in special]
-        ok = [proto + p for p in files if format_of(p) is not None]
-        skipped += [p for p in files if format_of(p) is None]
-        if skipped:
-            log.warning(
-                "input %r: skipped %d unsupported/hidden files, e.g. %s", inp, len(skipped), skipped[:3]
-            )
-        if not ok:
-            raise FatalError(f"input {inp!r} matched no files; check the path/glob (supported: {SUPPORTED})")
-        found.update(ok)
-    return sorted(found)
-
-
-def check_output_apart(inputs: Sequence[str], out: str) -> None:
-    """A ConfigError if the output root is inside (or is) an input directory, or under the folder of a
-    recursive (`**`) glob: later runs would read their own outputs (the tables' Parquet files) as input
-    documents. An output beside or above the inputs is fine: nothing reads it."""
-    root = storage.canonical(out)
-    for inp in inputs:
-        if any(c in inp for c in "*?["):
-            if "**" not in inp:
-                continue  # a one-level glob matches no file inside the output's folders
-            fixed = inp[: min(inp.index(c) for c in "*?[" if c in inp)]  # the folder the glob starts in
-            inp = (fixed.rsplit("/", 1)[0] or "/") if "/" in fixed else "."
-        top = storage.canonical(inp)
-        if root == top or root.startswith(top.rstrip("/") + "/"):
-            raise ConfigError(
-                f"--out {out!r} is inside the input {inp!r}, so later runs would read its outputs as "
-                "documents; put the output outside the input directories"
-            )
-
-
-def _not_a_file(path: str) -> str | None:
-    """Why a local path found among the inputs is not a file to read, or None. Opening a FIFO blocks until
-    something writes to it, a device never ends, and a symlink loop or a dangling link fails to open:
-    none is data, so they are skipped, with a warning, like hidden files."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        return f"{exc.strerror or exc} (a broken or looping symlink?)"
-    if stat.S_ISREG(mode):
-        return None
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or other"
-    return f"{kind}, not a regular file"
-
-
-def ingest(settings: RunSettings, staging: str | None = None) -> IngestResult:
-    """The staged ingest (split tasks, then both dedup stages) run in this process, read back as one
-    table in input order. Runs use the same steps as Ray tasks (ray_cluster.ingest_pipeline) and never
-    read the staged data back; this is for tests and for looking at what a small input stages to."""
-    import tempfile
-
-    from tasks import dedup
-    from tasks.splits import list_inputs, plan_splits
-
-    listing = list_inputs(settings.inputs, settings.out)
-    plan = plan_splits(listing, settings.split_bytes, settings.max_file_bytes, settings.dedup_buckets)
-    payload = settings.model_dump_json()
-    with tempfile.TemporaryDirectory(prefix="xlmflow-ingest-") as tmp:
-        root = staging or tmp
-        summaries = [read_split(s.to_dict(), plan.buckets, payload, root) for s in plan.splits]
-        pieces = dedup.piece_table(plan, summaries)
-        losers = [dedup.reduce_ids(b, summaries, pieces, plan.buckets, root) for b in range(plan.buckets)]
-        parts = [
-            dedup.reduce_content(c, summaries, losers, pieces, payload, root) for c in range(plan.buckets)
-        ]
-        tables = [storage.read_table_ipc(s["uri"]) for p in parts for s in p["shards"]]
-        rejects = [r for s in summaries for r in read_split_rejects(s, pieces)]
-        rejects += [r for p in parts for r in dedup.read_rejects(p)]
-    schema = schemas.STAGED_DOCS if settings.mode == "docs" else schemas.STAGED_PAIRS
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    files = [e["path"] for e in listing]
-    order = {u: i for i, u in enumerate(files)}
-    if table.num_rows:
-        keys = list(
-            zip([order[s] for s in table["source"].to_pylist()], table["source_row"].to_pylist(), strict=True)
-        )
-        table = table.take(sorted(range(len(keys)), key=keys.__getitem__))
-    rejects.sort(key=lambda r: (order[r["source"]], -1 if r["source_row"] is None else r["source_row"]))
-    res = IngestResult(table, rejects, sum(s["input_rows"] for s in summaries), files)
-    if res.input_rows != table.num_rows + len(res.rejects):  # the accounting rule; a bug if it breaks
-        raise RuntimeError(f"ingest lost rows: {res.counts()}")
-    return res
 
 
 def split_dir(staging: str, split_id: str) -> str:
@@ -218,8 +71,6 @@ def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> d
     """The ingest task of one split: read its pieces, validate, hash, and write its rows bucketed by
     content and by id, plus its rejects, to staging; returns a small summary. Idempotent: a split
     whose summary exists is not read again."""
-    from ray_cluster import cluster
-
     settings = RunSettings.model_validate_json(settings_json)
     out = split_dir(staging, split["split_id"])
     done = storage.join(out, "_SUCCESS.json")
@@ -263,8 +114,6 @@ def read_split_rejects(summary: dict, pieces: list[dict]) -> Iterator[dict]:
 
 def staged_rejects(uri: str, index: list[int], offsets: dict[int, int]) -> Iterator[dict]:
     """Rejects a split task staged, with each piece's row offset added: rows in the whole file."""
-    from tasks.staged import read_bucket
-
     for batch in read_bucket(uri, index):
         for r in batch.to_pylist():
             p = r.pop("_piece")
@@ -319,8 +168,6 @@ def _as_str(v: object) -> str | None:
 
 
 def _dumps(obj: object) -> str:
-    import orjson
-
     try:
         return orjson.dumps(obj, default=_json_value).decode()
     except TypeError:  # lone surrogates, huge ints: stdlib escapes them to plain ASCII
@@ -355,8 +202,6 @@ class _SplitStaging:
     """Validates the rows of one split and writes them to staging, bucketed; no dedup here."""
 
     def __init__(self, mode: str, max_chars: int, buckets: int, out: str) -> None:
-        from tasks.staged import BucketWriter
-
         self.docs = mode == "docs"
         self.known = {"text", "id", "lang"} if self.docs else {"src", "mt", "id", "src_lang", "mt_lang"}
         self.max_chars, self.buckets = max_chars, buckets

@@ -83,13 +83,6 @@ class ShardWriter:
         self.chars = sum(lengths[rest:])
 
 
-def write_shards(table, staging: str, shard_chars: int) -> list[ShardRef]:  # noqa: ANN001
-    """One table as the shards of bucket 0 (what one content reducer writes)."""
-    w = ShardWriter(0, table.schema, shard_chars, staging)
-    w.add(table)
-    return w.close()
-
-
 def _lengths(table) -> list[int]:  # noqa: ANN001
     import pyarrow.compute as pc
 

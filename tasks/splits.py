@@ -22,6 +22,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from tasks.fingerprint import fingerprint
+from tasks.inputs import check_output_apart, expand_inputs
 from tasks.readers import format_of
 
 MAX_BUCKETS = 64
@@ -63,9 +65,6 @@ class Plan:
 def list_inputs(inputs, out: str | None = None) -> list[dict]:  # noqa: ANN001
     """The input files with size and version (ETag or mtime): tasks.fingerprint's entries. With `out`,
     a ConfigError if the run would read its own outputs."""
-    from tasks.fingerprint import fingerprint
-    from tasks.ingest import check_output_apart, expand_inputs
-
     files = expand_inputs(inputs)
     if out is not None:
         check_output_apart(inputs, out)

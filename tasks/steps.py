@@ -13,9 +13,10 @@ from prefect.cache_policies import NONE
 
 from ray_cluster.actor import DONE_MARKER, results_uri
 from ray_cluster.cluster import check_out_reachable, connect
-from ray_cluster.ingest_pipeline import ContentFeed, TaskRunner, read_inputs
 from ray_cluster.pool import get_pool
+from ray_cluster.task_runner import TaskRunner
 from tasks import collect, report
+from tasks.ingest_pipeline import ContentFeed, read_inputs
 from xlmflow import storage
 from xlmflow.partition import Partition
 from xlmflow.records import IngestResult, ProcessResult, RunFacts

@@ -122,10 +122,19 @@ def s3_bucket(moto_server):
     return f"s3://{name}"
 
 
-# Fault-injection control file read by ray_cluster.actor (see _maybe_crash_for_test); set before any
-# Ray starts so the worker processes inherit it. Harmless while the file does not exist.
-CRASH_CONTROL = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"xlmflow-crash-{os.getpid()}.json")
-os.environ["XLMFLOW_TEST_CRASH_FILE"] = CRASH_CONTROL
+# The fault points' control file (xlmflow/faults.py) of in-process runs; set before any Ray starts so
+# the worker processes inherit it. Harmless while the file does not exist.
+FAULTS_FILE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"xlmflow-faults-{os.getpid()}.json")
+os.environ["XLMFLOW_FAULTS"] = FAULTS_FILE
+
+
+def write_faults(path, **rules: dict) -> str:  # noqa: ANN001
+    """Writes a fault control file, one rule per point name (see xlmflow/faults.py); returns its path."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump(rules, f)
+    return str(path)
 
 
 @pytest.fixture
@@ -173,7 +182,7 @@ def cli_env(ray_local, prefect_stack):
     # subprocesses' actors would wait for them forever
     shutdown_pools()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     env.update(
         PREFECT_API_URL=prefect_stack.api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -51,7 +51,7 @@ def _ray_sessions() -> set[str]:
 def _plain_env(**extra: str) -> dict:
     """No shared Ray or Prefect: a run that got that far would start both (and say so on stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 
@@ -202,6 +202,47 @@ def test_debug_adds_the_traceback_before_the_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" in err
     assert err.strip().splitlines()[-1].startswith("xlmflow: error: cannot read parallel corpus")
+
+
+def test_after_the_error_line_only_the_console_is_silenced(tmp_path, capsys):
+    """Services that log while draining at exit stay off the terminal, and their logs still reach
+    every other handler (Prefect's API handler sends them to the server)."""
+    import logging
+
+    from xlmflow.cli import main
+
+    seen: list[str] = []
+    other = logging.Handler()
+    other.emit = lambda record: seen.append(record.getMessage())
+    lg = logging.getLogger("prefect.xlmflow_test_drain")
+    lg.propagate = False  # only the two handlers here: others of this process may hold stale streams
+    handlers = [other, logging.StreamHandler(sys.stderr)]
+    for h in handlers:
+        lg.addHandler(h)
+    try:
+        rc = main(
+            ["pairs", "make", str(tmp_path / "nope.jsonl"), "--src-lang", "eng_Latn", "--out", str(tmp_path)]
+        )
+        lg.warning("draining")
+    finally:
+        for h in handlers:
+            lg.removeHandler(h)
+        lg.propagate = True
+        logging.disable(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.strip().splitlines()[-1].startswith("xlmflow: error: cannot read parallel corpus")
+    assert "draining" not in err and seen == ["draining"]
+
+
+def test_a_broken_install_names_the_missing_module(monkeypatch, capsys):
+    """The flow commands are not dropped from the CLI when they cannot be imported: the error says why."""
+    from xlmflow.cli import main
+
+    monkeypatch.setitem(sys.modules, "flows.deploy", None)  # an import of it raises ImportError
+    assert main(["deploy", "--help"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("xlmflow: configuration error: the backfill and deploy commands cannot load")
+    assert "module 'flows.deploy'" in last and "pip install" in last
 
 
 # ---- through the real CLI ----

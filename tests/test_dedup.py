@@ -11,9 +11,12 @@ import textwrap
 
 import pytest
 
-from tasks.ingest import ingest
 from tests import hostile_corpus
+from tests.staged_ingest import ingest
 from xlmflow.settings import make_settings
+
+# the split tasks and reducers run on Ray, as in a run
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def run(tmp_path, files: dict[str, list], **kw):

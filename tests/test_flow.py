@@ -209,16 +209,15 @@ def test_same_on_s3(prefect_harness, ray_local, corpus, s3_bucket):
 
 
 def test_actor_death_retries_shard_without_duplicates(prefect_harness, ray_local, corpus, tmp_path):
-    from tests.conftest import CRASH_CONTROL
+    from tests.conftest import FAULTS_FILE, write_faults
 
     path, n_good = corpus
     marker = tmp_path / "crashed"
-    with open(CRASH_CONTROL, "w") as f:
-        json.dump({"shard_prefix": "000-00002", "marker": str(marker)}, f)
+    write_faults(FAULTS_FILE, shard={"prefix": "000-00002", "action": "exit", "marker": str(marker)})
     try:
         res = _run(path, str(tmp_path / "out"))
     finally:
-        os.remove(CRASH_CONTROL)
+        os.remove(FAULTS_FILE)
     assert marker.exists(), "the fault was not injected"
     m = res["manifest"]
     assert not m["shards"]["failed"] and m["counts"]["documents"] == n_good
@@ -232,18 +231,19 @@ def test_systemic_shard_error_fails_run_then_rerun_resumes(prefect_harness, ray_
     """A shard that raises (e.g. storage errors) fails the run instead of committing its rows as rejects;
     the other shards are kept and the rerun finishes with the same output as a clean run."""
     from ray_cluster.actor import DONE_MARKER
-    from tests.conftest import CRASH_CONTROL
+    from tests.conftest import FAULTS_FILE, write_faults
     from xlmflow.errors import FatalError
 
     path, n_good = corpus
     out = str(tmp_path / "out")
-    with open(CRASH_CONTROL, "w") as f:
-        json.dump({"shard_prefix": "000-00001", "marker": str(tmp_path / "raised"), "mode": "raise"}, f)
+    write_faults(
+        FAULTS_FILE, shard={"prefix": "000-00001", "action": "raise", "marker": str(tmp_path / "raised")}
+    )
     try:
         with pytest.raises(FatalError, match="rerun the same command to resume"):
             _run(path, out)
     finally:
-        os.remove(CRASH_CONTROL)
+        os.remove(FAULTS_FILE)
     assert not storage.exists(manifest_uri(out, "2026-11-01"))  # not committed
     markers = [f for f in storage.list_files(os.path.join(out, "_staging")) if f.endswith(DONE_MARKER)]
     assert markers, "finished shards were not kept for the rerun"

@@ -14,10 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks.ingest import expand_inputs, ingest
+from tasks.inputs import expand_inputs
+from tests.staged_ingest import ingest
 from xlmflow import schemas
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.settings import make_settings
+
+# the split tasks and reducers run on Ray, as in a run
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def run(inputs, tmp_path: Path, **kw):
@@ -344,7 +348,7 @@ def test_expand_inputs_errors_and_globs(tmp_path):
 
 
 def test_hidden_and_underscore_folders_below_an_input_are_not_data(tmp_path):
-    from tasks.ingest import check_output_apart
+    from tasks.inputs import check_output_apart
 
     d = tmp_path / "in"
     for name in (
@@ -477,9 +481,12 @@ def test_a_huge_repeated_parquet_value_is_measured_while_still_encoded(tmp_path)
     pq.write_table(pa.table({"text": text}), tmp_path / "a.parquet", compression="zstd", store_schema=False)
     script = (
         "import json, resource, sys; import pyarrow as pa; from pathlib import Path; "
-        "from tests.test_ingest import run; "
-        "res = run(Path(sys.argv[1]), Path(sys.argv[2]), max_record_bytes=1_000_000); "
-        "print(json.dumps([res.input_rows, sorted({r['reason'] for r in res.rejects}), len(res.rejects), "
+        "from tasks.ingest import read_split; from tasks.splits import list_inputs, plan_splits; "
+        "from xlmflow.settings import make_settings; "
+        "s = make_settings(inputs=[sys.argv[1]], out=sys.argv[2], max_record_bytes=1_000_000); "
+        "plan = plan_splits(list_inputs(s.inputs), s.split_bytes, s.max_file_bytes, s.dedup_buckets); "
+        "(split,) = plan.splits; res = read_split(split.to_dict(), plan.buckets, s.model_dump_json(), sys.argv[2]); "
+        "print(json.dumps([res['input_rows'], sorted(res['rejects_by_reason']), res['rejects'], "
         "pa.default_memory_pool().max_memory() >> 20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10]))"
     )
     root = str(Path(__file__).parent.parent)
@@ -618,6 +625,7 @@ def test_csv_records_skipped_as_too_long_resync_where_csv_would(tmp_path, monkey
     import random
 
     from tasks import readers
+    from tasks.readers import stream
 
     def oracle(data: str, limit: int) -> list:
         lines: list[bytes] = []
@@ -652,7 +660,7 @@ def test_csv_records_skipped_as_too_long_resync_where_csv_would(tmp_path, monkey
                 w.writerow(["".join(rng.choice('ab,"\n \r') for _ in range(rng.choice([3, 30, 200])))] * 2)
         data, limit = "text,b,c\n" + out.getvalue(), rng.choice([20, 60, 500])
         (tmp_path / "t.csv").write_text(data, newline="")
-        monkeypatch.setattr(readers, "CHUNK", rng.choice([1, 2, 3, 7, 64]))  # boundaries everywhere
+        monkeypatch.setattr(stream, "CHUNK", rng.choice([1, 2, 3, 7, 64]))  # boundaries everywhere
         got = [
             v.reason if isinstance(v, readers.Bad) else [v[k] for k in ("text", "b", "c") if k in v]
             for _, v, _ in readers.read_records(str(tmp_path / "t.csv"), max_record_bytes=limit)

@@ -90,7 +90,7 @@ with open("/proc/self/cmdline", "rb") as f:
 
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 

@@ -2,7 +2,7 @@
 started side by side on one output (a local directory and the moto S3 server), killed and stalled.
 
 Runs share the session's Ray and Prefect server (`cli_env`). Overlap is forced, not left to timing:
-the first run pauses before its commit while a gate file exists (XLMFLOW_TEST_PAUSE_BEFORE_COMMIT),
+the first run pauses before its commit while a gate file exists (a fault point, xlmflow/faults.py),
 and the gate is only lifted once the others have logged that they wait for the lease.
 """
 
@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from tests.conftest import write_faults
 from xlmflow import storage
 from xlmflow.manifest import read_manifest
 from xlmflow.read import read_partition
@@ -48,7 +49,8 @@ class Run:
         self.log = tmp / f"{name}.log"
         env = dict(env)
         if gate:
-            env["XLMFLOW_TEST_PAUSE_BEFORE_COMMIT"] = str(gate)
+            rule = {"action": "pause", "gate": str(gate)}
+            env["XLMFLOW_FAULTS"] = write_faults(tmp / f"{name}.faults.json", before_commit=rule)
         env.update(extra)
         self._fh = open(self.log, "w")  # noqa: SIM115 - closed in wait()
         cmd = CLI + [corpus, "--out", out, "--date", DATE, "--actors", "1", "--shard-chars", "4000", *args]
@@ -146,7 +148,7 @@ def test_concurrent_runs_of_one_partition(out_root, corpus, reference, cli_env, 
     gate = tmp_path / "gate"
     gate.touch()
     a = Run(tmp_path, "a", corpus, out_root, cli_env, "--force", gate=gate)
-    a.wait_for("test pause before commit")
+    a.wait_for("fault point before_commit")
     b = Run(tmp_path, "b", corpus, out_root, cli_env, "--force")
     c = Run(tmp_path, "c", corpus, out_root, cli_env)
     b.wait_for("waiting for lease")
@@ -195,7 +197,7 @@ def test_ctrl_c_releases_the_lease_and_a_killed_owner_is_taken_over(corpus, refe
 
     # Ctrl-C: exit 130, and the lease is released on the way out, not left to expire
     a = Run(tmp_path, "a", corpus, out, cli_env, gate=gate)
-    a.wait_for("test pause before commit")
+    a.wait_for("fault point before_commit")
     assert f"pid {a.p.pid}" in show() and "held by" in show()
     a.p.send_signal(signal.SIGINT)
     assert a.wait() == 130, a.text()[-3000:]
@@ -204,7 +206,7 @@ def test_ctrl_c_releases_the_lease_and_a_killed_owner_is_taken_over(corpus, refe
 
     # SIGKILL: the owner's process is gone, so the next run need not wait for the lease to expire
     k = Run(tmp_path, "k", corpus, out, cli_env, gate=gate)  # resumes a's finished shards
-    k.wait_for("test pause before commit")
+    k.wait_for("fault point before_commit")
     k.p.send_signal(signal.SIGKILL)
     k.wait()
     assert f"pid {k.p.pid}" in show() and read_manifest(out, DATE) is None
@@ -226,7 +228,7 @@ def test_stalled_owner_cannot_commit_after_takeover(s3_bucket, corpus, reference
     # otherwise hold the shared Ray's CPUs
     env_a = {k: v for k, v in cli_env.items() if k != "RAY_ADDRESS"}
     a = Run(tmp_path, "a", corpus, out, env_a, "--lease-ttl", "3", gate=gate)
-    a.wait_for("test pause before commit")
+    a.wait_for("fault point before_commit")
     a.p.send_signal(signal.SIGSTOP)
     try:
         time.sleep(4.5)  # past the 3 s ttl: no heartbeat while stopped

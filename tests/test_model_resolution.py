@@ -46,7 +46,7 @@ def ckpts(tmp_path_factory) -> dict[str, str]:
 
 def _env(hub: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     return env | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": hub, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import CORPUS, CRASH_CONTROL
+from tests.conftest import CORPUS, FAULTS_FILE, write_faults
 from xlmflow.manifest import read_manifest
 
 CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
@@ -75,7 +75,7 @@ def cli_env(prefect_stack) -> dict:
 
 
 def _env(cli_env: dict) -> dict:
-    return cli_env | {"XLMFLOW_TEST_CRASH_FILE": CRASH_CONTROL}
+    return cli_env | {"XLMFLOW_FAULTS": FAULTS_FILE}
 
 
 def _args(corpus: str, out: str, address: str) -> list[str]:
@@ -99,22 +99,32 @@ def _workers(c) -> set[str]:  # noqa: ANN001
 def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_env, corpus, tmp_path):
     """One run on two worker nodes; the first actor to reach shard 001-00001 stops there and its node is
     removed. The run must still commit exactly the rows of a clean ingest of the same input (the
-    reference is the same split and dedup code run in this process), each with a language."""
-    from tasks.ingest import ingest
+    reference is the same split tasks and reducers, run from this process), each with a language."""
+    import ray
+
+    from tests.staged_ingest import ingest
     from xlmflow.settings import make_settings
 
     env = _env(cli_env)
-    ref = ingest(
-        make_settings(
-            inputs=[corpus], out=str(tmp_path / "ref"), split_bytes=int(0.15 * 1024 * 1024), dedup_buckets=3
+    ray.init(address=cluster.address)
+    try:
+        ref = ingest(
+            make_settings(
+                inputs=[corpus],
+                out=str(tmp_path / "ref"),
+                split_bytes=int(0.15 * 1024 * 1024),
+                dedup_buckets=3,
+            )
         )
-    )
+    finally:
+        ray.shutdown()
     want = sorted(zip(ref.table["doc_id"].to_pylist(), ref.table["source_row"].to_pylist(), strict=True))
     assert len(want) > 2000
     # the first actor to reach shard 001-00001 stops there, and its node is removed
     marker = tmp_path / "hung"
-    with open(CRASH_CONTROL, "w") as f:
-        json.dump({"shard_prefix": "001-00001", "marker": str(marker), "mode": "hang", "seconds": 300}, f)
+    write_faults(
+        FAULTS_FILE, shard={"prefix": "001-00001", "action": "hang", "marker": str(marker), "seconds": 300}
+    )
     lossy = str(tmp_path / "lossy")
     try:
         proc = subprocess.Popen(CLI + _args(corpus, lossy, cluster.address), env=env, stdout=subprocess.PIPE,
@@ -130,7 +140,7 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
         _, err = proc.communicate(timeout=300)
         print(f"node removed: the run finished {time.time() - t0:.1f}s later")
     finally:
-        os.remove(CRASH_CONTROL)
+        os.remove(FAULTS_FILE)
     assert proc.returncode == 0, err[-3000:]
     m = read_manifest(lossy, DATE)
     assert m["ingest"]["splits"] > 2
@@ -154,14 +164,16 @@ def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env,
     """Runs after the node-loss test, on what is left of the module's cluster, whose head it kills."""
     env = _env(cli_env) | {
         "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
-        "XLMFLOW_TEST_PAUSE_BEFORE_COMMIT": str(tmp_path / "gate"),
+        "XLMFLOW_FAULTS": write_faults(
+            tmp_path / "faults.json", before_commit={"action": "pause", "gate": str(tmp_path / "gate")}
+        ),
     }
     (tmp_path / "gate").touch()  # the run stops before its commit, with every shard done
     out = str(tmp_path / "out")
     proc = subprocess.Popen(CLI + _args(corpus, out, cluster.address) + ["--actors", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and "test pause" not in _peek(proc):
+    while time.time() < deadline and proc.poll() is None and "fault point before_commit" not in _peek(proc):
         time.sleep(0.5)
     t0 = time.time()
     cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
@@ -175,7 +187,7 @@ def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env,
 
     second = _cluster(workers=1)
     try:
-        env.pop("XLMFLOW_TEST_PAUSE_BEFORE_COMMIT")
+        env.pop("XLMFLOW_FAULTS")
         p = subprocess.run(CLI + _args(corpus, out, second.address) + ["--actors", "1"], env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     finally:

@@ -153,7 +153,7 @@ def staging_success(out: str) -> bool:
 
 def cli_env(**extra: str) -> dict:
     """The user's environment with no Prefect API and no Ray address: the run starts both itself."""
-    drop = {"PREFECT_API_URL", "RAY_ADDRESS", "XLMFLOW_TEST_CRASH_FILE"}
+    drop = {"PREFECT_API_URL", "RAY_ADDRESS", "XLMFLOW_FAULTS"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     # on a busy shared machine the temporary server can take longer than Prefect's default wait
     env.update(

@@ -43,13 +43,13 @@ def _logits(out, mask, rows):
 @pytest.mark.parametrize("rows", [0, 100])
 def test_token_logits_and_entities_equal_the_padded_forward(settings, texts, monkeypatch, rows):
     from ray_cluster import packed as packed_forward
-    from ray_cluster.processors.ner import predict_entities, prepare_windows
+    from ray_cluster.processors.ner import predict_entities, tokens_and_windows
 
     # the per-token part of each layer in one pass, or in blocks of 100 rows (the last one partial)
     monkeypatch.setattr(packed_forward, "TOKEN_ROWS", rows)
     lm = load_model("tiny", "ner", settings)
     packed, padded = _engines(lm, max_batch_tokens=2048)
-    _, wins = prepare_windows(packed, texts)
+    _, wins = tokens_and_windows(packed, texts)
     assert len(wins) > len(texts)  # the long text has windows
     seqs = [w.input_ids for w in wins]
     assert len(packed.batches([len(s) for s in seqs])) < len(padded.batches([len(s) for s in seqs]))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tasks.ingest import ingest
 from tasks.pairs import make_pairs
 from tests.conftest import CORPUS
+from tests.staged_ingest import ingest
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.settings import make_settings
 
@@ -36,7 +36,7 @@ def test_english_to_a_few_targets(tmp_path, corpus):
     assert "udhr:preamble|eng_Latn|amh_Ethi" not in {p["id"] for p in pairs}
 
 
-def test_default_targets_are_all_other_languages_and_ingest_reads_them(tmp_path, corpus):
+def test_default_targets_are_all_other_languages_and_ingest_reads_them(tmp_path, corpus, ray_local):
     out = tmp_path / "all.jsonl"
     n = make_pairs(CORPUS, "eng_Latn", str(out))
     assert n == sum(1 for uid, lang in corpus if lang != "eng_Latn" and (uid, "eng_Latn") in corpus)

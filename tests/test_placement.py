@@ -4,7 +4,7 @@ its own CUDA_VISIBLE_DEVICES, and both still work (on CPU, since torch sees no C
 import pytest
 
 from ray_cluster.cluster import plan_layout
-from tasks.shard import write_shards
+from tasks.shard import ShardWriter
 from xlmflow import schemas
 from xlmflow.settings import make_settings
 
@@ -49,7 +49,9 @@ def test_one_actor_per_fake_gpu(ray_fake_gpus, tmp_path):
         }
         for i, t in enumerate(["Alle Menschen sind frei und gleich an Würde und Rechten geboren."] * 8)
     ]
-    shards = write_shards(pa.Table.from_pylist(rows, schema=schemas.STAGED_DOCS), str(tmp_path / "stg"), 70)
+    writer = ShardWriter(0, schemas.STAGED_DOCS, 70, str(tmp_path / "stg"))  # as a content reducer does
+    writer.add(pa.Table.from_pylist(rows, schema=schemas.STAGED_DOCS))
+    shards = writer.close()
     done, failed = pool.run([s.to_dict() for s in shards], str(tmp_path / "stg"))
     assert not failed and len(done) == 8
     used = {s["actor"]["cuda_visible_devices"] for s in done.values()}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_quickstart_runs_lid_ner_embed_end_to_end(tmp_path):
     out = str(tmp_path / "out")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     env["XLMFLOW_OUT"] = out
     env["XLMFLOW_MODEL_CACHE"] = str(tmp_path / "models")
     p = subprocess.run(

@@ -49,7 +49,7 @@ def test_readme_snippets_exit_cleanly_every_time(where, tmp_path, request):
         engines = ("deltalake", "polars", "xlmflow")
     _commit(out, _run_hex(1), 40, 2)
     _commit(out, _run_hex(2), 30, 3)  # a --force: the reader must see the second run only
-    env = {k: v for k, v in os.environ.items() if k != "XLMFLOW_TEST_CRASH_FILE"}
+    env = {k: v for k, v in os.environ.items() if k != "XLMFLOW_FAULTS"}
     env.update(AWS_REGION="us-east-1", AWS_ALLOW_HTTP="true")  # what delta-rs and Polars read on S3
     runs = _run_many(reading_script(out, DATE, engines, CHECKS), env, tmp_path)
     failed = [(p.returncode, p.stderr[-500:]) for p in runs if p.returncode != 0]

@@ -17,7 +17,7 @@ CLI = [sys.executable, "-m", "xlmflow.cli"]
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.pop("XLMFLOW_TEST_CRASH_FILE", None)
+    env.pop("XLMFLOW_FAULTS", None)
     return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from tasks.shard import plan_shards, write_shards
+from tasks.shard import ShardWriter, plan_shards
 from xlmflow import schemas, storage
 
 
@@ -20,6 +20,13 @@ def _docs(n: int, size: int = 10) -> pa.Table:
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows, schema=schemas.STAGED_DOCS)
+
+
+def write_shards(table: pa.Table, staging: str, shard_chars: int) -> list:
+    """One table as the shards of bucket 0, as a content reducer writes them."""
+    w = ShardWriter(0, table.schema, shard_chars, staging)
+    w.add(table)
+    return w.close()
 
 
 def test_plan_shards_respects_budget_and_covers_every_row():

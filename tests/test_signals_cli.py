@@ -3,7 +3,7 @@
 process left, and a rerun that resumes to an uninterrupted run's output. Also: a run whose temporary
 Prefect server dies stops at once, and nothing a local run starts listens outside loopback.
 
-Each run is held inside one kind of task (XLMFLOW_TEST_PAUSE_TASK) so that the signal lands in that
+Each run is held inside one kind of task (a fault point, xlmflow/faults.py) so that the signal lands in that
 stage for sure. The runs go side by side, a few at a time: one after the other they would take minutes.
 Runs signalled as a group start their own Prefect server and Ray, as on a terminal; the others share
 the session's Prefect server (a signal to the driver alone never reaches it) and start their own Ray
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_faults
 from tests.test_orphans import alive, tree
 from xlmflow import reaper
 from xlmflow.lease import show
@@ -40,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("
 
 
 def _base_env(prefect_api: str | None) -> dict:
-    drop = ("PREFECT_API_URL", "RAY_ADDRESS", "XLMFLOW_TEST_CRASH_FILE")
+    drop = ("PREFECT_API_URL", "RAY_ADDRESS", "XLMFLOW_FAULTS")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180"
@@ -90,7 +91,8 @@ class Case:
         self.gate.parent.mkdir(parents=True)
         self.gate.touch()
         env = _base_env(self.prefect_api if self.target == "pid" else None)
-        env["XLMFLOW_TEST_PAUSE_TASK"] = f"{STAGE_TASK[self.stage]}:{self.gate}"
+        rule = {"key": STAGE_TASK[self.stage], "action": "pause", "gate": str(self.gate)}
+        env["XLMFLOW_FAULTS"] = write_faults(self.tmp / self.name / "faults.json", task=rule)
         with open(self.log, "w") as fh:
             self.p = subprocess.Popen(
                 [sys.executable, "-m", "xlmflow.cli", *run_args(self.out)],

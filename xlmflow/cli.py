@@ -10,9 +10,24 @@ import sys
 import traceback
 from typing import NoReturn
 
+from ray_cluster.cluster import cluster_address, connect
+from ray_cluster.model_check import check_processor
+from ray_cluster.models import make_tiny
+from ray_cluster.pool import prestart, shutdown_pools
+from ray_cluster.processors.base import registry
+from tasks.inputs import check_output_apart, expand_inputs
+from tasks.pairs import make_pairs
+from tasks.report import print_summary
+from xlmflow import __version__, interrupt, local_api, reaper, storage
+from xlmflow.cli_options import add_job_options, job_kwargs
 from xlmflow.errors import ConfigError, InputsChangedError
-from xlmflow.failures import explain, hide_console_tracebacks
-from xlmflow.uris import redact
+from xlmflow.failures import explain, hide_console_tracebacks, silence_console
+from xlmflow.lease import backend_for
+from xlmflow.lease_cli import add_lease_parser
+from xlmflow.manifest import read_manifest
+from xlmflow.settings import check_date, make_job, run_settings
+from xlmflow.tables_cli import add_tables_parsers
+from xlmflow.uris import REFUSED, has_userinfo, redact
 
 _DEBUG_HELP = "debug logs, and the traceback of a failure"
 
@@ -21,14 +36,6 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     """Fail fast, before Ray and Prefect start: settings, credentials in URIs, inputs that match nothing,
     models that do not resolve or do not fit their processor (ray_cluster.model_check). Returns the
     job settings and the partition's run settings (what the flow will build from them)."""
-    from ray_cluster.cluster import cluster_address
-    from ray_cluster.model_check import check_processor
-    from tasks.ingest import check_output_apart, expand_inputs
-    from xlmflow import storage
-    from xlmflow.cli_options import job_kwargs
-    from xlmflow.settings import make_job, run_settings
-    from xlmflow.uris import REFUSED, has_userinfo
-
     # before any library sees them: botocore would print the secret, Prefect would store it
     kw = job_kwargs(a)
     named = [(f"input {i}", u) for i, u in enumerate(a.inputs, 1)] + [("--out", a.out)]
@@ -51,11 +58,6 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from ray_cluster.cluster import cluster_address, connect
-    from ray_cluster.pool import prestart
-    from tasks.report import print_summary
-    from xlmflow import interrupt, local_api, reaper
-
     reaper.start()  # the temporary Prefect server and a local Ray must not outlive this process
     interrupt.install()  # SIGINT and SIGTERM end the run within seconds, releasing its lease
     job, settings = _precheck_run(a)
@@ -68,7 +70,8 @@ def cmd_run(a: argparse.Namespace) -> int:
             connect(settings.ray_address)  # a cluster that refuses this driver says so now, in seconds
         else:
             prestart(settings)
-    from flows.corpus import corpus_flow  # Prefect's flow machinery: imported while the others start
+    # lazy: Prefect's flow machinery (3 s), imported here while the others start
+    from flows.corpus import corpus_flow
 
     interrupt.take_prefect_sigterm()
 
@@ -99,9 +102,7 @@ def _stop_ray() -> None:
     flow no longer has; a run that fails still stops through it."""
     if "ray" not in sys.modules:
         return
-    import ray
-
-    from ray_cluster.pool import shutdown_pools
+    import ray  # lazy: costs 1 s at CLI start, and a run that never started Ray does not need it
 
     if ray.is_initialized():
         shutdown_pools()
@@ -111,9 +112,6 @@ def _stop_ray() -> None:
 def _work_expected(settings) -> bool:  # noqa: ANN001
     """False when the run will most likely not process anything: the partition is committed (and not
     forced), or another run holds its lease (this one waits, and then usually finds it committed)."""
-    from xlmflow.lease import backend_for
-    from xlmflow.manifest import read_manifest
-
     day = settings.date.isoformat()
     try:
         if read_manifest(settings.out, day) and not settings.force:
@@ -125,8 +123,6 @@ def _work_expected(settings) -> bool:  # noqa: ANN001
 
 
 def cmd_models_tiny(a: argparse.Namespace) -> int:
-    from ray_cluster.models import make_tiny
-
     path = make_tiny(a.task, a.out, seed=a.seed)
     print(
         f"wrote a tiny random-weight XLM-R checkpoint for processor {a.task} (smoke tests only: its outputs "
@@ -136,8 +132,6 @@ def cmd_models_tiny(a: argparse.Namespace) -> int:
 
 
 def cmd_pairs_make(a: argparse.Namespace) -> int:
-    from tasks.pairs import make_pairs
-
     n = make_pairs(a.parallel, a.src_lang, a.out, a.tgt_langs.split(",") if a.tgt_langs else None)
     print(f"wrote {n} pairs to {a.out}")
     return 0
@@ -145,11 +139,7 @@ def cmd_pairs_make(a: argparse.Namespace) -> int:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; `argv` is looked at first for `--proc NAME=TYPE`, whose `--NAME.OPTION`s it adds."""
-    from ray_cluster.processors.base import registry
-    from xlmflow.cli_options import add_job_options
-
     p = _Parser(prog="xlmflow", description=__doc__)
-    from xlmflow import __version__
 
     p.add_argument("-v", "--verbose", "--debug", action="store_true", help=_DEBUG_HELP)
     p.add_argument("--version", action="version", version=f"xlmflow {__version__}")
@@ -165,11 +155,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_job_options(r, argv)
     r.set_defaults(func=cmd_run)
 
-    from xlmflow.lease_cli import add_lease_parser
-
     add_lease_parser(sub)
-
-    from xlmflow.tables_cli import add_tables_parsers
 
     add_tables_parsers(sub)
 
@@ -206,17 +192,19 @@ _FLOW_COMMANDS = {
 
 
 def _add_flow_commands(sub, argv: list[str] | None) -> None:  # noqa: ANN001
-    try:
+    try:  # lazy: Prefect's flow machinery costs 3 s at CLI start
         from xlmflow.cli_flows import add_backfill_arguments, add_deploy_arguments, backfill_main, deploy_main
-    except ImportError:
-        pass
-    else:
-        b = sub.add_parser("backfill", help=_FLOW_COMMANDS["backfill"])
-        add_backfill_arguments(b, argv)
-        b.set_defaults(func=backfill_main)
-        d = sub.add_parser("deploy", help=_FLOW_COMMANDS["deploy"])
-        add_deploy_arguments(d, argv)
-        d.set_defaults(func=deploy_main)
+    except ImportError as exc:  # a broken install: say so rather than drop the commands
+        raise ConfigError(
+            f"the {' and '.join(_FLOW_COMMANDS)} commands cannot load: module {exc.name!r} is missing or "
+            f"broken ({exc}); reinstall xlmflow with its dependencies (pip install -e .)"
+        ) from exc
+    b = sub.add_parser("backfill", help=_FLOW_COMMANDS["backfill"])
+    add_backfill_arguments(b, argv)
+    b.set_defaults(func=backfill_main)
+    d = sub.add_parser("deploy", help=_FLOW_COMMANDS["deploy"])
+    add_deploy_arguments(d, argv)
+    d.set_defaults(func=deploy_main)
 
 
 def _quiet_defaults() -> None:
@@ -282,13 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         _configure_logging(args.verbose)
     try:
         if getattr(args, "date", None) is not None:  # every command's --date, before it is used
-            from xlmflow.settings import check_date
-
             args.date = check_date(args.date)
         return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:
-        from xlmflow import interrupt
-
         # a signal may surface as whatever the code it interrupted made of it
         code, msg = interrupt.outcome() or explain(exc, getattr(args, "out", None))
         if args.verbose:
@@ -296,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xlmflow: {_one_line(redact(msg))}", file=sys.stderr)
         interrupt.mark_reported(quiet=not args.verbose)
         if not args.verbose:
-            # that line stays the last one: Prefect's services may still log while draining at exit
-            logging.disable(logging.CRITICAL)
+            silence_console()  # that line stays the last one on the terminal
         return code
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import sys
 from collections.abc import Iterator
 
-from xlmflow.errors import ConfigError, InputsChangedError, XlmflowError
+from xlmflow.errors import ConfigError, FatalError, InputsChangedError, XlmflowError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_INPUTS_CHANGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -155,8 +156,6 @@ def portable(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, XlmflowError) and len(list(_chain(exc))) == 1:
         return exc
-    from xlmflow.errors import FatalError
-
     _, msg = explain(exc)
     return FatalError(msg.removeprefix("error: "))
 
@@ -183,10 +182,27 @@ def hide_console_tracebacks() -> None:
     Only console handlers change: Prefect's API handler still sends the traceback to the server, where
     the flow run's logs show it.
     """
+    for h in _stream_handlers():
+        if not isinstance(h.formatter, _NoTraceback):
+            h.setFormatter(_NoTraceback(h.formatter))
+
+
+def silence_console() -> None:
+    """Nothing more on the terminal from any logger, so the error line stays the last one (Prefect's
+    services may still log while they drain at exit). Only the handlers that write to stdout or stderr
+    change: the logs still reach Prefect's server, files and any other handler."""
+    consoles = {id(x) for x in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if x is not None}
+    for h in [*_stream_handlers(), logging.lastResort]:
+        if h is not None and id(getattr(h, "stream", None)) in consoles:
+            h.setLevel(logging.CRITICAL + 1)
+
+
+def _stream_handlers() -> Iterator[logging.StreamHandler]:
+    """The stream handlers of every logger, the root's included."""
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
     for lg in loggers:
         for h in lg.handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, _NoTraceback):
-                h.setFormatter(_NoTraceback(h.formatter))
+            if isinstance(h, logging.StreamHandler):
+                yield h

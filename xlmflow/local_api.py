@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from xlmflow import interrupt
 from xlmflow.errors import FatalError
 
 PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind
@@ -100,8 +101,6 @@ class LocalAPI:
         threading.Thread(target=self._watch, name="xlmflow-api-watch", daemon=True).start()
 
     def _watch(self) -> None:
-        from xlmflow import interrupt
-
         proc = self.proc
         while proc is not None and not self._unwatched.wait(0.5):
             code = proc.poll()

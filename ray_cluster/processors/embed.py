@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 LAWDR_LAYERS = 4
 
 
-def prepare_windows(engine: Engine, texts: Sequence[str]) -> list:
+def embedding_windows(engine: Engine, texts: Sequence[str]) -> list:
     """The CPU phase: windows over one tokenization of each text."""
     return engine.windows(engine.tokenize([t or "" for t in texts]))
 
@@ -90,7 +90,7 @@ def document_vectors(n_docs: int, dim: int, wins: list, pooled: list) -> np.ndar
 
 def embed_texts(engine: Engine, texts: Sequence[str], pooling: str = "mean") -> np.ndarray:
     """L2-normalised document vectors, float32 [len(texts), hidden] (the three phases in a row)."""
-    wins = prepare_windows(engine, texts)
+    wins = embedding_windows(engine, texts)
     pooled = pooled_windows(engine, wins, pooling)
     return document_vectors(len(texts), engine.config.hidden_size, wins, pooled)
 
@@ -114,7 +114,7 @@ class EmbedProcessor(ModelProcessor):
         return embeddings_schema(self.engine.config.hidden_size)
 
     def prepare(self, batch: pa.Table) -> list:
-        return prepare_windows(self.engine, batch["text"].to_pylist())
+        return embedding_windows(self.engine, batch["text"].to_pylist())
 
     def infer(self, prepared: list) -> list:
         return pooled_windows(self.engine, prepared, self.options.pooling)

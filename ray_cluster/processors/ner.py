@@ -39,7 +39,7 @@ def _softmax_head(out, mask, rows):  # noqa: ANN001, ANN202 - torch types, impor
     return torch.softmax(out.logits.float(), dim=-1)
 
 
-def prepare_windows(engine: Engine, texts: Sequence[str]) -> tuple[list[DocTokens], list]:
+def tokens_and_windows(engine: Engine, texts: Sequence[str]) -> tuple[list[DocTokens], list]:
     """The CPU phase: one tokenization of each text and its windows."""
     docs = engine.tokenize([t or "" for t in texts])
     return docs, engine.windows(docs)
@@ -69,7 +69,7 @@ def finish_entities(
 
 def predict_entities(engine: Engine, texts: Sequence[str], strategy: str = "simple") -> list[list[dict]]:
     """Per text: entities {start, end, text, label, score} in text order (the three phases in a row)."""
-    docs, wins = prepare_windows(engine, texts)
+    docs, wins = tokens_and_windows(engine, texts)
     return finish_entities(engine, texts, docs, wins, window_probs(engine, wins), strategy)
 
 
@@ -195,7 +195,7 @@ class NerProcessor(ModelProcessor):
 
     def prepare(self, batch: pa.Table) -> tuple:
         texts = batch["text"].to_pylist()
-        return (texts, *prepare_windows(self.engine, texts))
+        return (texts, *tokens_and_windows(self.engine, texts))
 
     def infer(self, prepared: tuple) -> list:
         return window_probs(self.engine, prepared[2])
