@@ -225,9 +225,9 @@ def add_backfill_arguments(parser: argparse.ArgumentParser, argv: list[str] | No
 def backfill_main(ns: argparse.Namespace) -> int:
     """`xlmflow backfill`: 0 when every date is committed, skipped or has no input; 1 if any failed."""
     from flows.params import render_input
+    from ray_cluster.processors.registry import make_job
     from xlmflow import reaper
     from xlmflow.cli_options import job_kwargs
-    from xlmflow.settings import make_job
 
     reaper.start()  # a killed backfill takes its temporary Prefect server and local Ray with it
 

@@ -36,9 +36,9 @@ def corpus_flow(
     (plain, forced or a no-op rerun, from any entry point) waits instead of racing this one.
     """
     from flows.params import job_settings, tag_run
+    from ray_cluster.processors.registry import run_settings
     from xlmflow import storage
     from xlmflow.lease import PartitionLease
-    from xlmflow.settings import run_settings
 
     logger = get_run_logger()
     job = job_settings(settings, legacy, "corpus")

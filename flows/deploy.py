@@ -63,7 +63,7 @@ def deploy_all(
     from prefect import Flow
 
     from flows.params import render_input
-    from xlmflow.settings import make_job
+    from ray_cluster.processors.registry import make_job
 
     render_input(input_template, "2000-01-01")  # fail early on a template without {date}
     job = settings if isinstance(settings, JobSettings) else make_job(**settings)
@@ -169,8 +169,8 @@ def deploy_main(ns: argparse.Namespace) -> int:
     """`xlmflow deploy`: print the deployment names and how to start a worker."""
     from prefect.settings import PREFECT_API_URL
 
+    from ray_cluster.processors.registry import make_job
     from xlmflow.cli_options import job_kwargs
-    from xlmflow.settings import make_job
 
     if not PREFECT_API_URL.value():
         raise ConfigError(

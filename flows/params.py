@@ -23,7 +23,7 @@ REDEPLOY = (
 
 def job_settings(settings: Any, legacy: dict[str, Any], flow: str):  # noqa: ANN201
     """The flow's JobSettings; a ConfigError saying how to redeploy when old-style parameters came in."""
-    from xlmflow.settings import JobSettings, make_job
+    from ray_cluster.processors.registry import resolve_job
 
     if legacy:
         raise ConfigError(
@@ -33,7 +33,7 @@ def job_settings(settings: Any, legacy: dict[str, Any], flow: str):  # noqa: ANN
         )
     if settings is None:
         raise ConfigError(f"flow {flow!r} needs its `settings` parameter (at least settings.out); {REDEPLOY}")
-    return settings if isinstance(settings, JobSettings) else make_job(**dict(settings))
+    return resolve_job(settings)  # resolved here: Prefect validates the parameter without the registry
 
 
 def render_input(template: str, date: str) -> str:

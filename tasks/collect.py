@@ -64,24 +64,24 @@ def collect_partition(
     """
     import pyarrow as pa
 
-    from ray_cluster.processors.base import run_datasets
+    from ray_cluster.processors.registry import run_declarations
     from tasks.write import part_uri, plan_parts, write_part
 
     date = settings.date.isoformat()
-    declared = run_datasets(settings)
+    declared = run_declarations(settings)
     names = list(declared)
     manifest, sources = _account(settings, ing, shards, done, failed, content, run, names)
     calls = []
     for n in names:
         parts = plan_parts(sources[n], settings.target_file_bytes)
-        empty = declared[n].serialize().to_pybytes() if declared[n] is not None else None
+        schema, aggs = declared[n].schema, declared[n].aggregates
+        empty = schema.serialize().to_pybytes() if schema is not None else None
         for i, part in enumerate(parts):
             # every dataset gets a file, so readers find its schema on empty days (unless its schema
             # is known only once a model is loaded)
             if part or empty is not None:
-                calls.append(
-                    (settings.out, n, part_uri(settings.out, n, date, run["run_id"], i), part, empty)
-                )
+                uri = part_uri(settings.out, n, date, run["run_id"], i)
+                calls.append((settings.out, n, uri, part, empty, aggs))
     uris = [call[2] for call in calls]
     try:
         results = ing["runner"].run_all(write_part, calls)
@@ -252,7 +252,7 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
     counts: collections.Counter[str] = collections.Counter()
     by_reason: collections.Counter[str] = collections.Counter()
     by_lang: collections.Counter[str] = collections.Counter()
-    decided: collections.Counter[str] = collections.Counter()  # which language detector answered
+    sections: dict[str, collections.Counter[str]] = {}  # what processors count for the manifest
     per_instance: dict[str, collections.Counter[str]] = {
         s.name: collections.Counter() for s in settings.processors
     }
@@ -288,8 +288,8 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         for inst, pstats in (stats.get("processors") or {}).items():
             counters = pstats.get("counters") or {}
             per_instance.setdefault(inst, collections.Counter()).update(counters)
-            if pstats.get("type") == "lid":
-                decided.update({k.removeprefix("decided_by_"): v for k, v in counters.items()})
+        for key, section in (stats.get("count_sections") or {}).items():
+            sections.setdefault(key, collections.Counter()).update(section)
         for n in names:
             rows = stats["counts"].get(n, 0)
             counts[n] += rows
@@ -307,7 +307,7 @@ def _account(settings, ing, shards, done, failed, content, run, names) -> tuple[
         "rejects": n_rejects,
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "by_lang": dict(sorted(by_lang.items())),
-        **({"lid_decided_by": dict(sorted(decided.items()))} if decided else {}),
+        **{k: dict(sorted(v.items())) for k, v in sections.items() if v},
         **{n: counts[n] for n in names if n not in (main, "rejects")},
         "processors": {k: dict(sorted(v.items())) for k, v in per_instance.items()},
     }

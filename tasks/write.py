@@ -3,34 +3,36 @@
 The driver groups the staged files of each dataset (shard results, rejects of the split tasks and of
 dedup, failed shards) into groups of about target_file_bytes and runs one `write_part` per group; it
 gets back the file's path, size, row count, statistics (from the footer just written) and schema, plus
-the few figures the report shows, and commits that file list. It never reads a dataset itself.
+the figures the report shows: the aggregates the dataset's declaration names
+(ray_cluster.processors.outputs), run over the rows as they are written. It never reads a dataset itself.
 """
 
 from __future__ import annotations
 
-import collections
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ray_cluster.cluster import node_id
+from tasks.ingest import staged_rejects
+from tasks.staged import read_bucket
 from xlmflow import schemas, storage
 from xlmflow.stats import file_stats
-
-QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all of them, or quantiles
 
 
 def part_uri(out: str, dataset: str, date: str, run_id: str, index: int) -> str:
     """Named as tasks.collect's debris check expects (`part-<run 8 hex>-<n>.parquet`)."""
-    from tasks.collect import partition_dir
+    from tasks.collect import partition_dir  # collect imports this module (the partition's owner moves it)
 
     return storage.join(partition_dir(out, dataset, date), f"part-{run_id[:8]}-{index:05d}.parquet")
 
 
 def _tables(src: dict) -> Iterator:
     """The tables of one staged source."""
-    import pyarrow as pa
-
-    from tasks.staged import read_bucket
-
     kind = src["kind"]
     if kind == "table":  # in memory (tests, benchmarks)
         yield src["table"]
@@ -40,8 +42,6 @@ def _tables(src: dict) -> Iterator:
         for b in read_bucket(src["uri"], src["index"]):
             yield pa.Table.from_batches([b])
     elif kind == "split_rejects":
-        from tasks.ingest import staged_rejects
-
         offsets = {int(k): v for k, v in src["offsets"].items()}
         yield schemas.rejects_table(list(staged_rejects(src["uri"], src["index"], offsets)))
     elif kind == "failed":
@@ -67,73 +67,26 @@ def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
 
 def _nan_columns(t) -> set[str]:  # noqa: ANN001
     """The float columns of `t` holding NaN (their file statistics get no bounds)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     return {f.name for f in t.schema if pa.types.is_floating(f.type) and pc.any(pc.is_nan(t[f.name])).as_py()}
 
 
-def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: bytes | None = None) -> dict:
+def write_part(
+    out: str,
+    dataset: str,
+    uri: str,
+    sources: list[dict],
+    empty: bytes | None = None,
+    aggregates: Sequence = (),
+) -> dict:
     """Write one Parquet file of `dataset` from staged sources (an empty one, with the serialized schema
-    `empty`, when there are none); returns its file entry, schema and report figures."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ray_cluster.cluster import node_id
-
+    `empty`, when there are none); returns its file entry, schema and the results of `aggregates`
+    (the dataset's declared ones: each `start`/`add`/`result`, returned under its `key`)."""
     t0 = time.perf_counter()
-    rows = 0
-    extra: dict = {}
-    labels: collections.Counter[str] = collections.Counter()
-    reasons: collections.Counter[str] = collections.Counter()
-    scores: list = []
-    schema = None
-    nan: set[str] = set()
+    states = [a.start() for a in aggregates]
     with storage.writing(uri) as path:
-        writer = None
-        try:
-            for src in sources:
-                for t in _tables(src):
-                    if not t.num_rows:
-                        continue
-                    if writer is None:
-                        schema = schemas.file_schema(t.schema)
-                        writer = pq.ParquetWriter(path, schema, compression="zstd")
-                    t = t.cast(schema) if t.schema != schema else t
-                    schemas.check_widths(t, schema)
-                    nan |= _nan_columns(t)
-                    writer.write_table(t)
-                    rows += t.num_rows
-                    if "label" in t.column_names and dataset != "rejects":
-                        labels.update(t["label"].to_pylist())
-                    elif dataset == "rejects":
-                        reasons.update(t["reason"].to_pylist())
-                    elif dataset == "qe":
-                        scores.append(t["score"])
-            if writer is None:
-                if empty is None:
-                    raise ValueError(f"no rows and no schema for an empty file of {dataset}")
-                schema = schemas.file_schema(pa.ipc.read_schema(pa.py_buffer(empty)))
-                writer = pq.ParquetWriter(path, schema, compression="zstd")
-                writer.write_table(schema.empty_table())
-        finally:
-            if writer is not None:
-                writer.close()
-        footer = writer.writer.metadata  # the statistics the writer put in the file's footer
-        import os
-
+        rows, schema, nan, footer = _write_file(path, dataset, sources, empty, aggregates, states)
         size = os.path.getsize(path)
-    if labels:
-        extra["labels"] = dict(labels)
-    if dataset == "rejects":
-        extra["rejects_by_reason"] = dict(reasons)
-    if scores:
-        import pyarrow.compute as pc
-
-        s = pc.drop_null(pa.chunked_array(scores))
-        if len(s) > QE_SAMPLE:
-            s = pc.quantile(s, q=[i / QE_SAMPLE for i in range(QE_SAMPLE + 1)])
-        extra["qe_scores"] = {"n": len(pc.drop_null(pa.chunked_array(scores))), "sample": s.to_pylist()}
+    figures = {a.key: r for a, st in zip(aggregates, states, strict=True) if (r := a.result(st)) is not None}
     return {
         "file": {
             "path": uri[len(out.rstrip("/")) + 1 :],
@@ -145,14 +98,45 @@ def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: byt
         "schema": schema.serialize().to_pybytes(),
         "node_id": node_id(),
         "seconds": round(time.perf_counter() - t0, 3),
-        **extra,
+        **figures,
     }
+
+
+def _write_file(
+    path: str, dataset: str, sources: list[dict], empty: bytes | None, aggregates: Sequence, states: list
+) -> tuple:
+    """Write the rows of `sources` to `path`, running the aggregates over them: (rows, schema, NaN
+    columns, the footer's metadata: the statistics the writer put in the file)."""
+    rows, schema, nan, writer = 0, None, set(), None
+    try:
+        for src in sources:
+            for t in _tables(src):
+                if not t.num_rows:
+                    continue
+                if writer is None:
+                    schema = schemas.file_schema(t.schema)
+                    writer = pq.ParquetWriter(path, schema, compression="zstd")
+                t = t.cast(schema) if t.schema != schema else t
+                schemas.check_widths(t, schema)
+                nan |= _nan_columns(t)
+                writer.write_table(t)
+                rows += t.num_rows
+                for a, st in zip(aggregates, states, strict=True):
+                    a.add(st, t)
+        if writer is None:
+            if empty is None:
+                raise ValueError(f"no rows and no schema for an empty file of {dataset}")
+            schema = schemas.file_schema(pa.ipc.read_schema(pa.py_buffer(empty)))
+            writer = pq.ParquetWriter(path, schema, compression="zstd")
+            writer.write_table(schema.empty_table())
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows, schema, nan, writer.writer.metadata
 
 
 def write_table(out: str, dataset: str, date: str, run_id: str, table, index: int = 0) -> tuple[dict, object]:  # noqa: ANN001
     """One in-memory table as a part file of `dataset`: (file entry, schema)."""
-    import pyarrow as pa
-
     r = write_part(
         out,
         dataset,

@@ -15,9 +15,9 @@ import pytest
 from deltalake import DeltaTable
 
 from flows.corpus import corpus_flow
+from ray_cluster.processors.registry import make_job
 from tasks.collect import manifest_uri
 from xlmflow import delta, maintenance, storage
-from xlmflow.settings import make_job
 
 pytestmark = pytest.mark.slow
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from ray_cluster.processors.registry import make_settings
 from tasks.ingest import expand_inputs, ingest
 from xlmflow import schemas
 from xlmflow.errors import ConfigError, FatalError
-from xlmflow.settings import make_settings
 
 
 def run(inputs, tmp_path: Path, **kw):

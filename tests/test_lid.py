@@ -143,7 +143,7 @@ def test_chinese_variants_and_japanese(lid, corpus):
 def test_processor_adds_lang_columns(lid, corpus, tmp_path):
     from ray_cluster.processors.base import build_processors
     from ray_cluster.processors.lid import LidProcessor
-    from xlmflow.settings import make_settings
+    from ray_cluster.processors.registry import make_settings
 
     settings = make_settings(inputs=[str(tmp_path / "in.jsonl")], out=str(tmp_path / "out"), tasks="lid")
     texts = [

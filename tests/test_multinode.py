@@ -100,8 +100,8 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
     """One run on two worker nodes; the first actor to reach shard 001-00001 stops there and its node is
     removed. The run must still commit exactly the rows of a clean ingest of the same input (the
     reference is the same split and dedup code run in this process), each with a language."""
+    from ray_cluster.processors.registry import make_settings
     from tasks.ingest import ingest
-    from xlmflow.settings import make_settings
 
     env = _env(cli_env)
     ref = ingest(

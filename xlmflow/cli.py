@@ -23,10 +23,10 @@ def _precheck_run(a: argparse.Namespace):  # noqa: ANN202
     job settings and the partition's run settings (what the flow will build from them)."""
     from ray_cluster.cluster import cluster_address
     from ray_cluster.model_check import check_processor
+    from ray_cluster.processors.registry import make_job, run_settings
     from tasks.ingest import check_output_apart, expand_inputs
     from xlmflow import storage
     from xlmflow.cli_options import job_kwargs
-    from xlmflow.settings import make_job, run_settings
     from xlmflow.uris import REFUSED, has_userinfo
 
     # before any library sees them: botocore would print the secret, Prefect would store it

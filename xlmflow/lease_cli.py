@@ -20,7 +20,7 @@ def add_lease_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparse
 
 def out_root(out: str, date: str | None = None) -> str:
     """The run's own spelling of --out (and `date` checked the way a run checks it, when given)."""
-    from xlmflow.settings import make_settings
+    from ray_cluster.processors.registry import make_settings
 
     return make_settings(inputs=(), out=out, **({"date": date} if date else {})).out
 

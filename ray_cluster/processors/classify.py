@@ -25,9 +25,10 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
+from ray_cluster.processors.base import BatchOutput, Dataset, LabelCounts, ModelOptions, ModelProcessor
 from xlmflow.errors import ConfigError
 
+# OUT/classifications/date=D/: one row per document and classify instance
 CLASSIFICATIONS = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -62,8 +63,7 @@ class ClassifyProcessor(ModelProcessor):
     name = "classify"
     Options = ClassifyOptions
     model_class = "AutoModelForSequenceClassification"
-    datasets = {"classifications": CLASSIFICATIONS}
-    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+    datasets = {"classifications": Dataset(CLASSIFICATIONS, (LabelCounts(),))}  # the report's rows per label
 
     @classmethod
     def tiny_config(cls) -> dict:

@@ -21,7 +21,7 @@ Not done: the paper's language-agnostic step (removing language-specific directi
 statistics over a corpus; computing them per shard would make a document's vector depend on which
 other documents share its shard. Users can centre per language downstream (join on doc_id for `lang`).
 
-`embed_texts` is the reusable entry point (the QE bi-encoder cosine method calls it).
+`embed_texts` runs the three phases in a row (tests, benchmarks); the QE cosine method runs them as its own.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
+from ray_cluster.processors.base import BatchOutput, Dataset, ModelOptions, ModelProcessor
+from xlmflow.schemas import WIDTH_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,7 +44,20 @@ if TYPE_CHECKING:
 LAWDR_LAYERS = 4
 
 
-def prepare_windows(engine: Engine, texts: Sequence[str]) -> list:
+def embeddings_schema(dim: int) -> pa.Schema:
+    """OUT/embeddings/date=D/: the vector's width (the model's) is declared for the writer's check."""
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("instance", pa.string()),
+            pa.field("embedding", pa.list_(pa.float32()), metadata={WIDTH_KEY: str(dim).encode()}),
+            ("model", pa.string()),
+            ("pooling", pa.string()),
+        ]
+    )
+
+
+def text_windows(engine: Engine, texts: Sequence[str]) -> list:
     """The CPU phase: windows over one tokenization of each text."""
     return engine.windows(engine.tokenize([t or "" for t in texts]))
 
@@ -90,7 +104,7 @@ def document_vectors(n_docs: int, dim: int, wins: list, pooled: list) -> np.ndar
 
 def embed_texts(engine: Engine, texts: Sequence[str], pooling: str = "mean") -> np.ndarray:
     """L2-normalised document vectors, float32 [len(texts), hidden] (the three phases in a row)."""
-    wins = prepare_windows(engine, texts)
+    wins = text_windows(engine, texts)
     pooled = pooled_windows(engine, wins, pooling)
     return document_vectors(len(texts), engine.config.hidden_size, wins, pooled)
 
@@ -105,16 +119,13 @@ class EmbedProcessor(ModelProcessor):
     name = "embed"
     Options = EmbedOptions
     model_class = "AutoModel"
-    datasets = {"embeddings": None}  # its vector width is the model's: known once it is loaded
-    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+    datasets = {"embeddings": Dataset(None)}  # its vector width is the model's: known once it is loaded
 
     def dataset_schema(self, name: str) -> pa.Schema:
-        from xlmflow.schemas import embeddings_schema
-
         return embeddings_schema(self.engine.config.hidden_size)
 
     def prepare(self, batch: pa.Table) -> list:
-        return prepare_windows(self.engine, batch["text"].to_pylist())
+        return text_windows(self.engine, batch["text"].to_pylist())
 
     def infer(self, prepared: list) -> list:
         return pooled_windows(self.engine, prepared, self.options.pooling)
