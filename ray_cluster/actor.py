@@ -173,8 +173,9 @@ class _ShardRun:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast to the main record's schema; columns no processor of the run adds (lang without lid) are
-    nulls. Processors cannot add columns the schema lacks: the base class refuses undeclared ones."""
+    """Cast to the main record's schema; a declared column the rows lack (a processor whose every row
+    failed leaves none) is nulls. Processors cannot add columns the schema lacks: the base class refuses
+    undeclared ones."""
     cols = [
         table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
         for f in schema

@@ -95,6 +95,9 @@ def _tiny_tokenizer():  # noqa: ANN202 - loading tokenizer.json takes seconds; t
     return XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
 
 
+# the tiny checkpoint: XLM-R's vocabulary and positions, 2 layers of width 32 (seconds to build, ~16 MB)
+TINY_SHAPE = {"vocab_size": 250002, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 514, "type_vocab_size": 1}  # fmt: skip
 # XLM-R-base's shape (benchmarks build random-weight checkpoints of it: the FLOPs of the real model)
 BASE_SHAPE = {
     "hidden_size": 768,
@@ -112,17 +115,8 @@ def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dic
     from transformers import XLMRobertaConfig
 
     tok = _tiny_tokenizer()
-    shape = dict(
-        vocab_size=250002,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-    )
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-    cfg = XLMRobertaConfig(**{**shape, **ids, **config})
+    cfg = XLMRobertaConfig(**{**TINY_SHAPE, **ids, **config})
     cfg.xlmflow_smoke_test = True  # outputs of this model are noise; labelled as such downstream
     cfg.xlmflow_tiny_task = kind
     auto = getattr(transformers, model_class)

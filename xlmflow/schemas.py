@@ -38,14 +38,12 @@ STAGED_PAIRS = pa.schema(
     ]
 )
 
-# OUT/documents/date=D/: staged columns plus language ID (null without a lid processor), then the
-# columns other processors of the run declare (ray_cluster.processors.registry.main_schema).
+# OUT/documents/date=D/: the staged columns, with the columns the run's processors declare (lid's
+# `lang`, `lang_score` after `text`, others at the end: ray_cluster.processors.registry.main_schema).
 DOCUMENTS = pa.schema(
     [
         ("doc_id", pa.string()),
         ("text", pa.string()),
-        ("lang", pa.string()),
-        ("lang_score", pa.float32()),
         ("n_chars", pa.int32()),
         ("source", pa.string()),
         ("source_row", pa.int64()),

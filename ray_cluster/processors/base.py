@@ -97,6 +97,7 @@ class Processor:
     mode: ClassVar[str] = "docs"  # "docs" or "pairs": which staged record the processor reads
     Options: ClassVar[type[Options]] = Options
     columns: ClassVar[pa.Schema] = pa.schema([])
+    columns_after: ClassVar[str | None] = None  # the main-record column `columns` follow (None: the end)
     datasets: ClassVar[dict[str, Dataset | pa.Schema | None]] = {}
     model_class: ClassVar[str | None] = None
     batch_rows: ClassVar[int] = 4096  # rows handed to the phases at once (engines batch inside)
@@ -356,10 +357,17 @@ class ModelProcessor(Processor):
     def model_info(self) -> dict:
         return {**self.engine.lm.info, **self.engine.describe()}
 
+    tiny_labels: ClassVar[list[str]] = []  # the tiny checkpoint's labels (none: the config's default)
+
     @classmethod
     def tiny_config(cls) -> dict:
         """Config fields of the tiny checkpoint (labels, problem type)."""
-        return {}
+        labels = cls.tiny_labels
+        return (
+            {"id2label": dict(enumerate(labels)), "label2id": {lab: i for i, lab in enumerate(labels)}}
+            if labels
+            else {}
+        )
 
     @classmethod
     def tiny_init(cls, model: Any) -> None:

@@ -65,13 +65,11 @@ class ClassifyProcessor(ModelProcessor):
     model_class = "AutoModelForSequenceClassification"
     datasets = {"classifications": Dataset(CLASSIFICATIONS, (LabelCounts(),))}  # the report's rows per label
 
+    tiny_labels = TINY_LABELS
+
     @classmethod
     def tiny_config(cls) -> dict:
-        return {
-            "id2label": dict(enumerate(TINY_LABELS)),
-            "label2id": {lab: i for i, lab in enumerate(TINY_LABELS)},
-            "problem_type": "single_label_classification",
-        }
+        return {**super().tiny_config(), "problem_type": "single_label_classification"}
 
     def check_model(self, lm: Any) -> None:
         cfg = lm.config

@@ -15,6 +15,7 @@ class LidProcessor(Processor):
 
     name = "lid"
     columns = pa.schema([("lang", pa.string()), ("lang_score", pa.float32())])
+    columns_after = "text"  # where the documents table has always had them
 
     @classmethod
     def hash_inputs(cls) -> dict[str, str]:

@@ -187,14 +187,11 @@ class NerProcessor(ModelProcessor):
     """Named entities (or acronyms: any token-classification checkpoint) as the dataset `entities`."""
 
     name = "ner"
+    model_class = "AutoModelForTokenClassification"  # any token-classification head
     Options = NerOptions
-    model_class = "AutoModelForTokenClassification"
     datasets = {"entities": Dataset(ENTITIES, (LabelCounts(),))}  # the report's rows per label
 
-    @classmethod
-    def tiny_config(cls) -> dict:
-        labels = TINY_NER_LABELS
-        return {"id2label": dict(enumerate(labels)), "label2id": {lab: i for i, lab in enumerate(labels)}}
+    tiny_labels = TINY_NER_LABELS
 
     @classmethod
     def tiny_init(cls, model) -> None:  # noqa: ANN001

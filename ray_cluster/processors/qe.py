@@ -152,16 +152,12 @@ def cosine_scores(
 
 class QeOptions(ModelOptions):
     method: Literal["regression", "cosine"] = Field(
-        default="regression",
+        "regression",
         description="regression: a one-output cross-encoder reads the pair; cosine: a sentence encoder "
         "embeds both sides apart.",
     )
-    order: Literal["src-mt", "mt-src"] = Field(
-        default="src-mt", description="Input order of the cross-encoder."
-    )
-    target_lang: str | None = Field(
-        default=None, description="Expected language of translations (e.g. deu_Latn)."
-    )
+    order: Literal["src-mt", "mt-src"] = Field("src-mt", description="Input order of the cross-encoder.")
+    target_lang: str | None = Field(None, description="Expected language of translations (e.g. deu_Latn).")
 
 
 class QeProcessor(ModelProcessor):

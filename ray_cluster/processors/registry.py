@@ -103,9 +103,13 @@ def main_schema(settings: RunSettings) -> pa.Schema:
     base = schemas.PAIRS if settings.mode == "pairs" else schemas.DOCUMENTS
     reg = registry()
     for spec in settings.processors:
-        for f in reg[spec.type].columns:
-            if f.name not in base.names:
-                base = base.append(f)
+        cls = reg[spec.type]
+        at = base.get_field_index(cls.columns_after) + 1 if cls.columns_after in base.names else None
+        for f in cls.columns:
+            if f.name in base.names:
+                continue
+            base = base.append(f) if at is None else base.insert(at, f)
+            at = None if at is None else at + 1
     return base
 
 
