@@ -67,7 +67,7 @@ def deploy_all(
 
     render_input(input_template, "2000-01-01")  # fail early on a template without {date}
     job = settings if isinstance(settings, JobSettings) else make_job(**settings)
-    common = {"settings": job.model_dump(mode="json")}
+    common = {"settings": job.model_dump(mode="json", exclude={"resolved"})}  # not an input
     job_vars = {"env": env} if env else None
     ensure_work_pool(pool)
 
