@@ -53,7 +53,7 @@ def registry() -> dict[str, Any]:
         for m in pkgutil.iter_modules(pkg.__path__):
             if m.name not in _OWN_MODULES:
                 importlib.import_module(f"{__package__}.{m.name}")
-        builtins = set(_REGISTRY)
+        builtins = {n for n, c in _REGISTRY.items() if c.__module__.startswith(f"{__package__}.")}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             load_plugin(ep, builtins)
         _LOADED = True
