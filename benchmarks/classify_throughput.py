@@ -2,7 +2,7 @@
 
 The model is XLM-R-base shaped (hidden 768, 12 layers, 12 heads, random weights) with the real XLM-R
 tokenizer and a 3-label single-label sequence-classification head (a sentiment checkpoint's shape); the
-documents are UDHR paragraphs in 80 languages from ../shared/corpora/parallel.jsonl, sampled with a
+documents are UDHR paragraphs in 80 languages from the repository's tests/data/parallel.jsonl (or --corpus), sampled with a
 fixed seed.
 
 - xlmflow: the `classify` processor's three phases over a batch (`process_batch`: tokenize + windows,
@@ -16,7 +16,6 @@ Rounds alternate the order of the two sides (ABBA...), so load from other jobs f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -25,7 +24,7 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel.jsonl")
+from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
 
 
 def build_model(out: str) -> str:
@@ -43,12 +42,12 @@ def build_model(out: str) -> str:
 
 
 def load_docs(n: int, corpus: str) -> list[str]:
-    with open(corpus, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
+    texts = [r["text"] for r in read_corpus(corpus)]
     texts = texts * -(-n // len(texts))
     return random.Random(0).sample(texts, n)
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -56,7 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
-    ap.add_argument("--corpus", default=CORPUS)
+    add_corpus_argument(ap)
     a = ap.parse_args()
 
     import pyarrow as pa

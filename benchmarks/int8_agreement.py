@@ -2,7 +2,7 @@
 
 Checkpoints: each processor's tiny model (`tiny_config`, `tiny_init`) at XLM-R-base's shape (BASE_SHAPE),
 random weights, real XLM-R tokenizer. Both precisions run one loaded model (the int8 engine quantizes a
-copy), forward="auto", same torch threads. Texts: UDHR articles (../shared/corpora/parallel_articles.jsonl).
+copy), forward="auto", same torch threads. Texts: UDHR articles (`--corpus`).
 - ner: 9 labels, classifier sharpened as NerProcessor.tiny_init does (tokens are not all "O").
   Token agreement = share of content tokens whose argmax label equals fp32's; entity F1 = int8's
   entities against fp32's, exact match on (doc, start, end, label). `predict_entities` (its three phases)
@@ -12,14 +12,13 @@ copy), forward="auto", same torch threads. Texts: UDHR articles (../shared/corpo
   pairs (qe_throughput.load_pairs): |score int8 - score fp32|; one round.
 Random weights make agreement a proxy: a trained model's label margins and score scales differ.
 
-    .venv/bin/python benchmarks/int8_agreement.py --docs 120 --pairs 120 --rounds 3 --threads 2 --out int8.md
+    .venv/bin/python benchmarks/int8_agreement.py --corpus ARTICLES.jsonl --docs 120 --pairs 120 --rounds 3 --threads 2 --out int8.md
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import random
 import shlex
@@ -30,9 +29,9 @@ import warnings
 from statistics import median
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import engine_parser, read_corpus  # noqa: E402
 from benchmarks.report import cpu_name, emit  # noqa: E402
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
 PRECISIONS = ("fp32", "int8")
 KINDS = ("ner", "embed", "qe")
 
@@ -140,14 +139,10 @@ def run_qe(engs: dict, pairs: list[tuple[str, str]], rounds: int) -> tuple[str, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, default=120, help="UDHR articles for ner and embed")
+    ap = engine_parser(__doc__, docs=120)  # --docs: UDHR articles for ner and embed
     ap.add_argument("--pairs", type=int, default=120, help="src/mt pairs for qe")
     ap.add_argument("--rounds", type=int, default=3, help="alternating fp32/int8 rounds of ner")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tasks", default=",".join(KINDS), help="comma-separated subset of ner,embed,qe")
-    ap.add_argument("--max-batch-tokens", type=int, default=8192)
-    ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--out", help="markdown file to write (default: print)")
     a = ap.parse_args()
     tasks = [t.strip() for t in a.tasks.split(",")]
@@ -162,10 +157,9 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
-    with open(CORPUS, encoding="utf-8") as f:
-        recs = random.Random(0).sample([json.loads(line) for line in f], a.docs)
+    recs = random.Random(0).sample(read_corpus(a.corpus), a.docs)
     texts = [r["text"] for r in recs]
-    pairs = load_pairs(a.pairs, CORPUS)
+    pairs = load_pairs(a.pairs, a.corpus)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,14 +13,13 @@ Part 2, forward (`--forward`): the packed forward (`ray_cluster.packed`) over on
 on our fbgemm int8 modules, and (with onnxruntime) on modules that call one ONNX Runtime session per
 Linear (7-bit weights, as ONNX Runtime advises for CPUs without VNNI); alternating rounds, medians.
 
-    .venv/bin/python benchmarks/int8_kernels.py --rounds 11 --threads 2 --forward 5
+    .venv/bin/python benchmarks/int8_kernels.py --rounds 11 --threads 2 --forward 5 --corpus ARTICLES.jsonl
 (onnxruntime and onnx are not dependencies: `pip install onnxruntime onnx` into the venv to include them)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shlex
@@ -31,9 +30,9 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import ARTICLES_HELP, read_corpus  # noqa: E402
 from benchmarks.report import cpu_name, emit  # noqa: E402
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
 # per layer: Q, K, V and the attention output; FFN in; FFN out
 SHAPES = {(768, 768): 4, (768, 3072): 1, (3072, 768): 1}
 
@@ -119,7 +118,7 @@ def ort_linears(model, threads: int):  # noqa: ANN001, ANN201 - a torch model, c
     return model
 
 
-def forward_rounds(rounds: int, threads: int) -> tuple[list[str], dict]:
+def forward_rounds(rounds: int, threads: int, corpus: str) -> tuple[list[str], dict]:
     """Part 2: tokens/s per Linear backend, per round, of the packed forward over one UDHR batch."""
     import numpy as np
     import torch
@@ -133,8 +132,7 @@ def forward_rounds(rounds: int, threads: int) -> tuple[list[str], dict]:
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:
         lm = load_model(build_model(tmp), "ner")
-    with open(CORPUS, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
+    texts = [r["text"] for r in read_corpus(corpus)]
     random.Random(0).shuffle(texts)
     lengths: list[int] = []
     ids: list[int] = []
@@ -180,8 +178,10 @@ def forward_rounds(rounds: int, threads: int) -> tuple[list[str], dict]:
     return out
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", metavar="JSONL", help=f"part 2's texts: {ARTICLES_HELP}")
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--reps", type=int, default=3)
@@ -191,6 +191,8 @@ def main() -> None:
     )
     ap.add_argument("--out", help="markdown file to write (default: print)")
     a = ap.parse_args()
+    if a.forward and not a.corpus:
+        ap.error("--forward needs --corpus ARTICLES.jsonl")
 
     import torch
 
@@ -250,7 +252,7 @@ def main() -> None:
         " last row weighs the shapes as an XLM-R layer runs them.",
     ]
     if a.forward:
-        out += forward_rounds(a.forward, a.threads)
+        out += forward_rounds(a.forward, a.threads, a.corpus)
     emit(out, a.out)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -25,7 +24,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "parallel.jsonl")
+from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
+
 CLAIM = 0.97
 
 
@@ -61,9 +61,10 @@ def speed(lid, texts: list[str], repeat: int) -> tuple[float, float]:  # noqa: A
     return len(texts) / min(runs), min(cpu) / len(texts) * 1e6
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default=DEFAULT_CORPUS)
+    add_corpus_argument(ap)
     ap.add_argument("--out", default=None, help="write the markdown report here")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     from ray_cluster import langid
     from ray_cluster.langid import LanguageIdentifier
 
-    rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    rows = read_corpus(args.corpus)
     texts = [r["text"] for r in rows]
     test = [r for r in rows if held_out(r["id"])]
     tune = [r for r in rows if not held_out(r["id"])]

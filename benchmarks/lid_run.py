@@ -20,17 +20,18 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "parallel.jsonl")
+sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_corpus_argument(ap)
     ap.add_argument("--docs", type=int, default=200_000)
     ap.add_argument("--actors", type=int, default=None)
     a = ap.parse_args()
     by = collections.defaultdict(list)
-    for line in open(CORPUS, encoding="utf-8"):
-        r = json.loads(line)
+    for r in read_corpus(a.corpus):
         by[r["lang"]].append(r["text"])
     tmp = tempfile.mkdtemp(prefix="lid-run-")
     src = os.path.join(tmp, "docs.jsonl")

@@ -47,21 +47,17 @@ def _tables():  # noqa: ANN202
 
     from xlmflow import schemas
 
-    n = 20
-    docs = pa.table(
-        {
-            "doc_id": [f"doc-{i:05d}" for i in range(n)],
-            "text": ["a short text"] * n,
-            "lang": ["eng_Latn"] * n,
-            "lang_score": pa.array([0.99] * n, pa.float32()),
-            "n_chars": pa.array([12] * n, pa.int32()),
-            "source": ["bench.jsonl"] * n,
-            "source_row": list(range(n)),
-            "lang_hint": [None] * n,
-            "meta": ["{}"] * n,
-        },
-        schema=schemas.DOCUMENTS,
-    )
+    doc = {
+        "text": "a short text",
+        "lang": "eng_Latn",
+        "lang_score": 0.99,
+        "n_chars": 12,
+        "source": "bench.jsonl",
+    }
+    rows = [
+        {**doc, "doc_id": f"doc-{i:05d}", "source_row": i, "lang_hint": None, "meta": "{}"} for i in range(20)
+    ]
+    docs = pa.Table.from_pylist(rows, schema=schemas.DOCUMENTS)
     rejects = schemas.rejects_table([schemas.make_reject("bench.jsonl", 0, "empty_text", "")])
     return {"documents": docs, "rejects": rejects}
 

@@ -8,7 +8,7 @@ seed); every other paragraph of those languages stays in as unrelated text. Orig
 input order, then the copies. The exact shingle Jaccard of every pair of documents (all of them: the
 sample is the 24 languages) is computed by brute force (a sparse document x shingle product).
 
-    .venv/bin/python benchmarks/near_dedup_quality.py /work/shared/corpora/parallel.jsonl [--bands 14 --rows 8]
+    .venv/bin/python benchmarks/near_dedup_quality.py tests/data/parallel.jsonl [--bands 14 --rows 8]
 
 Reports: recall over pairs with J >= 0.8 (same cluster), false removals over pairs with J < 0.5 (same
 cluster: over all such pairs, and over the planted ones), removed documents whose J to their kept
@@ -92,6 +92,7 @@ def all_pairs_jaccard(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, n
     return inter.row, inter.col, j, len(sets) * (len(sets) - 1) // 2
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("corpus")

@@ -6,7 +6,7 @@ Corpus: the planted-copy corpus of benchmarks/near_dedup_quality.py restricted t
 a text normalisation reduced to whitespace collapsing, so both shingle the same words; `--datatrove-norm`
 keeps its default normalisation (lower case, punctuation and numbers removed) instead.
 
-    .venv/bin/python benchmarks/near_dedup_vs_datatrove.py /work/shared/corpora/parallel.jsonl --originals 30
+    .venv/bin/python benchmarks/near_dedup_vs_datatrove.py tests/data/parallel.jsonl --originals 30
 
 Reports the removed documents of each, their agreement (|both| / |either|) and where they differ (the
 exact J of each differing document to its original), and throughput in docs per CPU-second of the

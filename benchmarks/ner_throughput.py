@@ -5,53 +5,35 @@ tokenizer and a 9-label token-classification head; the documents are UDHR articl
 Both sides see every token (the pipeline gets the same `stride`, so long articles are windowed too) and
 the same torch thread count. Throughput = content tokens of the documents / wall seconds.
 
-    .venv/bin/python benchmarks/ner_throughput.py --docs 200 --threads 2
+    .venv/bin/python benchmarks/ner_throughput.py --corpus ARTICLES.jsonl --docs 200 --threads 2
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
+import sys
 import tempfile
 import time
 import warnings
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import engine_parser, read_corpus, xlmr_base  # noqa: E402
 
 
 def build_base_model(out: str) -> str:
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForTokenClassification, XLMRobertaTokenizerFast
+    """The NER model: XLM-R-base shape, the tiny models' 9 token labels."""
+    from ray_cluster.models import TINY_NER_LABELS
 
-    from ray_cluster.models import TINY_NER_LABELS, xlmr_tokenizer_file
-
-    tok = XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
-    cfg = XLMRobertaConfig(
-        vocab_size=250002,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        id2label=dict(enumerate(TINY_NER_LABELS)),
-        label2id={lab: i for i, lab in enumerate(TINY_NER_LABELS)},
-    )
-    torch.manual_seed(0)
-    XLMRobertaForTokenClassification(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    labels = {
+        "id2label": dict(enumerate(TINY_NER_LABELS)),
+        "label2id": {x: i for i, x in enumerate(TINY_NER_LABELS)},
+    }
+    return xlmr_base(out, "XLMRobertaForTokenClassification", labels)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-batch-tokens", type=int, default=8192)
-    ap.add_argument("--stride", type=int, default=128)
-    a = ap.parse_args()
+    a = engine_parser(__doc__, docs=200).parse_args()
 
     import torch
     import transformers
@@ -63,9 +45,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
-    with open(CORPUS, encoding="utf-8") as f:
-        recs = [json.loads(line) for line in f]
-    docs = random.Random(0).sample(recs, a.docs)
+    docs = random.Random(0).sample(read_corpus(a.corpus), a.docs)
     texts = [r["text"] for r in docs]
 
     with tempfile.TemporaryDirectory() as tmp:

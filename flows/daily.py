@@ -12,11 +12,13 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 
+from flows.corpus import corpus_flow
+from flows.params import LAG_DAYS, TIMEZONE, job_settings, partition_lock, render_input, tag_run
 from xlmflow.errors import ConfigError
 from xlmflow.settings import JobSettings, check_date
 
 
-def partition_date(scheduled: dt.datetime, lag_days: int = 1, timezone: str = "UTC") -> dt.date:
+def partition_date(scheduled: dt.datetime, lag_days: int = LAG_DAYS, timezone: str = TIMEZONE) -> dt.date:
     """The partition a run scheduled at `scheduled` processes: its calendar day in `timezone`, minus the lag.
 
     A naive `scheduled` is taken as UTC (Prefect's times are always aware; this guards hand-made ones).
@@ -44,7 +46,7 @@ def _daily_run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
-    date = p.get("date") or _scheduled_date(p.get("lag_days", 1), p.get("timezone", "UTC"))
+    date = p.get("date") or _scheduled_date(p.get("lag_days", LAG_DAYS), p.get("timezone", TIMEZONE))
     return f"daily-{date}"
 
 
@@ -52,16 +54,13 @@ def _daily_run_name() -> str:
 def daily_flow(
     input_template: str | None = None,
     settings: JobSettings | None = None,
-    lag_days: int = 1,
-    timezone: str = "UTC",
+    lag_days: int = LAG_DAYS,
+    timezone: str = TIMEZONE,
     date: str | None = None,
     missing_input: Literal["fail", "skip"] = "fail",
     **legacy: Any,
 ) -> dict:
     """Process the partition of the scheduled day (or `date`, for a manual re-run) as a `corpus` subflow."""
-    from flows.corpus import corpus_flow
-    from flows.params import job_settings, partition_lock, render_input, tag_run
-
     job = job_settings(settings, legacy, "daily")
     if not input_template:
         raise ConfigError("flow 'daily' needs `input_template` (with {date})")

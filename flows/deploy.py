@@ -1,21 +1,104 @@
-"""`xlmflow deploy`: the work pool and the three deployments (partition, daily, backfill) on a Prefect server.
+"""The three deployments (partition, daily, backfill), declared once.
 
-The same deployments are declared in `prefect.yaml` (for `prefect deploy --all`); this command builds
-them from flags, so one can point them at other inputs, outputs and models without editing YAML.
+`deployments()` is the one declaration: `deploy_all` creates them on a Prefect server (`xlmflow deploy`),
+and `prefect_yaml` writes them as a prefect.yaml for `prefect deploy --all` (`xlmflow deploy
+--print-yaml`). The project's prefect.yaml is that output; its first lines name the command that wrote
+it, and a test fails when the file and the command's output differ.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from xlmflow.errors import ConfigError, FatalError
+import yaml
+
+from flows.params import LAG_DAYS, MAX_CONCURRENT, TIMEZONE, render_input
+from ray_cluster.processors.registry import make_job
+from xlmflow.errors import FatalError
 from xlmflow.settings import JobSettings
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root, where the flows' entrypoints live
 PARTITION, DAILY, BACKFILL = "partition", "daily", "backfill"
+POOL = "xlmflow"  # the process work pool the deployments run on
+QUEUE = "default"  # the pool's default queue
+CRON = "0 3 * * *"  # the daily run's schedule
+TAGS = ("xlmflow",)
+# prefect.yaml's pull step: the worker runs the flows from the directory `prefect deploy` was run in
+YAML_SOURCE = "{{ $PWD }}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment as the server gets it: `flow`/`name` is its full name, `entrypoint` the flow
+    function (`file:function`, relative to the project root), `parameters` its fixed parameters, the
+    settings among them as JSON; `schedule` is None or {"cron" or "interval": ..., "timezone": ...}."""
+
+    flow: str
+    name: str
+    entrypoint: str
+    description: str
+    parameters: dict[str, Any]
+    schedule: dict[str, Any] | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+def deployments(
+    input_template: str,
+    job: JobSettings,
+    *,
+    cron: str | None = CRON,
+    interval: float | None = None,
+    timezone: str = TIMEZONE,
+    lag_days: int = LAG_DAYS,
+    max_concurrent: int = MAX_CONCURRENT,
+) -> list[Deployment]:
+    """The partition, daily and backfill deployments of `job` over inputs named by `input_template`."""
+    render_input(input_template, "2000-01-01")  # fail early on a template without {date}
+    common = {"settings": job.model_dump(mode="json", exclude={"resolved"})}  # resolved: not an input
+    schedule = (
+        {"interval": interval, "timezone": timezone}
+        if interval
+        else {"cron": cron, "timezone": timezone}
+        if cron
+        else None
+    )
+    partition = Deployment(
+        "corpus",
+        PARTITION,
+        "flows/corpus.py:corpus_flow",
+        "One date partition (inputs and date given per run); the backfill starts one run of it per date.",
+        {**common},
+    )
+    daily = Deployment(
+        "daily",
+        DAILY,
+        "flows/daily.py:daily_flow",
+        "The scheduled run: the partition of the scheduled day minus lag_days, in the schedule's time "
+        "zone; the date comes from the run's scheduled start time, never the wall clock.",
+        {**common, "input_template": input_template, "lag_days": lag_days, "timezone": timezone},
+        schedule,
+    )
+    backfill = Deployment(
+        "backfill",
+        BACKFILL,
+        "flows/backfill.py:backfill_flow",
+        "Give start and end (YYYY-MM-DD): one run of the partition deployment per date, at most "
+        "max_concurrent at a time.",
+        {
+            **common,
+            "input_template": input_template,
+            "deployment": partition.full_name,
+            "max_concurrent": max_concurrent,
+        },
+    )
+    return [partition, daily, backfill]
 
 
 def ensure_work_pool(name: str) -> bool:
@@ -38,159 +121,111 @@ def ensure_work_pool(name: str) -> bool:
             return False
 
 
-def _schedule(cron: str | None, interval: float | None, timezone: str):  # noqa: ANN202 - prefect type
-    from prefect.schedules import Cron, Interval
-
-    if interval:
-        return Interval(interval, timezone=timezone)
-    return Cron(cron, timezone=timezone) if cron else None
-
-
 def deploy_all(
     *,
     input_template: str,
     settings: JobSettings | dict,
-    pool: str = "xlmflow",
-    cron: str | None = "0 3 * * *",
-    interval: float | None = None,
-    timezone: str = "UTC",
-    lag_days: int = 1,
-    max_concurrent: int = 2,
+    pool: str = POOL,
     source: str | Path = ROOT,
     env: dict[str, str] | None = None,
+    **schedule: Any,
 ) -> dict[str, str]:
-    """Create/update the deployments; returns {short name: 'flow/deployment'}. Needs PREFECT_API_URL."""
+    """Create/update the deployments; returns {short name: 'flow/deployment'}. Needs PREFECT_API_URL.
+    `schedule`: cron, interval, timezone, lag_days, max_concurrent, as `deployments()` takes them."""
+    job = settings if isinstance(settings, JobSettings) else make_job(**settings)
+    specs = deployments(input_template, job, **schedule)
+    ensure_work_pool(pool)
+    return {d.name: _deploy(d, pool, str(source), env) for d in specs}
+
+
+def _deploy(d: Deployment, pool: str, source: str, env: dict[str, str] | None) -> str:
     from prefect import Flow
 
-    from flows.params import render_input
-    from ray_cluster.processors.registry import make_job
-
-    render_input(input_template, "2000-01-01")  # fail early on a template without {date}
-    job = settings if isinstance(settings, JobSettings) else make_job(**settings)
-    common = {"settings": job.model_dump(mode="json", exclude={"resolved"})}  # not an input
-    job_vars = {"env": env} if env else None
-    ensure_work_pool(pool)
-
-    def deploy(entrypoint: str, name: str, parameters: dict, schedule=None, description: str = "") -> str:  # noqa: ANN001
-        fl = Flow.from_source(source=str(source), entrypoint=entrypoint)
-        buf = io.StringIO()  # Prefect prints a table per deployment; keep it unless something went wrong
-        with contextlib.redirect_stdout(buf):
-            ids = fl.deploy(
-                name=name,
-                work_pool_name=pool,
-                parameters=parameters,
-                schedules=[schedule] if schedule else [],
-                description=description,
-                job_variables=job_vars,
-                build=False,
-                push=False,
-                print_next_steps=False,
-                ignore_warnings=True,
-            )
-        if not ids or "Encountered errors" in buf.getvalue():
-            raise FatalError(f"deploying {entrypoint} as {name!r} failed:\n{buf.getvalue()}")
-        return f"{fl.name}/{name}"
-
-    names = {
-        PARTITION: deploy(
-            "flows/corpus.py:corpus_flow",
-            PARTITION,
-            {**common},
-            description="One date partition; started by the backfill, one flow run per date.",
-        ),
-        DAILY: deploy(
-            "flows/daily.py:daily_flow",
-            DAILY,
-            {**common, "input_template": input_template, "lag_days": lag_days, "timezone": timezone},
-            _schedule(cron, interval, timezone),
-            description="The scheduled run: the partition of the scheduled day minus lag_days.",
-        ),
-    }
-    names[BACKFILL] = deploy(
-        "flows/backfill.py:backfill_flow",
-        BACKFILL,
-        {
-            **common,
-            "input_template": input_template,
-            "deployment": names[PARTITION],
-            "max_concurrent": max_concurrent,
-        },
-        description="Give start and end (YYYY-MM-DD): one partition run per date.",
-    )
-    return names
-
-
-def add_deploy_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    """Arguments of `xlmflow deploy`: its own, then every run setting (xlmflow.cli_options)."""
-    from xlmflow.cli_options import add_job_options
-
-    parser.add_argument(
-        "--input",
-        required=True,
-        metavar="TEMPLATE",
-        help="input template with {date}, e.g. s3://raw/corpus/date={date}/",
-    )
-    parser.add_argument("--out", required=True, help="output root (local dir or s3://bucket/prefix)")
-    parser.add_argument(
-        "--pool",
-        default="xlmflow",
-        metavar="NAME",
-        help="process work pool (created if missing; default xlmflow)",
-    )
-    parser.add_argument(
-        "--cron", default="0 3 * * *", metavar="CRON", help="daily schedule (default '0 3 * * *')"
-    )
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="schedule every N seconds instead of --cron",
-    )
-    parser.add_argument(
-        "--timezone", default="UTC", metavar="TZ", help="IANA time zone of the schedule and of the dates"
-    )
-    parser.add_argument(
-        "--lag-days", type=int, default=1, metavar="N", help="process the scheduled day minus N (default 1)"
-    )
-    parser.add_argument(
-        "--max-concurrent", type=int, default=2, metavar="N", help="default of the backfill deployment"
-    )
-    parser.add_argument(
-        "--source",
-        default=str(ROOT),
-        metavar="DIR",
-        help="project directory the worker runs the flows from (default: this checkout)",
-    )
-    add_job_options(parser, argv)
-
-
-def deploy_main(ns: argparse.Namespace) -> int:
-    """`xlmflow deploy`: print the deployment names and how to start a worker."""
-    from prefect.settings import PREFECT_API_URL
-
-    from ray_cluster.processors.registry import make_job
-    from xlmflow.cli_options import job_kwargs
-
-    if not PREFECT_API_URL.value():
-        raise ConfigError(
-            "PREFECT_API_URL is not set; start a server (prefect server start) and export "
-            "PREFECT_API_URL=http://HOST:4200/api"
+    schedule = _prefect_schedule(d.schedule)
+    fl = Flow.from_source(source=source, entrypoint=d.entrypoint)
+    buf = io.StringIO()  # Prefect prints a table per deployment; keep it unless something went wrong
+    with contextlib.redirect_stdout(buf):
+        ids = fl.deploy(
+            name=d.name,
+            work_pool_name=pool,
+            work_queue_name=QUEUE,
+            parameters=d.parameters,
+            schedules=[schedule] if schedule else [],
+            description=d.description,
+            tags=list(TAGS),
+            job_variables={"env": env} if env else None,
+            build=False,
+            push=False,
+            print_next_steps=False,
+            ignore_warnings=True,
         )
-    if ns.lag_days < 0:
-        raise ConfigError(f"--lag-days must be >= 0, got {ns.lag_days}")
-    names = deploy_all(
-        input_template=ns.input,
-        settings=make_job(out=ns.out, **job_kwargs(ns)),
-        pool=ns.pool,
-        cron=ns.cron,
-        interval=ns.interval,
-        timezone=ns.timezone,
-        lag_days=ns.lag_days,
-        max_concurrent=ns.max_concurrent,
-        source=ns.source,
-    )
-    for short, full in names.items():
-        print(f"deployment {short}: {full}")
-    print(f"start a worker: prefect worker start --pool {ns.pool}")
-    return 0
+    if not ids or "Encountered errors" in buf.getvalue():
+        raise FatalError(f"deploying {d.entrypoint} as {d.name!r} failed:\n{buf.getvalue()}")
+    return f"{fl.name}/{d.name}"
+
+
+def _prefect_schedule(s: dict[str, Any] | None):  # noqa: ANN202 - a Prefect schedule
+    from prefect.schedules import Cron, Interval
+
+    if s is None:
+        return None
+    if "interval" in s:
+        return Interval(s["interval"], timezone=s["timezone"])
+    return Cron(s["cron"], timezone=s["timezone"])
+
+
+_YAML_HEAD = """\
+# Deployments of xlmflow for `prefect deploy --all`, written by flows/deploy.py: do not edit, regenerate.
+# This file is the output of (a test fails when it is not):
+#   {command} > prefect.yaml
+# Run from the project root, with PREFECT_API_URL set: prefect --no-prompt deploy --all
+# Work pool: `prefect work-pool create {pool} --type process`; worker: `prefect worker start --pool {pool}`.
+# A backfill: prefect deployment run backfill/backfill -p start=2026-10-01 -p end=2026-10-31
+# The pull step runs the flows from the directory `prefect deploy` was run in; in the container image
+# (infra/Dockerfile) that is /opt/xlmflow. `settings` is the flows' one settings parameter
+# (xlmflow.settings.JobSettings; the UI shows it as a form); `xlmflow run --help` lists every option.
+"""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Anchors named after what they hold, the pool or the settings, for a reader of the file."""
+
+    def generate_anchor(self, node: Any) -> str:
+        return "settings" if "out" in {k.value for k, _ in node.value} else "pool"
+
+
+def prefect_yaml(
+    specs: list[Deployment],
+    command: str,
+    *,
+    pool: str = POOL,
+    source: str = YAML_SOURCE,
+    env: dict[str, str] | None = None,
+) -> str:
+    """`specs` as a prefect.yaml; `command` is the command line that wrote it (named in its head)."""
+    import prefect
+
+    pool_def = {"name": pool, "work_queue_name": QUEUE, "job_variables": {"env": env} if env else {}}
+    settings = specs[0].parameters["settings"]
+    doc = {
+        "name": "xlmflow",
+        "prefect-version": prefect.__version__,
+        "build": None,
+        "push": None,
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": source}}],
+        "definitions": {"work_pool": pool_def, "settings": settings},
+        "deployments": [
+            {
+                "name": d.name,
+                "entrypoint": d.entrypoint,
+                "description": d.description,
+                "tags": list(TAGS),
+                "work_pool": pool_def,
+                **({"schedules": [{**d.schedule, "active": True}]} if d.schedule else {}),
+                "parameters": {**d.parameters, "settings": settings},
+            }
+            for d in specs
+        ],
+    }
+    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True)
+    return _YAML_HEAD.format(command=command, pool=pool) + body

@@ -1,4 +1,4 @@
-"""What the flows share: their settings parameter, the input template, the partition lock.
+"""What the flows share: their settings parameter, their own parameters' defaults, the input template, the lock.
 
 Every flow takes the run settings as one typed parameter, `settings` (xlmflow.settings.JobSettings;
 the Prefect UI renders it as a form). A deployment created by an older xlmflow passes the parameters
@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ray_cluster.processors.registry import resolve_job
 from xlmflow.errors import ConfigError
+from xlmflow.settings import JobSettings
+
+# defaults of the flows' own parameters: the flows' signatures, `xlmflow deploy`/`backfill` and the
+# generated prefect.yaml all read them from here
+LAG_DAYS = 1  # the daily run processes its scheduled day minus this
+TIMEZONE = "UTC"  # of the daily schedule and of its dates
+MAX_CONCURRENT = 2  # partition runs of a backfill at a time
+POLL_INTERVAL = 5.0  # seconds between a backfill's status polls of a partition run
 
 REDEPLOY = (
     "redeploy with this version: `xlmflow deploy --input TEMPLATE --out OUT [options]` (or `prefect deploy "
@@ -21,10 +30,8 @@ REDEPLOY = (
 )
 
 
-def job_settings(settings: Any, legacy: dict[str, Any], flow: str):  # noqa: ANN201
+def job_settings(settings: Any, legacy: dict[str, Any], flow: str) -> JobSettings:
     """The flow's JobSettings; a ConfigError saying how to redeploy when old-style parameters came in."""
-    from ray_cluster.processors.registry import resolve_job
-
     if legacy:
         raise ConfigError(
             f"flow {flow!r} got parameters it no longer has ({', '.join(sorted(legacy))}): the deployment was "

@@ -17,5 +17,4 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
-# `-m extended` (given after) runs the end-to-end tests the default run leaves out for time
-exec .venv/bin/pytest -q -rs --durations=15 -m "not extended" "$@"
+exec .venv/bin/pytest -q -rs --durations=15 "$@"

@@ -65,7 +65,7 @@ def test_help_placeholders_say_what_a_value_is(capsys):
     numeric = {"N", "SECONDS", "FRACTION", "MB"}
     words = {"OUT", "DATE", "LIST", "NAME=TYPE", "MODEL", "ADDRESS", "LANG", "DIR"}
     assert set(placeholders.values()) <= numeric | words, set(placeholders.values()) - numeric - words
-    words |= {"TEMPLATE", "FLOW/DEPLOYMENT", "NAME", "CRON", "TZ"}
+    words |= {"TEMPLATE", "FLOW/DEPLOYMENT", "NAME", "CRON", "TZ", "KEY=VALUE"}
     for command in ("backfill", "deploy"):
         _, out = _exit(capsys, [command, "--help"])
         found = dict(re.findall(r"^\s+(--[\w.-]+) ([A-Z][A-Z_=/]*)", out, re.M))

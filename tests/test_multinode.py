@@ -150,7 +150,6 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # a worker's loss is run by the test above; the head's takes a GCS timeout
 def test_head_loss_fails_in_bounded_time_and_the_rerun_resumes(cluster, cli_env, corpus, tmp_path):
     """Runs after the node-loss test, on what is left of the module's cluster, whose head it kills."""
     env = _env(cli_env) | {

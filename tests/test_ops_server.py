@@ -123,7 +123,6 @@ def test_triggered_run_completes_with_artifacts(prefect_stack, tmp_path_factory)
 
 @pytest.mark.server
 @pytest.mark.slow
-@pytest.mark.extended  # the scheduled-day rule is also run end to end by the late daily run test
 def test_interval_schedule_runs_execute_for_the_scheduled_day(prefect_stack, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
@@ -196,7 +195,6 @@ def _backfill(stack, template: str, out: str, start: str, end: str, n: int = 2) 
 
 @pytest.mark.server
 @pytest.mark.slow
-@pytest.mark.extended  # two runs of one partition at once: run through the CLI by test_lease_cli
 def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tmp_path):
     from flows.deploy import deploy_all
 
@@ -282,7 +280,6 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
 
 @pytest.mark.server
 @pytest.mark.slow
-@pytest.mark.extended  # backfills through a deployment are run by the other backfill tests
 def test_backfill_without_deployment_runs_dates_as_subflows(prefect_stack, tmp_path):
     write_partition(tmp_path / "raw", "2026-08-01", 2)  # 2026-08-02 has no input
     template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")

@@ -77,3 +77,20 @@ def test_remove_stale_tmp_keeps_real_files(tmp_path):
 
 def test_remove_stale_tmp_is_a_no_op_on_s3():
     assert storage.remove_stale_tmp("s3://bucket/out/_staging/date=2026-11-04") == 0
+
+
+def test_one_spelling_of_an_output_root_in_settings_and_storage(tmp_path, monkeypatch):
+    """`file://`, `~`, relative paths and s3:// URIs: the settings' `out` is storage's canonical form."""
+    from ray_cluster.processors.registry import make_job
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    expected = {
+        f"file://{tmp_path}/out/": f"{tmp_path}/out",
+        "~/out": f"{tmp_path}/home/out",
+        "rel/out/": f"{tmp_path}/rel/out",
+        "./rel/../out": f"{tmp_path}/out",
+        "s3://bucket/prefix/": "s3://bucket/prefix",
+    }
+    got = {uri: (storage.canonical(uri), make_job(out=uri).out) for uri in expected}
+    assert got == {uri: (want, want) for uri, want in expected.items()}

@@ -207,8 +207,7 @@ _FLOW_COMMANDS = {
 
 def _add_flow_commands(sub, argv: list[str] | None) -> None:  # noqa: ANN001
     try:
-        from flows.backfill import add_backfill_arguments, backfill_main
-        from flows.deploy import add_deploy_arguments, deploy_main
+        from xlmflow.cli_flows import add_backfill_arguments, add_deploy_arguments, backfill_main, deploy_main
     except ImportError:
         pass
     else:

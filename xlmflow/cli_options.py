@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 
+from ray_cluster.processors.base import registry
 from xlmflow.errors import ConfigError
+from xlmflow.settings import JobSettings
 
 # fields that a command sets itself (positional inputs, --out), builds from several options, or that
 # are no input (`resolved`: filled in from the processor registry)
@@ -77,9 +79,6 @@ def _metavar(flag: str, f: FieldInfo, kind: Any, extra: dict) -> str:
 
 def add_job_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """Every JobSettings field and processor option as an option of `parser` (dests `job__*`/`proc__*`)."""
-    from ray_cluster.processors.base import registry
-    from xlmflow.settings import JobSettings
-
     g = parser.add_argument_group("run settings")
     for name, f in JobSettings.model_fields.items():
         if name not in _OWN:

@@ -28,6 +28,7 @@ from typing import Any
 
 from xlmflow import storage
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.settings import CHECKPOINT_INTERVAL
 from xlmflow.stats import stats_of_action
 
 PARTITION = "date"
@@ -37,7 +38,6 @@ META_KEY = "xlmflow"  # commitInfo field holding this project's commit metadata 
 USER_METADATA = ("operation", "run_id", "date", "config_hash", "counts", "restore_id", "replaced_run")
 COMMIT_ATTEMPTS = 20  # commits of other dates that land between our look and our PUT, in a row
 READ_BACK_ATTEMPTS = 4  # reads of a commit whose answer was lost (0.5 + 1 + 2 s of backoff)
-CHECKPOINT_INTERVAL = 10  # Delta's (Spark's) default; runs pass settings.checkpoint_interval
 # log cleanup is vacuum's, which keeps the versions manifests pin; delta-rs' vacuum (and other
 # writers, Spark's included) would otherwise drop log entries by age alone
 # vacuum sees the files to delete through their tombstones, which a checkpoint drops once older than

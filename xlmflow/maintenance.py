@@ -13,6 +13,7 @@ import uuid
 
 from xlmflow import delta, storage
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.settings import LEASE_TTL, LOCK_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,9 @@ def current_runs(out: str) -> list[dict]:
     return rows
 
 
-def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_ttl: float = 120) -> dict:
+def restore(
+    out: str, date: str, run_id: str, lock_timeout: float = LOCK_TIMEOUT, lease_ttl: float = LEASE_TTL
+) -> dict:
     """Make `run_id`'s committed files the date's current files in every table; returns the manifest.
 
     New commits of remove/add actions (the tables' other dates are untouched), then a manifest pinning
@@ -357,7 +360,9 @@ def restore(out: str, date: str, run_id: str, lock_timeout: float = 300, lease_t
         lease.release()
 
 
-def migrate(out: str, lock_timeout: float = 300, lease_ttl: float = 120) -> dict[str, dict[str, int]]:
+def migrate(
+    out: str, lock_timeout: float = LOCK_TIMEOUT, lease_ttl: float = LEASE_TTL
+) -> dict[str, dict[str, int]]:
     """Bring an OUT written by earlier versions up to date, keeping every committed file readable.
 
     - `converted`: plain Parquet directories + manifests become Delta tables (per dataset, the table's

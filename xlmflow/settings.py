@@ -32,6 +32,14 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from xlmflow.errors import ConfigError
+from xlmflow.storage import canonical
+from xlmflow.uris import REFUSED, has_userinfo
+
+# defaults that commands outside JobSettings use too (restore and migrate take the partition lease;
+# delta.checkpoint serves callers without settings): written once here
+LEASE_TTL = 120.0
+LOCK_TIMEOUT = 300.0
+CHECKPOINT_INTERVAL = 10  # Delta's (Spark's) default
 
 _INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -140,13 +148,13 @@ class JobSettings(BaseModel):
     )
     # the partition lease (one writer per partition)
     lease_ttl: float = Field(
-        default=120.0, gt=0, description="Seconds a partition lease lives without a heartbeat."
+        default=LEASE_TTL, gt=0, description="Seconds a partition lease lives without a heartbeat."
     )
     lock_timeout: float = Field(
-        default=300.0, ge=0, description="Seconds to wait for a partition another run holds."
+        default=LOCK_TIMEOUT, ge=0, description="Seconds to wait for a partition another run holds."
     )
     checkpoint_interval: int = Field(
-        default=10,
+        default=CHECKPOINT_INTERVAL,
         gt=0,
         description="Write a Delta checkpoint of a table every N commits (a table's own "
         "delta.checkpointInterval wins).",
@@ -228,9 +236,7 @@ class JobSettings(BaseModel):
     @classmethod
     def _abs_out(cls, v: str) -> str:
         # one canonical spelling of local paths, so listed files compare equal to the ones we wrote
-        import os
-
-        return v.rstrip("/") if "://" in v else os.path.abspath(v)
+        return canonical(v)
 
     @field_validator("out")
     @classmethod
@@ -284,8 +290,6 @@ class RunSettings(JobSettings):
     @field_validator("inputs")
     @classmethod
     def _no_credentials(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        from xlmflow.uris import REFUSED, has_userinfo
-
         for i, uri in enumerate(v, 1):
             if has_userinfo(uri):
                 raise ValueError(f"input {i}: {REFUSED}")
@@ -309,8 +313,6 @@ OUTPUT_FIELDS = ("inputs", "processors", "max_text_chars", "max_record_bytes", "
 def _refuse_userinfo(uri: str, what: str) -> str:
     # a secret in a URI would reach botocore's error messages, logs and run records; refuse it here
     # too, so flows and deployments that build settings themselves refuse it like the CLI does
-    from xlmflow.uris import REFUSED, has_userinfo
-
     if has_userinfo(uri):
         raise ValueError(f"{what}: {REFUSED}")
     return uri

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from xlmflow.settings import LOCK_TIMEOUT
+
 
 def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     v = sub.add_parser("vacuum", help="delete superseded files older than the retention (all tables)")
@@ -22,7 +24,9 @@ def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     r = sub.add_parser("restore", help="make an earlier run's output the date's current partition again")
     r.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
     r.add_argument("--run", required=True, help="run id, as `xlmflow history` lists it")
-    r.add_argument("--lock-timeout", type=float, default=300, help="seconds to wait for a run of the date")
+    r.add_argument(
+        "--lock-timeout", type=float, default=LOCK_TIMEOUT, help="seconds to wait for a run of the date"
+    )
     r.set_defaults(func=_restore)
     m = sub.add_parser(
         "migrate", help="update an output written by earlier versions (Parquet directories, fixed-size lists)"

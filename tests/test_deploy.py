@@ -1,0 +1,48 @@
+"""The deployments are declared once (flows/deploy.py): the committed prefect.yaml is what the command in
+its head prints, and the three deployments name the flows their entrypoints hold."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xlmflow.cli import build_parser
+from xlmflow.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _deploy(argv: list[str], capsys) -> str:  # noqa: ANN001
+    ns = build_parser(argv).parse_args(argv)
+    assert ns.func(ns) == 0
+    return capsys.readouterr().out
+
+
+def test_prefect_yaml_is_what_the_code_generates(capsys):
+    text = (ROOT / "prefect.yaml").read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("#   xlmflow deploy ")]
+    argv = shlex.split(line.removeprefix("#   ").removesuffix(" > prefect.yaml"))[1:]
+    assert _deploy(argv, capsys) == text, (
+        f"prefect.yaml is not what flows/deploy.py generates; regenerate it: {line.removeprefix('#   ')}"
+    )
+    # what `prefect deploy --all` reads: each entrypoint's flow is the one the deployment's name says
+    from flows.backfill import backfill_flow
+    from flows.corpus import corpus_flow
+    from flows.daily import daily_flow
+
+    doc = yaml.safe_load(text)
+    flows = {"partition": corpus_flow, "daily": daily_flow, "backfill": backfill_flow}
+    assert {d["name"]: d["entrypoint"].rsplit(":", 1)[1] for d in doc["deployments"]} == {
+        name: fl.fn.__name__ for name, fl in flows.items()
+    }
+    backfill = next(d for d in doc["deployments"] if d["name"] == "backfill")
+    assert backfill["parameters"]["deployment"] == f"{corpus_flow.name}/partition"
+
+
+def test_deploy_refuses_an_env_without_value(capsys):
+    argv = ["deploy", "--input", "in/date={date}", "--out", "out", "--env", "HF_HUB_OFFLINE", "--print-yaml"]
+    with pytest.raises(ConfigError, match="--env 'HF_HUB_OFFLINE': write KEY=VALUE"):
+        _deploy(argv, capsys)
