@@ -60,8 +60,8 @@ def _docs(n: int):  # noqa: ANN202
 
 
 def _write(out: str, docs, n_rejects: int) -> tuple[dict, dict, float]:  # noqa: ANN001
-    from tasks import collect
     from tasks.write import write_table
+    from xlmflow import manifest as mf
     from xlmflow import schemas
 
     run = uuid.uuid4().hex
@@ -72,7 +72,7 @@ def _write(out: str, docs, n_rejects: int) -> tuple[dict, dict, float]:  # noqa:
     parts = {n: write_table(out, n, DATE, run, t) for n, t in (("documents", docs), ("rejects", rej))}
     secs = time.perf_counter() - t
     manifest = {
-        "manifest_version": collect.MANIFEST_VERSION,
+        "manifest_version": mf.MANIFEST_VERSION,
         "date": DATE,
         "run_id": run,
         "files": {n: [f] for n, (f, _) in parts.items()},
@@ -83,24 +83,23 @@ def _write(out: str, docs, n_rejects: int) -> tuple[dict, dict, float]:  # noqa:
 
 def commit_manifest(out: str, manifest: dict, _schemas: dict) -> None:
     """The reference: the plain layout's commit (manifest written last, then unlisted files deleted)."""
-    from tasks import collect
-    from xlmflow import storage
+    from xlmflow import manifest as mf
+    from xlmflow import part_files, storage
 
-    storage.write_json(collect.manifest_uri(out, DATE), manifest)
+    storage.write_json(mf.manifest_uri(out, DATE), manifest)
     listed = {storage.join(out, f["path"]) for fs in manifest["files"].values() for f in fs}
     stale = []
     for n in manifest["files"]:
-        stale += [u for u in storage.list_files(collect.partition_dir(out, n, DATE)) if u not in listed]
+        stale += [u for u in storage.list_files(part_files.partition_dir(out, n, DATE)) if u not in listed]
     storage.remove(stale)
 
 
 def commit_delta(out: str, manifest: dict, schemas_: dict) -> None:
-    from tasks import collect
-    from xlmflow import delta
+    from xlmflow import delta, partition
 
     base = delta.snapshot(out, list(manifest["files"]))
-    collect.commit_tables(out, DATE, manifest["files"], schemas_, base, manifest)
-    collect.cleanup_partition(out, DATE, manifest)
+    partition.commit_tables(out, DATE, manifest["files"], schemas_, base, manifest)
+    partition.cleanup_partition(out, DATE, manifest)
 
 
 def _moto() -> tuple[subprocess.Popen, str]:

@@ -3,7 +3,7 @@
 Three output roots, local directories: a fresh one; one whose `documents` and `rejects` tables hold
 `--commits` commits each (365 dates, each committed again and again as daily runs, backfills and
 `--force` reruns do; one small part file per commit, a manifest per date), built by committing
-through `tasks.collect.commit_tables` as runs do, without running the pipeline; and one with the same
+through `xlmflow.partition.commit_tables` as runs do, without running the pipeline; and one with the same
 365 dates committed once each (the long root's table state with a short log), which separates the
 cost of the log's length from that of the table's size.
 
@@ -65,13 +65,13 @@ def _tables():  # noqa: ANN202
 
 
 def _write(out: str, date: str, tables: dict) -> tuple[dict, dict]:
-    from tasks import collect
     from tasks.write import write_table
+    from xlmflow import manifest as mf
 
     run = uuid.uuid4().hex
     parts = {n: write_table(out, n, date, run, t) for n, t in tables.items()}
     manifest = {
-        "manifest_version": collect.MANIFEST_VERSION,
+        "manifest_version": mf.MANIFEST_VERSION,
         "date": date,
         "run_id": run,
         "config_hash": "bench",
@@ -84,42 +84,42 @@ def _write(out: str, date: str, tables: dict) -> tuple[dict, dict]:
 def commit(out: str, date: str, tables: dict) -> float:
     """A run's work around its data files: the snapshot and debris check at its start, the commits and
     cleanup at its end (writing the data files in between is left out of the figure)."""
-    from tasks import collect
-    from xlmflow import delta
+    from xlmflow import delta, partition
+    from xlmflow import manifest as mf
 
     t = time.perf_counter()
     base = delta.snapshot(out, list(NAMES))
-    collect.remove_debris(out, date, collect.read_manifest(out, date), "bench")
+    partition.remove_debris(out, date, mf.read_manifest(out, date), "bench")
     secs = time.perf_counter() - t
     manifest, schemas_ = _write(out, date, tables)
     t = time.perf_counter()
-    collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest, **COMMIT_OPTIONS)
-    collect.cleanup_partition(out, date, manifest, debris=False)
+    partition.commit_tables(out, date, manifest["files"], schemas_, base, manifest, **COMMIT_OPTIONS)
+    partition.cleanup_partition(out, date, manifest, debris=False)
     return secs + time.perf_counter() - t
 
 
 def noop(out: str, date: str) -> float:
     """A plain rerun of a committed date (its inputs unchanged): nothing is computed or committed."""
-    from tasks import collect
+    from xlmflow import manifest as mf
+    from xlmflow import partition
 
     t = time.perf_counter()
-    existing = collect.read_manifest(out, date)
+    existing = mf.read_manifest(out, date)
     assert existing is not None
-    assert collect.realign_tables(out, date, existing) == []
-    collect.cleanup_partition(out, date, existing)
+    assert partition.realign_tables(out, date, existing) == []
+    partition.cleanup_partition(out, date, existing)
     return time.perf_counter() - t
 
 
 def build(out: str, commits: int, tables: dict) -> float:
-    from tasks import collect
-    from xlmflow import delta
+    from xlmflow import delta, partition
 
     t = time.perf_counter()
     for i in range(commits):
         date = (START + dt.timedelta(days=i % 365)).isoformat()
         manifest, schemas_ = _write(out, date, tables)
         base = delta.snapshot(out, list(NAMES))
-        collect.commit_tables(out, date, manifest["files"], schemas_, base, manifest, **COMMIT_OPTIONS)
+        partition.commit_tables(out, date, manifest["files"], schemas_, base, manifest, **COMMIT_OPTIONS)
         if i % 250 == 249:
             print(f"  built {i + 1} commits per table ({time.perf_counter() - t:.0f}s)", flush=True)
     return time.perf_counter() - t

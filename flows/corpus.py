@@ -4,20 +4,29 @@ commits, manifest) -> report. The driver plans and commits; the data stays on th
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
+import xlmflow
+from flows.params import job_settings, tag_run
+from ray_cluster.processors.registry import run_settings
+from tasks import collect, fingerprint, report, steps
+from tasks.shard import staging_root
+from xlmflow import delta, storage
 from xlmflow.errors import ConfigError
 from xlmflow.manifest import run_models
+from xlmflow.partition import Partition, PinnedFilesGoneError
+from xlmflow.records import IngestResult, ProcessResult, RunFacts
 from xlmflow.settings import JobSettings
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
     date = flow_run.parameters.get("date") or dt.datetime.now(dt.UTC).date().isoformat()
     return f"corpus-{date}"
 
@@ -35,11 +44,6 @@ def corpus_flow(
     The whole run holds the partition's lease (xlmflow.lease), so a second run of the same partition
     (plain, forced or a no-op rerun, from any entry point) waits instead of racing this one.
     """
-    from flows.params import job_settings, tag_run
-    from ray_cluster.processors.registry import run_settings
-    from xlmflow import storage
-    from xlmflow.lease import PartitionLease
-
     logger = get_run_logger()
     job = job_settings(settings, legacy, "corpus")
     if not inputs:
@@ -52,110 +56,128 @@ def corpus_flow(
         logger.info("partition %s: no input at %s", day, list(settings.inputs))
         return {"date": day, "out": settings.out, "manifest": None, "status": "no_input"}
     run_id = uuid.uuid4().hex
-    lease = PartitionLease(settings.out, day, run_id, settings.lease_ttl)
-    lease.acquire(settings.lock_timeout, on_wait=logger.warning)
-    try:
-        return _run_partition(settings, lease, run_id, logger)
-    finally:
-        lease.release()
+    partition = Partition(settings.out, day, run_id, settings.lease_ttl, collect.partition_datasets(settings))
+    with partition.held(settings.lock_timeout, on_wait=logger.warning):
+        return _run_partition(settings, partition, logger)
 
 
-def _run_partition(settings, lease, run_id: str, logger) -> dict:  # noqa: ANN001
-    """The partition run proper; called with the lease held."""
-    from tasks import collect, fingerprint, report, steps
-    from tasks.shard import staging_root
-    from xlmflow import delta
-
-    day = settings.date.isoformat()
-    result = {"date": day, "out": settings.out, "manifest": None}
+def _run_partition(settings, partition: Partition, logger) -> dict:  # noqa: ANN001
+    """The partition run proper: take the partition -> ingest -> process -> commit -> report."""
+    result = {"date": partition.date, "out": settings.out, "manifest": None}
     delta.refuse_legacy(settings.out)
-    existing = collect.read_manifest(settings.out, day)
+    existing = partition.manifest()
     if existing and not settings.force:
-        diff = fingerprint.changes(existing.get("input_fingerprint"), fingerprint.current(settings.inputs))
-        if diff:
-            logger.warning(
-                "partition %s was committed (run %s) from inputs that have changed since: %s; "
-                "pass force to recompute it",
-                day,
-                existing.get("run_id"),
-                "; ".join(diff),
-            )
-            return {**result, "status": "inputs_changed", "manifest": existing, "changes": diff}
-        try:
-            realigned = collect.realign_tables(
-                settings.out, day, existing
-            )  # a --force run that crashed mid-commit
-        except collect.PinnedFilesGoneError as exc:
-            # the committed rows are gone; the inputs are unchanged, so computing again restores them
-            logger.warning("%s; computing the partition again from its unchanged inputs", exc)
-        else:
-            if realigned:
-                logger.warning(
-                    "partition %s: tables %s held rows of a run that crashed before its manifest; they "
-                    "hold the committed run's rows again",
-                    day,
-                    ", ".join(realigned),
-                )
-            removed = collect.cleanup_partition(
-                settings.out, day, existing
-            )  # leftovers of a crash after commit
-            logger.info(
-                "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
-                day,
-                existing.get("run_id"),
-                f" (removed {removed} stray files)" if removed else "",
-            )
-            return {**result, "status": "skipped", "manifest": existing}
+        done = _already_committed(settings, partition, existing, logger)
+        if done is not None:
+            return {**result, **done, "manifest": existing}
     # the tables' versions now: the commit refuses if another run commits this date meanwhile
-    table_versions = delta.snapshot(settings.out, collect.datasets_for(settings))
+    partition.snapshot(collect.datasets_for(settings))
     # files a failed or killed run left behind (ours alone to remove: we hold the partition)
-    removed = collect.remove_debris(settings.out, day, existing, settings.config_hash())
+    removed = partition.remove_debris(existing, settings.config_hash())
     if removed:
-        logger.info("partition %s: removed %d files left by an earlier failed run", day, removed)
+        logger.info("partition %s: removed %d files left by an earlier failed run", partition.date, removed)
     t0 = time.perf_counter()
-    run = {
-        "run_id": run_id,
-        "code_version": _code_version(),
-        "started_at": dt.datetime.now(dt.UTC).isoformat(),
-        "flow_run_id": _flow_run_id(),
-        "table_versions_at_start": table_versions,
-    }
-    staging = staging_root(settings.out, day, settings.config_hash())
-    stages: dict[str, float] = {}
+    started_at = dt.datetime.now(dt.UTC).isoformat()
+    stages = _Stages(logger)
+    # the run's artifacts are created by the flow itself, so the UI lists them under the flow run
+    read_id = report.create_progress_artifact(
+        partition.date, "ingest", f"input rows read for {partition.date}"
+    )
+    progress_id = report.create_progress_artifact(
+        partition.date, "progress", f"documents processed for {partition.date}"
+    )
+    staging = staging_root(settings.out, partition.date, settings.config_hash())
+    ingested = stages.timed("ingest", steps.ingest_inputs, settings, staging, read_id)
+    processed = stages.timed("process", steps.process_shards, ingested, settings, progress_id)
+    facts = _facts(
+        partition, started_at, ingested.record, processed, stages.seconds, time.perf_counter() - t0
+    )
+    _test_pause_before_commit(logger)
+    partition.check()  # fence: a run that lost its lease while stalled must not write into the partition
+    manifest = stages.timed("commit", steps.commit_outputs, settings, partition, ingested, processed, facts)
+    stages.timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
+    return {**result, "status": "committed", "manifest": manifest}
 
-    def timed(stage: str, fn, *args):  # noqa: ANN001, ANN202 - stage timings, logged and kept in the manifest
+
+class _Stages:
+    """Stage timings, logged and kept in the manifest."""
+
+    def __init__(self, logger) -> None:  # noqa: ANN001
+        self.logger, self.seconds = logger, {}
+
+    def timed(self, stage: str, fn, *args):  # noqa: ANN001, ANN202
         t = time.perf_counter()
         res = fn(*args)
-        stages[stage] = round(time.perf_counter() - t, 3)
-        logger.info("stage %s took %.1fs", stage, stages[stage])
+        self.seconds[stage] = round(time.perf_counter() - t, 3)
+        self.logger.info("stage %s took %.1fs", stage, self.seconds[stage])
         return res
 
-    # the run's artifacts are created by the flow itself, so the UI lists them under the flow run
-    read_id = report.create_progress_artifact(day, "ingest", f"input rows read for {day}")
-    progress_id = report.create_progress_artifact(day, "progress", f"documents processed for {day}")
-    ing = timed("ingest", steps.ingest_inputs, settings, staging, read_id)
-    # the listing the splits were planned from, taken before reading: a file that changes while we
-    # read shows up as changed next time
-    run["input_fingerprint"] = ing["listing"]
-    processed = timed("process", steps.process_shards, ing, settings, progress_id)
-    shards, done, _failed, infos, content = processed
-    run["actors"] = infos
-    run["models"] = run_models(infos)
-    secs = time.perf_counter() - t0
-    accepted = sum(s["accepted"] for s in content)
-    chars = sum(s["chars"] for s in shards)
-    run["throughput"] = {
-        "seconds": round(secs, 2),
-        "docs_per_s": round(accepted / secs, 1),
-        "chars_per_s": round(chars / secs, 1),
-    }
-    # commit's own time is logged; it cannot be in the manifest it writes
-    run["stages"] = {**stages, **{f"ingest_{k}": v for k, v in ing["seconds"].items()}}
-    _test_pause_before_commit(logger)
-    lease.check()  # fence: a run that lost its lease while stalled must not write into the partition
-    manifest = timed("commit", steps.commit_partition, settings, ing, processed, run, lease.check)
-    timed("report", report.publish_report, {**manifest, "status": "committed"}, settings.out)
-    return {**result, "status": "committed", "manifest": manifest}
+
+def _facts(
+    partition: Partition,
+    started_at: str,
+    ingest: IngestResult,
+    processed: ProcessResult,
+    stages: dict[str, float],
+    secs: float,
+) -> RunFacts:
+    """The run's facts for the manifest, once processing is done."""
+    return RunFacts(
+        run_id=partition.owner_id,
+        code_version=_code_version(),
+        started_at=started_at,
+        flow_run_id=_flow_run_id(),
+        table_versions_at_start=partition.base_versions,
+        # the listing the splits were planned from, taken before reading: a file that changes while
+        # we read shows up as changed next time
+        input_fingerprint=ingest.listing,
+        actors=processed.actors,
+        models=run_models(processed.actors),
+        throughput={
+            "seconds": round(secs, 2),
+            "docs_per_s": round(processed.accepted / secs, 1),
+            "chars_per_s": round(processed.chars / secs, 1),
+        },
+        # commit's own time is logged; it cannot be in the manifest it writes
+        stages={**stages, **{f"ingest_{k}": v for k, v in ingest.seconds.items()}},
+    )
+
+
+def _already_committed(settings, partition: Partition, existing: dict, logger) -> dict | None:  # noqa: ANN001
+    """A plain rerun of a committed date: repair what a crash left and skip; None when the date must
+    be computed again."""
+    day = partition.date
+    diff = fingerprint.changes(existing.get("input_fingerprint"), fingerprint.current(settings.inputs))
+    if diff:
+        logger.warning(
+            "partition %s was committed (run %s) from inputs that have changed since: %s; "
+            "pass force to recompute it",
+            day,
+            existing.get("run_id"),
+            "; ".join(diff),
+        )
+        return {"status": "inputs_changed", "changes": diff}
+    try:
+        realigned = partition.realign(existing)  # a --force run that crashed mid-commit
+    except PinnedFilesGoneError as exc:
+        # the committed rows are gone; the inputs are unchanged, so computing again restores them
+        logger.warning("%s; computing the partition again from its unchanged inputs", exc)
+        return None
+    if realigned:
+        logger.warning(
+            "partition %s: tables %s held rows of a run that crashed before its manifest; they "
+            "hold the committed run's rows again",
+            day,
+            ", ".join(realigned),
+        )
+    removed = partition.cleanup(existing)  # leftovers of a crash after commit
+    logger.info(
+        "partition %s is already committed (run %s); nothing to do — pass force to recompute%s",
+        day,
+        existing.get("run_id"),
+        f" (removed {removed} stray files)" if removed else "",
+    )
+    return {"status": "skipped"}
 
 
 def _test_pause_before_commit(logger) -> None:  # noqa: ANN001
@@ -172,8 +194,6 @@ def _test_pause_before_commit(logger) -> None:  # noqa: ANN001
 
 
 def _any_input(inputs: tuple[str, ...]) -> bool:
-    from xlmflow import storage
-
     for i in inputs:
         fs, path = storage.fs_for(i)
         if any(c in path for c in "*?[") and fs.glob(path):
@@ -184,17 +204,10 @@ def _any_input(inputs: tuple[str, ...]) -> bool:
 
 
 def _flow_run_id() -> str | None:
-    from prefect.runtime import flow_run
-
     return str(flow_run.id) if flow_run.id else None
 
 
 def _code_version() -> str:
-    import subprocess
-    from pathlib import Path
-
-    import xlmflow
-
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

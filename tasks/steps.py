@@ -6,21 +6,37 @@ and shard, not by Prefect's cache; the stages return summaries, never data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from ray_cluster.actor import DONE_MARKER, results_uri
+from ray_cluster.cluster import check_out_reachable, connect
+from ray_cluster.ingest_pipeline import ContentFeed, TaskRunner, read_inputs
+from ray_cluster.pool import get_pool
 from tasks import collect, report
+from xlmflow import storage
+from xlmflow.partition import Partition
+from xlmflow.records import IngestResult, ProcessResult, RunFacts
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """Ingest's result in the driver: the record, and beside it the live handles the next stages use
+    (the task runner, which also runs the content reducers and the writer tasks; the content
+    reducers' calls, which hold Ray object references). Not a record: it never leaves the driver."""
+
+    record: IngestResult
+    runner: TaskRunner
+    content_calls: list[tuple]
 
 
 @task(name="ingest", cache_policy=NONE)
-def ingest_inputs(settings, staging: str, progress_id=None) -> dict:  # noqa: ANN001
+def ingest_inputs(settings, staging: str, progress_id=None) -> Ingested:  # noqa: ANN001
     """List and split the inputs, read them on the cluster, run the id stage of dedup."""
-    from ray_cluster.cluster import check_out_reachable, connect
-    from ray_cluster.ingest_pipeline import read_inputs
-
     connect(settings.ray_address)
     check_out_reachable(settings.out, settings.shared_out)
-    logger = get_run_logger()
     progress: list = []  # the bar, once the plan says how many splits there are
 
     def on_plan(n_splits: int) -> None:
@@ -33,37 +49,45 @@ def ingest_inputs(settings, staging: str, progress_id=None) -> dict:  # noqa: AN
     finally:
         for p in progress:
             p.close()
-    splits = ing["splits"]
-    logger.info(
+    record = IngestResult(
+        staging=staging,
+        root=ing["root"],
+        listing=ing["listing"],
+        splits=ing["splits"],
+        pieces=ing["pieces"],
+        losers=ing["losers"],
+        buckets=ing["plan"].buckets,
+        seconds=ing["seconds"],
+    )
+    _log_ingest(record)
+    return Ingested(record, ing["runner"], ing["content_calls"])
+
+
+def _log_ingest(ing: IngestResult) -> None:
+    splits = ing.splits
+    get_run_logger().info(
         "ingest: %d rows read by %d split tasks on %d nodes: %d accepted, %d rejected; dedup id stage: %d "
         "duplicates (%s)",
-        sum(s["input_rows"] for s in splits),
+        ing.input_rows,
         len(splits),
         len({s.get("node_id") for s in splits}),
         sum(s["accepted"] for s in splits),
         sum(s["rejects"] for s in splits),
-        sum(lo["losers"] for lo in ing["losers"]),
-        ", ".join(f"{k} {v:.1f}s" for k, v in ing["seconds"].items()),
+        sum(lo["losers"] for lo in ing.losers),
+        ", ".join(f"{k} {v:.1f}s" for k, v in ing.seconds.items()),
     )
-    ing["staging"] = staging
-    return ing
 
 
 @task(name="process", cache_policy=NONE)
-def process_shards(ing: dict, settings, progress_id=None) -> tuple:  # noqa: ANN001
+def process_shards(ingested: Ingested, settings, progress_id=None) -> ProcessResult:  # noqa: ANN001
     """Run the content stage of dedup (it writes the shards) and the processors over every unfinished
-    shard on the Ray actor pool; returns (shards, done, failed, actor infos, content summaries)."""
-    from ray_cluster.actor import DONE_MARKER, results_uri
-    from ray_cluster.ingest_pipeline import ContentFeed
-    from ray_cluster.pool import get_pool
-    from xlmflow import storage
-
+    shard on the Ray actor pool."""
     logger = get_run_logger()
-    staging = ing["staging"]
-    runner = ing["runner"]
+    staging = ingested.record.staging
+    runner = ingested.runner
     window = max(4, 2 * runner.window * settings.max_inflight_per_actor)
-    feed = ContentFeed(runner, ing["content_calls"], window)
-    expected = sum(s["accepted"] for s in ing["splits"]) - sum(lo["losers"] for lo in ing["losers"])
+    feed = ContentFeed(runner, ingested.content_calls, window)
+    expected = ingested.record.expected_documents
     progress = report.Progress(expected, f"process {settings.date.isoformat()}", progress_id)
     shards: list[dict] = []
     done: dict[str, dict] = {}
@@ -102,29 +126,39 @@ def process_shards(ing: dict, settings, progress_id=None) -> tuple:  # noqa: ANN
         if done:
             logger.info("resume: %d shards already done", len(done))
         if todo:
-            pool = get_pool(settings)
+            pool = _pool(settings)
             infos = pool.actor_infos
-            logger.info(
-                "pool: %d actors %s%s",
-                len(infos),
-                [(i["device"], i["cuda_visible_devices"]) for i in infos],
-                " (started with the run, before the flow)" if pool.prestarted else "",
-            )
             new, failed = pool.run(todo, staging, on_done=progress.shard_done, feed=_Feed())
             done.update(new)
     finally:
         progress.close()
     logger.info("process: %d shards, %d failed", len(shards), len(failed))
-    return shards, done, failed, infos, feed.summaries
+    return ProcessResult(shards=shards, done=done, failed=failed, actors=infos, content=feed.summaries)
+
+
+def _pool(settings):  # noqa: ANN001, ANN202
+    """The run's actor pool (started now, or with the run before the flow), logged."""
+    pool = get_pool(settings)
+    infos = pool.actor_infos
+    get_run_logger().info(
+        "pool: %d actors %s%s",
+        len(infos),
+        [(i["device"], i["cuda_visible_devices"]) for i in infos],
+        " (started with the run, before the flow)" if pool.prestarted else "",
+    )
+    return pool
 
 
 @task(name="commit", cache_policy=NONE)
-def commit_partition(settings, ing, processed, run, fence=None) -> dict:  # noqa: ANN001
-    """Writer tasks write the Parquet files; commit them to the Delta tables (against the versions the run
-    started from, in run["table_versions_at_start"]), then the manifest; all fenced by the lease."""
-    shards, done, failed, _infos, content = processed
-    manifest = collect.collect_partition(
-        settings, ing, shards, done, failed, content, run, fence, run.get("table_versions_at_start")
-    )
+def commit_outputs(
+    settings,  # noqa: ANN001
+    partition: Partition,
+    ingested: Ingested,
+    processed: ProcessResult,
+    facts: RunFacts,
+) -> dict:
+    """Writer tasks write the Parquet files; the partition commits them to the Delta tables (against the
+    versions it saw when the run started), then the manifest; all fenced by its lease."""
+    manifest = collect.commit_outputs(settings, partition, ingested.record, processed, facts, ingested.runner)
     get_run_logger().info("commit: %s", manifest["counts"])
     return manifest

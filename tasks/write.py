@@ -9,26 +9,16 @@ the figures the report shows: the aggregates the dataset's declaration names
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ray_cluster.cluster import node_id
 from tasks.ingest import staged_rejects
 from tasks.staged import read_bucket
 from xlmflow import schemas, storage
-from xlmflow.stats import file_stats
-
-
-def part_uri(out: str, dataset: str, date: str, run_id: str, index: int) -> str:
-    """Named as tasks.collect's debris check expects (`part-<run 8 hex>-<n>.parquet`)."""
-    from tasks.collect import partition_dir  # collect imports this module (the partition's owner moves it)
-
-    return storage.join(partition_dir(out, dataset, date), f"part-{run_id[:8]}-{index:05d}.parquet")
+from xlmflow.part_files import part_uri, write_parquet  # noqa: F401 - part_uri: part of this module's interface
 
 
 def _tables(src: dict) -> Iterator:
@@ -65,11 +55,6 @@ def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     ]
 
 
-def _nan_columns(t) -> set[str]:  # noqa: ANN001
-    """The float columns of `t` holding NaN (their file statistics get no bounds)."""
-    return {f.name for f in t.schema if pa.types.is_floating(f.type) and pc.any(pc.is_nan(t[f.name])).as_py()}
-
-
 def write_part(
     out: str,
     dataset: str,
@@ -83,56 +68,20 @@ def write_part(
     (the dataset's declared ones: each `start`/`add`/`result`, returned under its `key`)."""
     t0 = time.perf_counter()
     states = [a.start() for a in aggregates]
-    with storage.writing(uri) as path:
-        rows, schema, nan, footer = _write_file(path, dataset, sources, empty, aggregates, states)
-        size = os.path.getsize(path)
+
+    def seen(t: pa.Table) -> None:
+        for a, state in zip(aggregates, states, strict=True):
+            a.add(state, t)
+
+    written = write_parquet(out, uri, (t for src in sources for t in _tables(src)), empty, seen)
     figures = {a.key: r for a, st in zip(aggregates, states, strict=True) if (r := a.result(st)) is not None}
     return {
-        "file": {
-            "path": uri[len(out.rstrip("/")) + 1 :],
-            "rows": rows,
-            "bytes": size,
-            "mtime": int(time.time() * 1000),
-            "stats": file_stats(footer, schema, nan),
-        },
-        "schema": schema.serialize().to_pybytes(),
+        "file": written.entry,
+        "schema": written.schema.serialize().to_pybytes(),
         "node_id": node_id(),
         "seconds": round(time.perf_counter() - t0, 3),
         **figures,
     }
-
-
-def _write_file(
-    path: str, dataset: str, sources: list[dict], empty: bytes | None, aggregates: Sequence, states: list
-) -> tuple:
-    """Write the rows of `sources` to `path`, running the aggregates over them: (rows, schema, NaN
-    columns, the footer's metadata: the statistics the writer put in the file)."""
-    rows, schema, nan, writer = 0, None, set(), None
-    try:
-        for src in sources:
-            for t in _tables(src):
-                if not t.num_rows:
-                    continue
-                if writer is None:
-                    schema = schemas.file_schema(t.schema)
-                    writer = pq.ParquetWriter(path, schema, compression="zstd")
-                t = t.cast(schema) if t.schema != schema else t
-                schemas.check_widths(t, schema)
-                nan |= _nan_columns(t)
-                writer.write_table(t)
-                rows += t.num_rows
-                for a, st in zip(aggregates, states, strict=True):
-                    a.add(st, t)
-        if writer is None:
-            if empty is None:
-                raise ValueError(f"no rows and no schema for an empty file of {dataset}")
-            schema = schemas.file_schema(pa.ipc.read_schema(pa.py_buffer(empty)))
-            writer = pq.ParquetWriter(path, schema, compression="zstd")
-            writer.write_table(schema.empty_table())
-    finally:
-        if writer is not None:
-            writer.close()
-    return rows, schema, nan, writer.writer.metadata
 
 
 def write_table(out: str, dataset: str, date: str, run_id: str, table, index: int = 0) -> tuple[dict, object]:  # noqa: ANN001

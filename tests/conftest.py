@@ -25,13 +25,13 @@ def duck(out: str, dataset: str, date: str, con=None):  # noqa: ANN001, ANN201
     from deltalake import DeltaTable
 
     from xlmflow import delta
-    from xlmflow.read import pinned_version
+    from xlmflow.read import arrow_filesystem, pinned_version
 
     version = pinned_version(out, dataset, date)
     assert version is not None, f"{dataset} of {date} is not committed in {out}"
     uri = delta.table_uri(out, dataset)
     dt = DeltaTable(uri, version=version, storage_options=delta.storage_options(uri))
-    ds = dt.to_pyarrow_dataset(filesystem=delta.arrow_filesystem(uri))  # no abort at exit: see there
+    ds = dt.to_pyarrow_dataset(filesystem=arrow_filesystem(uri))  # no abort at exit: see there
     con = con or duckdb.connect()
     con.register(f"{dataset}_all", ds)
     con.sql(f"create or replace temp view {dataset} as select * from {dataset}_all where date = '{date}'")

@@ -23,11 +23,11 @@ from deltalake import DeltaTable
 from deltalake.transaction import PostCommitHookProperties
 
 from ray_cluster.processors.registry import main_schema, make_settings
-from tasks import collect
 from tasks.write import write_table
-from xlmflow import delta, maintenance, schemas, storage
+from xlmflow import delta, delta_schema, history, maintenance, part_files, partition, schemas, storage
 from xlmflow.errors import ConfigError, FatalError
-from xlmflow.read import read_partition
+from xlmflow.manifest import MANIFEST_VERSION, manifest_uri, read_manifest
+from xlmflow.read import read_partition, read_version
 from xlmflow.stats import file_stats
 
 # the documents table of a run with lid (the default): the core's columns and lid's lang, lang_score
@@ -46,7 +46,7 @@ def out(request, tmp_path):
 def _commit(
     out: str, run: str, n_docs: int, n_rejects: int, base: dict | None = None, date: str = DATE
 ) -> dict:
-    """Write one run's documents and rejects files and commit them (what collect_partition does)."""
+    """Write one run's documents and rejects files and commit them (what a run's commit does)."""
     docs = pa.table(
         {
             "doc_id": [f"{run}-{i}" for i in range(n_docs)],
@@ -67,7 +67,7 @@ def _commit(
     parts = {n: write_table(out, n, date, run, t) for n, t in (("documents", docs), ("rejects", rej))}
     files = {n: [f] for n, (f, _) in parts.items()}
     manifest = {
-        "manifest_version": collect.MANIFEST_VERSION,
+        "manifest_version": MANIFEST_VERSION,
         "date": date,
         "run_id": run,
         "config_hash": f"cfg-{run[:8]}",
@@ -76,7 +76,7 @@ def _commit(
     }
     if base is None:
         base = delta.snapshot(out, list(parts))
-    return collect.commit_tables(out, date, files, {n: s for n, (_, s) in parts.items()}, base, manifest)
+    return partition.commit_tables(out, date, files, {n: s for n, (_, s) in parts.items()}, base, manifest)
 
 
 def _run_hex(i: int) -> str:
@@ -115,10 +115,10 @@ def test_commit_force_and_versions_any_engine_reads(out):
     }
     assert pl.read_delta(uri, version=2, storage_options=_opts(out)).height == 50
     # what a plain glob sees: both runs' files (removed-but-not-vacuumed), i.e. 80 rows, not 50
-    assert len(storage.list_files(collect.partition_dir(out, "documents", DATE))) == 2
+    assert len(storage.list_files(part_files.partition_dir(out, "documents", DATE))) == 2
 
     # commit metadata carries the run's accounting; history lists both runs for the date
-    runs = maintenance.runs_of(out, DATE)
+    runs = history.runs_of(out, DATE)
     assert [(r["run_id"], r["operation"], r["current"]) for r in runs] == [
         (_run_hex(1), "write", False),
         (_run_hex(2), "write", True),
@@ -169,7 +169,7 @@ def test_two_concurrent_force_runs_one_complete_version(out):
     assert lost[0][1] == "CommitConflictError", lost[0][2]
     assert f"committed at version 2 by run {ok[0][0]}" in lost[0][2]
     winner = ok[0][0]
-    m = collect.read_manifest(out, DATE)
+    m = read_manifest(out, DATE)
     assert m["run_id"] == winner and m["tables"] == {"documents": 2, "rejects": 2}
     # the latest version of every table holds the winner's files only, and nothing else was committed
     for name in ("documents", "rejects"):
@@ -207,9 +207,9 @@ def test_reader_on_pinned_snapshot_sees_old_or_new_never_a_mix(out):
     seen = set()
     deadline = time.monotonic() + 180
     while w.is_alive() and time.monotonic() < deadline:
-        m = collect.read_manifest(out, DATE)
-        docs = delta.read_partition(out, "documents", DATE, m["tables"]["documents"])
-        rej = delta.read_partition(out, "rejects", DATE, m["tables"]["rejects"])
+        m = read_manifest(out, DATE)
+        docs = read_version(out, "documents", DATE, m["tables"]["documents"])
+        rej = read_version(out, "rejects", DATE, m["tables"]["rejects"])
         k = int(m["run_id"][:8], 16)
         run = m["run_id"]
         n = 20 + 10 * (k % 2) if k > 1 else 30
@@ -228,7 +228,7 @@ def test_vacuum_keeps_retained_versions_and_held_partitions(tmp_path):
     out = str(tmp_path / "out")
     a = _commit(out, _run_hex(1), 10, 1)
     _commit(out, _run_hex(2), 12, 1)
-    debris = collect.partition_dir(out, "documents", DATE) + "/part-0000dead-00000.parquet"
+    debris = part_files.partition_dir(out, "documents", DATE) + "/part-0000dead-00000.parquet"
     storage.write_bytes(debris, b"never committed")
     a_files = [storage.join(out, f["path"]) for fs in a["files"].values() for f in fs]
 
@@ -255,10 +255,10 @@ def test_restore_brings_back_a_run_in_every_table(out):
     _commit(out, _run_hex(2), 12, 2)
     m = maintenance.restore(out, DATE, _run_hex(1))
     assert m["run_id"] == _run_hex(1) and m["tables"] == {"documents": 3, "rejects": 3}
-    assert collect.read_manifest(out, DATE)["tables"] == m["tables"]
+    assert read_manifest(out, DATE)["tables"] == m["tables"]
     assert _ids(read_partition(out, "documents", DATE)) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     assert read_partition(out, "rejects", DATE).num_rows == 1
-    runs = maintenance.runs_of(out, DATE)
+    runs = history.runs_of(out, DATE)
     assert [(r["operation"], r["run_id"][:8], r["current"]) for r in runs] == [
         ("write", "00000001", False),
         ("write", "00000002", False),
@@ -266,7 +266,7 @@ def test_restore_brings_back_a_run_in_every_table(out):
     ]
     with pytest.raises(ConfigError, match="xlmflow history"):
         maintenance.restore(out, DATE, "nosuchrun")
-    assert [(r["date"], r["run_id"], r["operation"], r["tables"]) for r in maintenance.current_runs(out)] == [
+    assert [(r["date"], r["run_id"], r["operation"], r["tables"]) for r in history.current_runs(out)] == [
         (DATE, _run_hex(1), "restore", {"documents": 3, "rejects": 3})
     ]
 
@@ -314,8 +314,26 @@ def _three_languages(out: str) -> None:
             schema=DOCUMENTS,
         )
         files.append(write_table(out, "documents", DATE, _run_hex(1), docs, index=i)[0])
-    delta.ensure_table(out, "documents", DOCUMENTS)
-    delta.commit_partition(out, "documents", DATE, files, None, {"run_id": _run_hex(1)})
+    delta_schema.ensure_table(out, "documents", DOCUMENTS)
+    delta.replace_files(out, "documents", DATE, files, None, {"run_id": _run_hex(1)})
+
+
+def test_tables_of_processors_not_registered_here_are_maintained_too(tmp_path):
+    """History, restore and vacuum go by the tables on disk: a plug-in's table (its plug-in not
+    installed in this process) is listed, restored and vacuumed like the built-in ones."""
+    out = str(tmp_path / "out")
+    name = "plugin_scores"
+    for i, n in ((1, 3), (2, 5)):
+        run = _run_hex(i)
+        f, schema = write_table(out, name, DATE, run, pa.table({"doc_id": [f"{run}-{k}" for k in range(n)]}))
+        manifest = {"manifest_version": MANIFEST_VERSION, "date": DATE, "run_id": run, "files": {name: [f]}}
+        partition.commit_tables(out, DATE, {name: [f]}, {name: schema}, delta.snapshot(out, [name]), manifest)
+    assert delta.table_names(out) == [name]
+    assert [r["tables"] for r in history.runs_of(out, DATE)] == [{name: 1}, {name: 2}]
+    maintenance.restore(out, DATE, _run_hex(1))
+    assert read_partition(out, name, DATE).num_rows == 3
+    removed = maintenance.vacuum(out, retain_hours=0)
+    assert list(removed) == [name] and [p.split("/")[-1][:13] for p in removed[name]] == ["part-00000002"]
 
 
 def test_file_statistics_let_engines_skip_files(tmp_path):
@@ -428,15 +446,15 @@ def test_schema_evolves_only_by_nullable_columns(tmp_path):
     out = str(tmp_path / "out")
     _commit(out, _run_hex(1), 3, 1)
     wider = DOCUMENTS.append(pa.field("topic", pa.string()))
-    delta.ensure_table(out, "documents", wider)
+    delta_schema.ensure_table(out, "documents", wider)
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert latest.column("topic").null_count == 3  # files written before the column read it as null
     assert "topic" not in read_partition(out, "documents", DATE).column_names  # the pinned version
     retyped = wider.set(wider.get_field_index("n_chars"), pa.field("n_chars", pa.string()))
     with pytest.raises(ConfigError, match="'n_chars' is"):
-        delta.ensure_table(out, "documents", retyped)
+        delta_schema.ensure_table(out, "documents", retyped)
     # a run without the processor that adds `topic` writes files without it: they read it as null
-    delta.ensure_table(out, "documents", DOCUMENTS)
+    delta_schema.ensure_table(out, "documents", DOCUMENTS)
     _commit(out, _run_hex(2), 4, 2)
     again = read_partition(out, "documents", DATE)
     assert again.num_rows == 4 and again.column("topic").null_count == 4
@@ -454,13 +472,13 @@ def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
         n = storage.write_table_parquet(storage.join(out, rel), table)
         files[name] = [{"path": rel, "rows": table.num_rows, "bytes": n}]
     old = {"manifest_version": 1, "date": DATE, "run_id": run, "files": files, "counts": {"documents": 2}}
-    storage.write_json(collect.manifest_uri(out, DATE), old)
+    storage.write_json(manifest_uri(out, DATE), old)
 
     with pytest.raises(ConfigError, match=f"xlmflow migrate --out {out}"):
         delta.refuse_legacy(out)
     assert maintenance.migrate(out) == {"converted": {"documents": 1, "rejects": 1}, "rewritten": {}}
     delta.refuse_legacy(out)  # converted: runs may go on
-    m = collect.read_manifest(out, DATE)
+    m = read_manifest(out, DATE)
     assert m["tables"] == {"documents": 1, "rejects": 1}
     migrated = DeltaTable(delta.table_uri(out, "documents"))
     assert _ids(migrated.to_pyarrow_table()) == {"a", "b"}
@@ -476,7 +494,7 @@ def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
         {"doc_id": "b"},
     )
     assert read_partition(out, "rejects", DATE).num_rows == 1
-    assert [r["operation"] for r in maintenance.runs_of(out, DATE)] == ["migrate"]
+    assert [r["operation"] for r in history.runs_of(out, DATE)] == ["migrate"]
     # a later run replaces the migrated partition like any other
     _commit(out, _run_hex(8), 4, 1)
     assert read_partition(out, "documents", DATE).num_rows == 4
@@ -492,16 +510,16 @@ def test_crash_between_table_commits_is_realigned_by_the_next_run(tmp_path):
     f, _ = write_table(
         out, "documents", DATE, crashed, read_partition(out, "documents", DATE).drop(["date"]).slice(0, 4)
     )
-    delta.commit_partition(out, "documents", DATE, [f], a["tables"]["documents"], {"run_id": crashed})
+    delta.replace_files(out, "documents", DATE, [f], a["tables"]["documents"], {"run_id": crashed})
     assert DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table().num_rows == 4
-    assert collect.read_manifest(out, DATE)["run_id"] == _run_hex(1)  # readers of the manifest: unaffected
+    assert read_manifest(out, DATE)["run_id"] == _run_hex(1)  # readers of the manifest: unaffected
 
-    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == ["documents"]
+    assert partition.realign_tables(out, DATE, read_manifest(out, DATE)) == ["documents"]
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
-    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == []  # nothing left to do
+    assert partition.realign_tables(out, DATE, read_manifest(out, DATE)) == []  # nothing left to do
     # the crashed run's file is referenced by a table version: kept for vacuum, not removed as debris
-    assert collect.remove_debris(out, DATE, a, "cfg") == 0
+    assert partition.remove_debris(out, DATE, a, "cfg") == 0
 
 
 def _crash_after_first_table_commit(out: str, committed: dict) -> str:
@@ -509,7 +527,7 @@ def _crash_after_first_table_commit(out: str, committed: dict) -> str:
     crashed = _run_hex(2)
     rows = read_partition(out, "documents", DATE).drop(["date"]).slice(0, 4)
     f, _ = write_table(out, "documents", DATE, crashed, rows)
-    delta.commit_partition(out, "documents", DATE, [f], committed["tables"]["documents"], {"run_id": crashed})
+    delta.replace_files(out, "documents", DATE, [f], committed["tables"]["documents"], {"run_id": crashed})
     return crashed
 
 
@@ -525,7 +543,7 @@ def test_vacuum_never_deletes_what_a_manifest_pins(tmp_path):
     assert maintenance.vacuum(out, retain_hours=0) == {"documents": {}, "rejects": {}}
     assert all(os.path.exists(p) for p in pinned)
     assert _ids(read_partition(out, "documents", DATE)) == {f"{_run_hex(1)}-{i}" for i in range(10)}
-    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == ["documents"]
+    assert partition.realign_tables(out, DATE, read_manifest(out, DATE)) == ["documents"]
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert _ids(latest) == {f"{_run_hex(1)}-{i}" for i in range(10)}
     # once the table holds the pinned files again, the crashed run's file is superseded: vacuum takes it
@@ -549,8 +567,8 @@ def test_realign_refuses_files_that_are_gone(tmp_path):
     _crash_after_first_table_commit(out, a)
     for f in a["files"]["documents"]:
         os.unlink(storage.join(out, f["path"]))
-    with pytest.raises(collect.PinnedFilesGoneError, match="version 1, which the manifest pins, lost 1"):
-        collect.realign_tables(out, DATE, collect.read_manifest(out, DATE))
+    with pytest.raises(partition.PinnedFilesGoneError, match="version 1, which the manifest pins, lost 1"):
+        partition.realign_tables(out, DATE, read_manifest(out, DATE))
     assert DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table().num_rows == 4  # unchanged
 
 
@@ -589,9 +607,9 @@ def test_a_commit_whose_answer_was_lost_is_read_back(proxied, table, fault):
     b = _commit(out, _run_hex(2), 12, 2)
     assert proxy.hits == 1
     assert b["tables"] == {"documents": 2, "rejects": 2}
-    assert collect.read_manifest(out, DATE)["run_id"] == _run_hex(2)
+    assert read_manifest(out, DATE)["run_id"] == _run_hex(2)
     assert (_latest_rows(out, "documents"), _latest_rows(out, "rejects")) == (12, 2)
-    assert [r["run_id"] for r in maintenance.runs_of(out, DATE) if r["current"]] == [_run_hex(2)]
+    assert [r["run_id"] for r in history.runs_of(out, DATE) if r["current"]] == [_run_hex(2)]
 
 
 @pytest.mark.parametrize("fault", ["after", "drop-after"])
@@ -601,7 +619,7 @@ def test_a_manifest_whose_answer_was_lost_is_read_back(proxied, fault):
     proxy.fail(fault, method="PUT", path=r"/_manifests/date", times=1)  # not the archive copy (_runs/)
     m = _commit(out, _run_hex(1), 10, 1)
     assert proxy.hits == 1
-    assert collect.read_manifest(out, DATE) == json.loads(json.dumps(m, default=str))
+    assert read_manifest(out, DATE) == json.loads(json.dumps(m, default=str))
     assert _latest_rows(out, "documents") == 10
 
 
@@ -750,16 +768,16 @@ def test_run_time_log_reads_start_at_the_last_checkpoint(tmp_path):
         for v in range(last):
             with open(os.path.join(log_dir, f"{v:020d}.json"), "w") as fh:
                 fh.write("not a commit\n")
-    debris = collect.partition_dir(out, "documents", DATE) + "/part-0000dead-00000.parquet"
+    debris = part_files.partition_dir(out, "documents", DATE) + "/part-0000dead-00000.parquet"
     storage.write_bytes(debris, b"never committed")
     kept = [storage.join(out, f["path"]) for m in (a, b) for fs in m["files"].values() for f in fs]
 
     # a plain rerun: nothing to realign, the debris goes, both runs' files stay (vacuum's to decide)
-    assert collect.realign_tables(out, DATE, collect.read_manifest(out, DATE)) == []
-    assert collect.cleanup_partition(out, DATE, collect.read_manifest(out, DATE)) == 1
+    assert partition.realign_tables(out, DATE, read_manifest(out, DATE)) == []
+    assert partition.cleanup_partition(out, DATE, read_manifest(out, DATE)) == 1
     assert not os.path.exists(debris) and all(os.path.exists(p) for p in kept)
     # a --force rerun: its debris check and commit
-    assert collect.remove_debris(out, DATE, collect.read_manifest(out, DATE), "cfg") == 0
+    assert partition.remove_debris(out, DATE, read_manifest(out, DATE), "cfg") == 0
     c = _commit(out, _run_hex(5), 4, 1)
     assert c["tables"] == {"documents": 6, "rejects": 6}
     assert read_partition(out, "documents", DATE).num_rows == 4
@@ -774,7 +792,7 @@ def test_a_replacement_never_adds_and_removes_one_path_in_a_commit(tmp_path):
     _commit(out, _run_hex(1), 3, 0)
     table = delta.open_table(out, "documents")
     first = delta.files_for_commit(out, "documents", DATE, table.version())
-    assert delta.commit_partition(out, "documents", DATE, first, table.version(), {"run_id": "r"}) == (
+    assert delta.replace_files(out, "documents", DATE, first, table.version(), {"run_id": "r"}) == (
         table.version()
     )
     assert delta.open_table(out, "documents").version() == table.version()
@@ -784,17 +802,17 @@ def test_a_replacement_never_adds_and_removes_one_path_in_a_commit(tmp_path):
         "documents",
         DATE,
         _run_hex(2),
-        delta.read_partition(out, "documents", DATE, table.version()).drop(["date"]),
+        read_version(out, "documents", DATE, table.version()).drop(["date"]),
     )[0]
-    both = delta.commit_partition(out, "documents", DATE, first + [extra], table.version(), {"run_id": "r"})
-    only_new = delta.commit_partition(out, "documents", DATE, [extra], both, {"run_id": "r"})
+    both = delta.replace_files(out, "documents", DATE, first + [extra], table.version(), {"run_id": "r"})
+    only_new = delta.replace_files(out, "documents", DATE, [extra], both, {"run_id": "r"})
     for v in (both, only_new):
         actions = delta.read_log_entry(out, "documents", v)
         added = {a["add"]["path"] for a in actions if "add" in a}
         removed = {a["remove"]["path"] for a in actions if "remove" in a}
         assert not added & removed, (v, actions)
-    assert delta.read_partition(out, "documents", DATE, both).num_rows == 6
-    assert delta.read_partition(out, "documents", DATE, only_new).num_rows == 3
+    assert read_version(out, "documents", DATE, both).num_rows == 6
+    assert read_version(out, "documents", DATE, only_new).num_rows == 3
     assert {f["path"] for f in delta.files_for_commit(out, "documents", DATE, only_new)} == {extra["path"]}
 
 
@@ -809,7 +827,7 @@ def test_vacuum_deletes_files_superseded_long_before_the_last_checkpoint(tmp_pat
     old = [
         f["path"].split("/", 1)[1] for f in delta.files_for_commit(out, "documents", DATE, table.version())
     ]
-    rows = delta.read_partition(out, "documents", DATE, table.version()).drop(["date"])
+    rows = read_version(out, "documents", DATE, table.version()).drop(["date"])
     new = write_table(out, "documents", DATE, _run_hex(2), rows)[0]
     ten_days_ago = int((time.time() - 10 * 86400) * 1000)
     table.create_write_transaction(
@@ -819,10 +837,10 @@ def test_vacuum_deletes_files_superseded_long_before_the_last_checkpoint(tmp_pat
         schema=table.schema(),
         partition_by=["date"],
     )
-    manifest = collect.read_manifest(out, DATE)
+    manifest = read_manifest(out, DATE)
     version = delta.open_table(out, "documents").version()
     storage.write_json(
-        collect.manifest_uri(out, DATE), {**manifest, "tables": {**manifest["tables"], "documents": version}}
+        manifest_uri(out, DATE), {**manifest, "tables": {**manifest["tables"], "documents": version}}
     )
     delta.open_table(out, "documents").create_checkpoint()
 

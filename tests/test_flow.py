@@ -16,8 +16,9 @@ from deltalake import DeltaTable
 
 from flows.corpus import corpus_flow
 from ray_cluster.processors.registry import make_job
-from tasks.collect import manifest_uri
 from xlmflow import delta, maintenance, storage
+from xlmflow.manifest import manifest_uri
+from xlmflow.read import read_version
 
 pytestmark = pytest.mark.slow
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
@@ -139,11 +140,9 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     from tasks.write import write_table
 
     crashed = "c" * 32
-    rows = delta.read_partition(out, "documents", "2026-11-01", m2["tables"]["documents"]).drop(["date"])
+    rows = read_version(out, "documents", "2026-11-01", m2["tables"]["documents"]).drop(["date"])
     f, _ = write_table(out, "documents", "2026-11-01", crashed, rows.slice(0, 3))
-    delta.commit_partition(
-        out, "documents", "2026-11-01", [f], m2["tables"]["documents"], {"run_id": crashed}
-    )
+    delta.replace_files(out, "documents", "2026-11-01", [f], m2["tables"]["documents"], {"run_id": crashed})
     for f in m2["files"]["documents"]:
         os.unlink(storage.join(out, f["path"]))
     healed = _run(path, out, options=small)

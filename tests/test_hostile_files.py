@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from tasks.collect import read_manifest
 from xlmflow import reaper
+from xlmflow.manifest import read_manifest
 
 CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
 DATE = "2026-11-03"

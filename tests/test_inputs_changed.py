@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tasks.collect import read_manifest
+from xlmflow.manifest import read_manifest
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
 CLI = [sys.executable, "-m", "xlmflow.cli", "run"]

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from tasks.collect import read_manifest
 from xlmflow import storage
+from xlmflow.manifest import read_manifest
 from xlmflow.read import read_partition
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
@@ -173,7 +173,7 @@ def test_concurrent_runs_of_one_partition(out_root, corpus, reference, cli_env, 
     assert {n for n in reads if n is not None} == {127}, f"{len(reads)} reads, sizes {set(reads)}"
     assert "already committed" in c.text()  # it waited, then skipped the committed partition
     last = check_partition(out_root, reference)
-    from xlmflow.maintenance import runs_of
+    from xlmflow.history import runs_of
 
     runs = runs_of(out_root, DATE)  # both forced runs committed, one after the other
     assert len({r["run_id"] for r in runs if r["operation"] == "write"}) == 2, runs

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tasks.collect import read_manifest
 from tests.conftest import CORPUS, CRASH_CONTROL
+from xlmflow.manifest import read_manifest
 
 CLI = [sys.executable, "-m", "xlmflow.cli", "run"]
 DATE = "2026-11-05"

@@ -14,7 +14,8 @@ import pytest
 from ray_cluster.processors.embed import embeddings_schema
 from tests.readme_snippets import reading_script
 from tests.test_delta import DATE, _commit, _run_hex
-from xlmflow import delta, maintenance, storage
+from xlmflow import delta, delta_schema, history, maintenance, partition, read, storage
+from xlmflow.manifest import manifest_uri, read_manifest
 
 RUNS = 30
 # what the snippets found: each block prints its row count (two runs committed, the second is current)
@@ -74,7 +75,6 @@ def test_migrate_rewrites_fixed_size_lists_that_native_readers_refuse(tmp_path):
     import polars as pl
     import pyarrow.parquet as pq
 
-    from tasks import collect
     from xlmflow.read import read_partition
 
     out = str(tmp_path / "out")
@@ -87,10 +87,10 @@ def test_migrate_rewrites_fixed_size_lists_that_native_readers_refuse(tmp_path):
         os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
         pq.write_table(old, os.path.join(out, rel))
         f = {"path": rel, "rows": 3, "bytes": os.path.getsize(os.path.join(out, rel))}
-        base = delta.ensure_table(out, "embeddings", old.schema).version()
-        v = delta.commit_partition(out, "embeddings", date, [f], base, {"run_id": run, "date": date})
+        base = delta_schema.ensure_table(out, "embeddings", old.schema).version()
+        v = delta.replace_files(out, "embeddings", date, [f], base, {"run_id": run, "date": date})
         manifest = {"date": date, "run_id": run, "tables": {"embeddings": v}}
-        storage.write_json(collect.manifest_uri(out, date), manifest)
+        storage.write_json(manifest_uri(out, date), manifest)
     uri = delta.table_uri(out, "embeddings")
     with pytest.raises(Exception, match="(?i)mismatch|schema"):
         pl.read_delta(uri)  # what an analyst met before the migration
@@ -102,15 +102,13 @@ def test_migrate_rewrites_fixed_size_lists_that_native_readers_refuse(tmp_path):
     assert frame.height == 6 and frame.schema["embedding"] == pl.List(pl.Float32)
     for d in dates:  # the manifests pin the migrated version: same rows, now as plain lists
         assert read_partition(out, "embeddings", d).to_pylist() == before[d]
-        assert collect.realign_tables(out, d, collect.read_manifest(out, d)) == []  # pins what is current
+        assert partition.realign_tables(out, d, read_manifest(out, d)) == []  # pins what is current
         # the rewrite is still the run's: history shows that run, current, at the migrated version
-        runs = maintenance.runs_of(out, d)
+        runs = history.runs_of(out, d)
         assert [(r["run_id"], r["current"]) for r in runs] == [(_run_hex(10 + dates.index(d)), True)]
         # the rewritten files are the date's own: never debris, whatever the log still holds
-        assert collect._debris(out, d, collect.read_manifest(out, d)) == []
-        assert collect._date_runs(out, d, collect.read_manifest(out, d)) >= set(
-            collect.read_manifest(out, d)["migrations"]
-        )
+        assert partition.find_debris(out, d, read_manifest(out, d)) == []
+        assert partition._date_runs(out, d, read_manifest(out, d)) >= set(read_manifest(out, d)["migrations"])
     with pytest.raises(Exception, match="nothing to migrate"):
         maintenance.migrate(out)
 
@@ -120,9 +118,9 @@ def test_read_partition_opens_only_the_dates_files(tmp_path):
     for i, date in enumerate(("2026-11-01", "2026-11-02", "2026-11-03")):
         _commit(out, _run_hex(20 + i), 5, 1, date=date)
     version = delta.open_table(out, "documents").version()
-    files = delta.partition_dataset(out, "documents", "2026-11-02", version).files
+    files = read.partition_dataset(out, "documents", "2026-11-02", version).files
     assert len(files) == 1 and "date=2026-11-02/" in files[0]
-    assert set(delta.read_partition(out, "documents", "2026-11-02", version)["date"].to_pylist()) == {
+    assert set(read.read_version(out, "documents", "2026-11-02", version)["date"].to_pylist()) == {
         "2026-11-02"
     }
 

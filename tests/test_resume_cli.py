@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tasks.collect import read_manifest
 from tests.conftest import duck
+from xlmflow.manifest import read_manifest
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
 CLI = [sys.executable, "-m", "xlmflow.cli"]

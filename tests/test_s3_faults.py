@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.fault_proxy import fault_proxy
+from xlmflow import delta_schema, schemas
 
 CLI = [sys.executable, "-m", "xlmflow.cli"]
 
@@ -35,9 +36,12 @@ def _last_line(p: subprocess.CompletedProcess) -> str:
 
 
 def test_delta_rs_storage_errors_are_storage_errors_on_one_clean_line(moto_server, s3_bucket):
+    out = f"{s3_bucket}/x"
+    delta_schema.ensure_table(out, "documents", schemas.DOCUMENTS)  # history lists it, then opens it
     with fault_proxy(moto_server) as proxy:
-        proxy.fail(500)
-        last = _last_line(_history(f"{s3_bucket}/x", proxy.endpoint))
+        # what delta-rs reads of the table's log (s3fs lists OUT by prefix queries, which pass)
+        proxy.fail(500, method="GET", path=r"/_delta_log/")
+        last = _last_line(_history(out, proxy.endpoint))
         assert proxy.hits > 1  # delta-rs retried before giving up
     assert last.startswith("xlmflow: error: storage error after retries: "), last
     assert "Generic S3 error: " in last and "500 Internal Server Error" in last, last

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.collect import read_manifest
 from tests.test_orphans import alive, tree
 from xlmflow import reaper
 from xlmflow.lease import show
+from xlmflow.manifest import read_manifest
 from xlmflow.read import read_partition
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -111,8 +111,8 @@ def _stop_ray() -> None:
 def _work_expected(settings) -> bool:  # noqa: ANN001
     """False when the run will most likely not process anything: the partition is committed (and not
     forced), or another run holds its lease (this one waits, and then usually finds it committed)."""
-    from tasks.collect import read_manifest
     from xlmflow.lease import backend_for
+    from xlmflow.manifest import read_manifest
 
     day = settings.date.isoformat()
     try:

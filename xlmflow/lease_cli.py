@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ray_cluster.processors.registry import make_settings
+from xlmflow import lease
+
 
 def add_lease_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     p = sub.add_parser("lease", help="show or break a partition's lease (one writer per partition)")
@@ -20,14 +23,10 @@ def add_lease_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparse
 
 def out_root(out: str, date: str | None = None) -> str:
     """The run's own spelling of --out (and `date` checked the way a run checks it, when given)."""
-    from ray_cluster.processors.registry import make_settings
-
     return make_settings(inputs=(), out=out, **({"date": date} if date else {})).out
 
 
 def _show(a: argparse.Namespace) -> int:
-    from xlmflow import lease
-
     seen = lease.show(out_root(a.out, a.date), a.date)
     if seen is None:
         print(f"partition {a.date}: no lease (no run holds it)")
@@ -38,8 +37,6 @@ def _show(a: argparse.Namespace) -> int:
 
 
 def _break(a: argparse.Namespace) -> int:
-    from xlmflow import lease
-
     seen = lease.break_lease(out_root(a.out, a.date), a.date)
     if seen is None:
         print(f"partition {a.date}: no lease to break")

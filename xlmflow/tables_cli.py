@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from xlmflow.lease_cli import out_root
 from xlmflow.settings import LOCK_TIMEOUT
 
 
@@ -37,13 +38,11 @@ def add_tables_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpar
 
 
 def _out(a: argparse.Namespace) -> str:
-    from xlmflow.lease_cli import out_root
-
     return out_root(a.out)
 
 
 def _vacuum(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import maintenance  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
 
     hours = maintenance.DEFAULT_RETAIN_HOURS if a.retain_hours is None else a.retain_hours
     removed = maintenance.vacuum(_out(a), hours, dry_run=a.dry_run)
@@ -65,11 +64,12 @@ def _vacuum(a: argparse.Namespace) -> int:
 
 
 def _history(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import history  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
+    from xlmflow.partition import Partition  # lazy: as above
 
     if a.date is None:
-        return _dates(maintenance.current_runs(_out(a)))
-    runs = maintenance.runs_of(_out(a), a.date)
+        return _dates(history.current_runs(_out(a)))
+    runs = Partition(_out(a), a.date).history()
     if not runs:
         print(f"partition {a.date}: no committed runs")
         return 0
@@ -105,7 +105,7 @@ def _dates(rows: list[dict]) -> int:
 
 
 def _restore(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import maintenance  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
 
     m = maintenance.restore(_out(a), a.date, a.run, lock_timeout=a.lock_timeout)
     versions = " ".join(f"{n}={v}" for n, v in m["tables"].items())
@@ -114,7 +114,7 @@ def _restore(a: argparse.Namespace) -> int:
 
 
 def _migrate(a: argparse.Namespace) -> int:
-    from xlmflow import maintenance
+    from xlmflow import maintenance  # lazy: 0.2-0.3 s of imports (pyarrow, fsspec) the CLI start does without
 
     done = maintenance.migrate(_out(a))
     for name, n in done["converted"].items():
