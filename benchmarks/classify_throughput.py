@@ -64,8 +64,8 @@ def main() -> None:
     from transformers import pipeline
 
     from ray_cluster.processors.base import build_processors
+    from ray_cluster.processors.registry import make_settings
     from xlmflow.schemas import STAGED_DOCS
-    from xlmflow.settings import make_settings
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")

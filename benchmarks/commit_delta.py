@@ -39,7 +39,7 @@ DATE = "2026-11-01"
 def _docs(n: int):  # noqa: ANN202
     import pyarrow as pa
 
-    from xlmflow import schemas
+    from ray_cluster.processors.registry import main_schema, make_settings
 
     texts = [json.loads(line)["text"] for line in open(os.path.join(ROOT, "tests", "data", "parallel.jsonl"))]
     rows = [texts[i % len(texts)] for i in range(n)]
@@ -55,7 +55,7 @@ def _docs(n: int):  # noqa: ANN202
             "lang_hint": [None] * n,
             "meta": ["{}"] * n,
         },
-        schema=schemas.DOCUMENTS,
+        schema=main_schema(make_settings(inputs=("bench.jsonl",), out="out")),  # a lid run's documents
     )
 
 

@@ -49,12 +49,12 @@ def actor_path(a, model_dir: str, texts: list[str], results: dict) -> None:  # n
     import pyarrow as pa
 
     from ray_cluster.actor import ShardWorker
+    from ray_cluster.processors.registry import make_settings
     from xlmflow import schemas, storage
-    from xlmflow.settings import RunSettings
 
     work = os.path.join(a.workdir, "actor")
     shutil.rmtree(work, ignore_errors=True)  # a finished shard is never redone: start clean
-    settings = RunSettings(
+    settings = make_settings(
         inputs=("udhr",),
         out=work,
         tasks=("ner", "embed"),

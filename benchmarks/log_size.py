@@ -45,6 +45,7 @@ COMMIT_OPTIONS: dict = {}  # --checkpoint-interval, passed on to commit_tables w
 def _tables():  # noqa: ANN202
     import pyarrow as pa
 
+    from ray_cluster.processors.registry import main_schema, make_settings
     from xlmflow import schemas
 
     doc = {
@@ -57,7 +58,8 @@ def _tables():  # noqa: ANN202
     rows = [
         {**doc, "doc_id": f"doc-{i:05d}", "source_row": i, "lang_hint": None, "meta": "{}"} for i in range(20)
     ]
-    docs = pa.Table.from_pylist(rows, schema=schemas.DOCUMENTS)
+    lid_run = main_schema(make_settings(inputs=("bench.jsonl",), out="out"))  # lid's columns included
+    docs = pa.Table.from_pylist(rows, schema=lid_run)
     rejects = schemas.rejects_table([schemas.make_reject("bench.jsonl", 0, "empty_text", "")])
     return {"documents": docs, "rejects": rejects}
 

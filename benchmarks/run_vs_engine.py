@@ -80,7 +80,7 @@ class EngineSide:
         import torch
 
         from ray_cluster.processors.base import build_processors
-        from xlmflow.settings import make_settings
+        from ray_cluster.processors.registry import make_settings
 
         torch.set_num_threads(threads)
         settings = make_settings(

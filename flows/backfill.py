@@ -159,7 +159,7 @@ def backfill_flow(
         get_run_logger().warning("no deployment and no ray_address: running dates one at a time")
         max_concurrent = 1
     # a date with no input is reported, not failed
-    common = {"settings": job.model_dump(mode="json"), "missing_input": "skip"}
+    common = {"settings": job.model_dump(mode="json", exclude={"resolved"}), "missing_input": "skip"}
 
     # a sliding window of at most max_concurrent dates in flight
     pending, running, rows = list(dates), set(), []

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 import xlmflow
 from flows.params import job_settings, tag_run
+from ray_cluster.processors.registry import run_settings
 from tasks import collect, fingerprint, report, steps
 from tasks.shard import staging_root
 from xlmflow import delta, faults, storage
@@ -22,7 +23,7 @@ from xlmflow.errors import ConfigError
 from xlmflow.manifest import run_models
 from xlmflow.partition import Partition, PinnedFilesGoneError
 from xlmflow.records import IngestResult, ProcessResult, RunFacts
-from xlmflow.settings import JobSettings, run_settings
+from xlmflow.settings import JobSettings
 
 
 def _run_name() -> str:

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from flows.params import LAG_DAYS, MAX_CONCURRENT, TIMEZONE, render_input
+from ray_cluster.processors.registry import make_job
 from xlmflow.errors import FatalError
-from xlmflow.settings import JobSettings, make_job
+from xlmflow.settings import JobSettings
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root, where the flows' entrypoints live
 PARTITION, DAILY, BACKFILL = "partition", "daily", "backfill"
@@ -60,7 +61,7 @@ def deployments(
 ) -> list[Deployment]:
     """The partition, daily and backfill deployments of `job` over inputs named by `input_template`."""
     render_input(input_template, "2000-01-01")  # fail early on a template without {date}
-    common = {"settings": job.model_dump(mode="json")}
+    common = {"settings": job.model_dump(mode="json", exclude={"resolved"})}  # resolved: not an input
     schedule = (
         {"interval": interval, "timezone": timezone}
         if interval

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ray_cluster.processors.registry import resolve_job
 from xlmflow.errors import ConfigError
-from xlmflow.settings import JobSettings, make_job
+from xlmflow.settings import JobSettings
 
 # defaults of the flows' own parameters: the flows' signatures, `xlmflow deploy`/`backfill` and the
 # generated prefect.yaml all read them from here
@@ -39,7 +40,7 @@ def job_settings(settings: Any, legacy: dict[str, Any], flow: str) -> JobSetting
         )
     if settings is None:
         raise ConfigError(f"flow {flow!r} needs its `settings` parameter (at least settings.out); {REDEPLOY}")
-    return settings if isinstance(settings, JobSettings) else make_job(**dict(settings))
+    return resolve_job(settings)  # resolved here: Prefect validates the parameter without the registry
 
 
 def render_input(template: str, date: str) -> str:

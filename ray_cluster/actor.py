@@ -7,9 +7,15 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from ray_cluster.cluster import node_id
-from xlmflow import faults, storage
+from ray_cluster.phases import PhaseWorkers, phase_processors
+from ray_cluster.processors.registry import build_processors, main_name, main_schema
+from xlmflow import faults, schemas, storage
+from xlmflow.errors import ConfigError, FatalError
 from xlmflow.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -25,9 +31,6 @@ class ShardWorker:
     """Ray actor body (wrapped with ray.remote by the pool). Also usable in-process for tests."""
 
     def __init__(self, settings_json: str, num_cpus: float = 1.0) -> None:
-        from ray_cluster.phases import phase_processors
-        from ray_cluster.processors.base import build_processors, main_schema
-
         self.settings = RunSettings.model_validate_json(settings_json)
         self.main_schema = main_schema(self.settings)  # the same for every shard of the run
         t0 = time.perf_counter()
@@ -59,9 +62,7 @@ class ShardWorker:
         n = (2 if self.device == "cuda" else 0) if n is None else n
         if not n or not procs:
             return None
-        import ray
-
-        from ray_cluster.phases import PhaseWorkers
+        import ray  # lazy: ray takes seconds to import; in-process use (tests, benchmarks) may not need it
 
         if not ray.is_initialized():  # in-process use (tests, benchmarks): no Ray to start workers on
             return None
@@ -69,7 +70,7 @@ class ShardWorker:
 
     def info(self) -> dict:
         """Where this actor runs and what it sees (used by the placement tests and the manifest)."""
-        import ray
+        import ray  # lazy: as above
 
         if self.failure is not None:
             raise self.failure
@@ -94,10 +95,6 @@ class ShardWorker:
         """Process one shard and write its results; idempotent (a finished shard is not redone)."""
         if self.failure is not None:
             raise self.failure
-        import pyarrow as pa
-
-        from xlmflow import schemas
-
         out_dir = results_uri(staging, shard["shard_id"])
         marker = storage.join(out_dir, DONE_MARKER)
         if storage.exists(marker):
@@ -105,27 +102,19 @@ class ShardWorker:
         faults.point("shard", key=shard["shard_id"])
         faults.point("task", key="process_shard")
         t0 = time.perf_counter()
-        table = storage.read_table_ipc(shard["uri"])
-        rejects: list[dict] = []
-        datasets: dict[str, list] = collections.defaultdict(list)
-        per_proc = {}
-        for p in self.processors:
-            res = p.process(table)
-            table, rejects = res.table, rejects + res.rejects
-            for name, parts in res.datasets.items():
-                datasets[name].extend(parts)
-            per_proc[p.instance] = {"type": p.name, **res.stats}
-        main_name = "pairs" if self.settings.mode == "pairs" else "documents"
+        run = self._run_processors(shard)
+        table, rejects, datasets = run.table, run.rejects, run.datasets
+        name = main_name(self.settings)
         main = _conform(table, self.main_schema)
-        counts = {main_name: main.num_rows, "rejects": len(rejects)}
-        nbytes = {main_name: main.nbytes}
+        counts = {name: main.num_rows, "rejects": len(rejects)}
+        nbytes = {name: main.nbytes}
         # data objects first, the marker last: a shard is done only when all its files are whole
-        storage.write_table_ipc(storage.join(out_dir, f"{main_name}.arrow"), main)
+        storage.write_table_ipc(storage.join(out_dir, f"{name}.arrow"), main)
         storage.write_table_ipc(storage.join(out_dir, "rejects.arrow"), schemas.rejects_table(rejects))
-        for name, parts in datasets.items():
+        for dataset, parts in datasets.items():
             t = pa.concat_tables(parts)
-            counts[name], nbytes[name] = t.num_rows, t.nbytes
-            storage.write_table_ipc(storage.join(out_dir, f"{name}.arrow"), t)
+            counts[dataset], nbytes[dataset] = t.num_rows, t.nbytes
+            storage.write_table_ipc(storage.join(out_dir, f"{dataset}.arrow"), t)
         stats = {
             "shard_id": shard["shard_id"],
             "rows_in": shard["rows"],
@@ -133,8 +122,9 @@ class ShardWorker:
             "counts": counts,
             "bytes": nbytes,  # in memory: what the writer tasks size their Parquet files by
             "rejects_by_reason": dict(collections.Counter(r["reason"] for r in rejects)),
-            "by_lang": _lang_counts(main, datasets.get("qe")),
-            "processors": per_proc,
+            "by_lang": run.languages(main),
+            "count_sections": run.sections,
+            "processors": run.per_instance,
             "seconds": round(time.perf_counter() - t0, 4),
             "actor": {
                 "node_id": node_id(),
@@ -146,28 +136,50 @@ class ShardWorker:
         storage.write_json(marker, stats)
         return stats
 
+    def _run_processors(self, shard: dict) -> _ShardRun:
+        """The shard through every processor, in order."""
+        run = _ShardRun(storage.read_table_ipc(shard["uri"]))
+        for p in self.processors:
+            res = p.process(run.table)
+            run.table, run.rejects = res.table, run.rejects + res.rejects
+            for name, parts in res.datasets.items():
+                run.datasets[name].extend(parts)
+            run.per_instance[p.instance] = {"type": p.name, **res.stats}
+            for key, section in p.count_sections(res.stats["counters"]).items():
+                run.sections.setdefault(key, collections.Counter()).update(section)
+            run.outputs.append((p, res.datasets))
+        return run
 
-def _conform(table, schema):  # noqa: ANN001, ANN202
-    """Cast to the main record's schema; columns no processor of the run adds (lang without lid) are
-    nulls. Processors cannot add columns the schema lacks: the base class refuses undeclared ones."""
-    import pyarrow as pa
 
+@dataclass
+class _ShardRun:
+    """What a shard's processors made, as the actor gathers it (never leaves the actor)."""
+
+    table: pa.Table  # the surviving rows, with the added columns
+    rejects: list[dict] = field(default_factory=list)
+    datasets: dict[str, list[pa.Table]] = field(default_factory=lambda: collections.defaultdict(list))
+    per_instance: dict[str, dict] = field(default_factory=dict)
+    sections: dict[str, collections.Counter] = field(default_factory=dict)  # manifest count sections
+    outputs: list[tuple] = field(default_factory=list)  # (processor, its datasets)
+
+    def languages(self, main: pa.Table) -> dict[str, int]:
+        """Rows per language, from the first instance that detects languages ({} when none does)."""
+        for p, own in self.outputs:
+            got = p.languages(main, own)
+            if got is not None:
+                return got
+        return {}
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast to the main record's schema; a declared column the rows lack (a processor whose every row
+    failed leaves none) is nulls. Processors cannot add columns the schema lacks: the base class refuses
+    undeclared ones."""
     cols = [
         table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
         for f in schema
     ]
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-def _lang_counts(table, qe_parts=None) -> dict:  # noqa: ANN001
-    """Documents per language; for pairs, pairs per detected direction (src_lang->mt_lang)."""
-    if qe_parts:
-        src = [x for t in qe_parts for x in t["src_lang"].to_pylist()]
-        mt = [x for t in qe_parts for x in t["mt_lang"].to_pylist()]
-        return dict(collections.Counter(f"{a or 'und'}->{b or 'und'}" for a, b in zip(src, mt, strict=True)))
-    if "lang" not in table.column_names:
-        return {}
-    return dict(collections.Counter(x or "und" for x in table["lang"].to_pylist()))
 
 
 def _pick_device(num_cpus: float) -> str:
@@ -185,8 +197,6 @@ def _pick_device(num_cpus: float) -> str:
 def setup_failure(p, exc: Exception) -> Exception:  # noqa: ANN001 - a Processor
     """What a processor's failed setup ends the run with: one line naming the instance and its model;
     a model that does not fit (weights against config, unreadable weights) is a ConfigError (exit 2)."""
-    from xlmflow.errors import ConfigError, FatalError
-
     model = getattr(getattr(p, "options", None), "model", None)
     what = f"processor {p.instance} ({p.name})" + (f", model {model!r}" if model else "")
     text = str(exc).strip()

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ray_cluster import onednn, packed
+from ray_cluster.quantize import quantize_linears
 from xlmflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -141,8 +143,6 @@ class Engine:
         """Pick the forward path and precision, and put the model on the device in that precision."""
         import torch
 
-        from ray_cluster import onednn, packed
-
         if forward not in FORWARDS:
             raise ConfigError(f"forward {forward!r}: choose one of {', '.join(FORWARDS)}")
         why = packed.unsupported(lm.model)
@@ -160,8 +160,6 @@ class Engine:
         self.gemm = "torch"
         # both replace Linear modules in a twin: the caller's model stays as it was
         if self.precision == "int8":
-            from ray_cluster.quantize import quantize_linears
-
             self.model = quantize_linears(twin(self.model))
             self.gemm = "fbgemm-int8"
         elif self.device == "cpu" and self.precision == "fp32" and onednn.available():
@@ -289,8 +287,6 @@ class Engine:
 
     def _forward(self, rows: list[int], seqs: Sequence[list[int]], head: Head, model_kw: dict) -> tuple:
         import torch
-
-        from ray_cluster import packed
 
         lengths = torch.tensor([len(seqs[r]) for r in rows], dtype=torch.long)
         width = int(lengths.max())

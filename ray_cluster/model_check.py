@@ -15,7 +15,10 @@ import json
 import os
 from typing import Any
 
-from ray_cluster.models import _local_dir, check_safetensors, precheck
+from ray_cluster.model_files import check_weights
+from ray_cluster.models import LoadedModel, _local_dir, cache_root, check_safetensors, precheck
+from ray_cluster.processors.registry import registry
+from xlmflow import storage
 from xlmflow.errors import ConfigError
 
 HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]  # what the actors fetch: never pickles
@@ -33,8 +36,6 @@ def check_processor(spec: Any, flag: str, local_actors: bool = True) -> None:
     `local_actors` False (a remote cluster, whose nodes may see other files and caches), only what this
     host can judge for them is checked: the s3:// listing and directories that exist here.
     """
-    from ray_cluster.processors.base import registry
-
     cls = registry().get(spec.type)
     if cls is None or not cls.model_class:
         return
@@ -108,8 +109,6 @@ def _hf_snapshot(repo_id: str) -> str | None:
         ) from None
     names = [s.rfilename for s in info.siblings or []]
     if not any(n.endswith(".safetensors") for n in names):
-        from ray_cluster.model_files import check_weights
-
         check_weights(names, repo_id)
     return None
 
@@ -137,8 +136,6 @@ def _check_config(path: str, model_class: str, ptype: str) -> dict:
 
 def _s3_config(prefix: str) -> dict:
     """config.json under an s3:// prefix (a few hundred bytes; the weights are copied by the actors)."""
-    from xlmflow import storage
-
     fs, root = storage.fs_for(prefix)
     try:
         config = json.loads(fs.cat_file(f"{root.rstrip('/')}/config.json"))
@@ -179,8 +176,6 @@ def _check_tokenizer(path: str) -> None:
         return  # a sentencepiece tokenizer: transformers converts it when the actor loads it
     import hashlib
 
-    from ray_cluster.models import cache_root
-
     with open(tj, "rb") as f:
         key = hashlib.sha256(f.read()).hexdigest()
     marker = os.path.join(cache_root(), "tokenizers", f"loads-{key[:32]}")
@@ -214,8 +209,6 @@ class _Config:
 
 def _check_with_processor(proc: Any, path: str, config: dict) -> None:
     """The processor's own `check_model` on the config (labels, outputs), without weights."""
-    from ray_cluster.models import LoadedModel
-
     lm = LoadedModel(tokenizer=None, model=None, info={"path": path}, config=_Config(config))
     try:
         proc.check_model(lm)

@@ -16,7 +16,6 @@ is `LoadedModel.info`:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -28,6 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray_cluster.model_files import check_files, check_weights, is_checkpoint_file, safe_destination
+from ray_cluster.processors.registry import registry
+from ray_cluster.tokenizer_memo import TOKENIZERS, load_tokenizer, tokenizer_key
+from xlmflow import storage
 from xlmflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -80,8 +82,6 @@ def xlmr_tokenizer_file() -> str:
 
 def make_tiny(kind: str, out: str, seed: int = 0) -> str:
     """The tiny offline checkpoint of processor type `kind` (its class builds it) into `out`."""
-    from ray_cluster.processors.base import registry
-
     cls = registry().get(kind)
     if cls is None:
         raise ConfigError(f"unknown processor {kind!r}; available: {', '.join(sorted(registry()))}")
@@ -95,6 +95,9 @@ def _tiny_tokenizer():  # noqa: ANN202 - loading tokenizer.json takes seconds; t
     return XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
 
 
+# the tiny checkpoint: XLM-R's vocabulary and positions, 2 layers of width 32 (seconds to build, ~16 MB)
+TINY_SHAPE = {"vocab_size": 250002, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 514, "type_vocab_size": 1}  # fmt: skip
 # XLM-R-base's shape (benchmarks build random-weight checkpoints of it: the FLOPs of the real model)
 BASE_SHAPE = {
     "hidden_size": 768,
@@ -112,17 +115,8 @@ def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dic
     from transformers import XLMRobertaConfig
 
     tok = _tiny_tokenizer()
-    shape = dict(
-        vocab_size=250002,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-    )
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-    cfg = XLMRobertaConfig(**{**shape, **ids, **config})
+    cfg = XLMRobertaConfig(**{**TINY_SHAPE, **ids, **config})
     cfg.xlmflow_smoke_test = True  # outputs of this model are noise; labelled as such downstream
     cfg.xlmflow_tiny_task = kind
     auto = getattr(transformers, model_class)
@@ -173,8 +167,6 @@ def _read_meta(path: str) -> dict:
 
 
 def _tiny_dir(kind: str, settings: RunSettings | None) -> str:
-    from ray_cluster.processors.base import registry
-
     version = registry()[kind].version
     final = os.path.join(cache_root(settings), "tiny", f"{kind}-seed0-v{TINY_VERSION}.{version}")
     return _atomic_dir(final, lambda tmp: make_tiny(kind, tmp, seed=0))
@@ -186,8 +178,6 @@ def s3_fingerprint(spec: str, dest: str | None = None) -> tuple[dict[str, dict],
     Every key is checked to stay inside `dest` (default: the cache root) before any is used, so one
     hostile key refuses the whole prefix; objects a safetensors checkpoint does not need are left out.
     """
-    from xlmflow import storage
-
     fs, root = storage.fs_for(spec)
     root = root.rstrip("/")
     fs.invalidate_cache()
@@ -222,8 +212,6 @@ def s3_fingerprint(spec: str, dest: str | None = None) -> tuple[dict[str, dict],
 
 
 def _s3_dir(spec: str, settings: RunSettings | None) -> str:
-    from xlmflow import storage
-
     prefix = spec.rstrip("/")
     key = hashlib.sha256(prefix.encode()).hexdigest()[:16]
     objs, fp = s3_fingerprint(prefix, os.path.join(cache_root(settings), "s3", key))
@@ -366,96 +354,20 @@ def resolve(spec: str, kind: str, settings: RunSettings | None = None) -> dict:
     return info
 
 
-# tokenizers by the hash of their files: XLM-R's takes seconds to load, and the model instances of one
-# actor (ner and embed, named instances: XLM-R checkpoints share one tokenizer) load it once
-_TOKENIZERS: dict[str, Any] = {}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-
-
-def _tokenizer_key(path: str) -> str:
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-        return "path:" + os.path.abspath(path)  # built from other files: no sharing
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        f = os.path.join(path, name)
-        if os.path.exists(f):
-            with open(f, "rb") as fh:
-                h.update(name.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
-    return h.hexdigest()
-
-
-def _load_tokenizer(path: str, key: str) -> Any:
-    """`AutoTokenizer.from_pretrained`, through a memo of the loaded object under the model cache.
-
-    transformers 5 rebuilds XLM-R's tokenizer from its 17 MB tokenizer.json on every load (5-6 s here,
-    on every actor start); unpickling the object it built takes 1.5 s, is the same object (the Rust
-    tokenizer pickles as its own JSON), and is keyed by the hash of the tokenizer files and the library
-    versions. The memo is our own file: read only when this user owns it and nobody else can write
-    it or its folder (a pickle runs code), written atomically, and any failure means a normal load.
-    """
-    import pickle
-
-    import tokenizers
-    import transformers
-    from transformers import AutoTokenizer
-
-    memo = None
-    if not key.startswith("path:"):
-        tag = f"{key[:32]}-t{transformers.__version__}-k{tokenizers.__version__}.pkl"
-        memo = os.path.join(cache_root(), "tokenizers", tag)
-        if _private_file(memo):
-            try:
-                with open(memo, "rb") as f:
-                    return pickle.load(f)
-            except Exception as exc:  # noqa: BLE001 - a damaged memo: load normally, rewrite it
-                log.debug("tokenizer memo %s unreadable (%s); loading %s", memo, exc, path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if memo is not None:
-        tmp = f"{memo}.{uuid.uuid4().hex}.tmp"
-        try:  # best effort: a read-only cache only costs the next load
-            os.makedirs(os.path.dirname(memo), mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(tok, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, memo)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("could not write tokenizer memo %s: %s", memo, exc)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return tok
-
-
-def _private_file(path: str) -> bool:
-    """A regular file owned by this user that only this user can write, in a folder likewise."""
-    import stat
-
-    try:
-        for p, want_dir in ((os.path.dirname(path), True), (path, False)):
-            st = os.lstat(p)
-            kind_ok = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
-            if not kind_ok or st.st_uid != os.getuid() or st.st_mode & 0o022:
-                return False
-    except OSError:
-        return False
-    return True
-
-
 def load_model(
     spec: str, kind: str, settings: RunSettings | None = None, *, weights: bool = True
 ) -> LoadedModel:
     """Resolve `spec` and load its fast tokenizer and the model class processor type `kind` declares
     (eval mode, CPU); without `weights`, the tokenizer and config only (what the CPU phases need)."""
-    import transformers
+    import transformers  # lazy: transformers costs seconds at CLI start
     from transformers import AutoConfig
-
-    from ray_cluster.processors.base import registry
 
     info = resolve(spec, kind, settings)
     path = info["path"]
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        key = _tokenizer_key(path)
-        tok = _TOKENIZERS.get(key) or _load_tokenizer(path, key)
+        key = tokenizer_key(path)
+        tok = TOKENIZERS.get(key) or load_tokenizer(path, key, cache_root())
         cls = getattr(transformers, registry()[kind].model_class or "AutoModel")
         model = (
             cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
@@ -469,7 +381,7 @@ def load_model(
     if not tok.model_max_length or tok.model_max_length > 100_000:
         # tokenizer files without a max length: trust the position table (XLM-R: 514 positions, 2 reserved)
         tok.model_max_length = int(getattr(config, "max_position_embeddings", 514)) - 2
-    _TOKENIZERS[key] = tok
+    TOKENIZERS[key] = tok
     info["smoke_test"] = bool(getattr(config, "xlmflow_smoke_test", False))
     info["name"] = _short_name(info, kind, getattr(config, "xlmflow_tiny_task", None))
     return LoadedModel(tok, model.eval() if model is not None else None, info, config)

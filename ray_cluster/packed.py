@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ray_cluster.onednn import exact_gelu
+
 ENCODERS = ("XLMRobertaModel", "RobertaModel")
 HEADS = {"ForTokenClassification": "tokens", "ForSequenceClassification": "sequence"}
 
@@ -118,8 +120,6 @@ def _token_ops(layer: Any, ctx: Any, x: Any) -> Any:
     three times (on 2 AVX2 cores, one 8k-token batch: fp32 about 4% faster, int8, whose GEMMs wait on
     memory more, 8-15%)."""
     import torch
-
-    from ray_cluster.onednn import exact_gelu
 
     so, inter, out = layer.attention.output, layer.intermediate, layer.output
     # exact GELU applied in place on the GEMM's output (the same kernel, one tensor fewer); a oneDNN

@@ -20,10 +20,14 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from ray_cluster.processors.outputs import BatchOutput, merge_outputs
+from ray_cluster.processors.registry import build_processors
+from xlmflow.settings import RunSettings
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ray_cluster.processors.base import BatchOutput, ModelProcessor
+    from ray_cluster.processors.base import ModelProcessor
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,6 @@ class PhaseWorker:
     """Ray actor body: CPU-side copies of the run's model processors (tokenizer and config only)."""
 
     def __init__(self, settings_json: str) -> None:
-        from ray_cluster.processors.base import build_processors
-        from xlmflow.settings import RunSettings
-
         settings = RunSettings.model_validate_json(settings_json)
         self.procs = {p.instance: p for p in phase_processors(build_processors(settings))}
         for p in self.procs.values():
@@ -57,7 +58,7 @@ class PhaseWorker:
 
 class PhaseWorkers:
     def __init__(self, settings_json: str, n: int) -> None:
-        import ray
+        import ray  # lazy: ray takes seconds to import; only Ray processes need it
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -69,9 +70,7 @@ class PhaseWorkers:
         self.stats()
 
     def run(self, proc: ModelProcessor, batch: pa.Table, chunk_rows: int) -> BatchOutput:
-        import ray
-
-        from ray_cluster.processors.base import merge_outputs
+        import ray  # lazy: ray takes seconds to import; only Ray processes need it
 
         chunks = [batch.slice(off, chunk_rows) for off in range(0, batch.num_rows, chunk_rows)]
         n, ahead = len(self.workers), AHEAD_PER_WORKER * len(self.workers)
@@ -93,7 +92,7 @@ class PhaseWorkers:
         return merge_outputs(ray.get(finishing))
 
     def stats(self) -> list[dict]:
-        import ray
+        import ray  # lazy: as above
 
         return ray.get([w.stats.remote() for w in self.workers])
 
@@ -101,10 +100,3 @@ class PhaseWorkers:
 def phase_processors(processors: list) -> list:
     """The processors whose prepare/finish the workers run: model processors that allow it."""
     return [p for p in processors if p.model_class and p.cpu_phases]
-
-
-def lost(exc: BaseException) -> bool:
-    """A worker died or cannot be reached (not an error of the rows it had)."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
-
-    return isinstance(exc, RayActorError | ActorUnavailableError)

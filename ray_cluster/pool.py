@@ -13,7 +13,9 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from ray_cluster.actor import ShardWorker
 from ray_cluster.cluster import Layout, connect, plan_layout
 from xlmflow.errors import FatalError, SystemicError, XlmflowError
 from xlmflow.failures import unwrap
@@ -27,11 +29,26 @@ PROBE_INTERVAL_S = 0.5  # how often a restarting actor is asked whether it is ba
 _POOLS: dict[str, ShardPool] = {}
 
 
+@dataclass
+class _Round:
+    """The scheduling state of one `ShardPool.run`: what is queued, in flight, restarting and finished."""
+
+    pending: collections.deque
+    n_shards: int
+    load: list[int]  # per actor: the load taken by its shards in flight
+    alive: set[int]  # actors not given up on
+    attempts: collections.Counter[str] = field(default_factory=collections.Counter)
+    inflight: dict = field(default_factory=dict)  # ref -> (actor, shard, load taken)
+    probes: dict = field(default_factory=dict)  # readiness probes of restarting actors: ref -> actor
+    restarting: dict[int, tuple[float, float]] = field(default_factory=dict)  # actor -> (since, next probe)
+    done: dict[str, dict] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # shards whose actors kept dying
+    errors: dict[str, str] = field(default_factory=dict)  # shards that raised: the run fails
+
+
 class ShardPool:
     def __init__(self, settings: RunSettings, layout: Layout) -> None:
-        import ray
-
-        from ray_cluster.actor import ShardWorker
+        import ray  # lazy: ray takes seconds to import; only starting actors needs it
 
         self.settings, self.layout = settings, layout
         remote = ray.remote(ShardWorker).options(
@@ -118,81 +135,83 @@ class ShardPool:
         in flight on a dying actor is a suspect: it is retried alone on an idle actor, so an innocent shard
         is not failed for sharing an actor with a poison one.
         """
-        import ray
+        import ray  # lazy: ray takes seconds to import; only a run that processes shards needs it
 
-        pending = collections.deque(shards)
-        n_shards = len(shards)
-        attempts: collections.Counter[str] = collections.Counter()
-        inflight: dict[ray.ObjectRef, tuple[int, dict, int]] = {}  # ref -> (actor, shard, load taken)
-        probes: dict[ray.ObjectRef, int] = {}  # readiness probes of restarting actors
-        restarting: dict[int, tuple[float, float]] = {}  # actor -> (restarting since, next probe due)
-        load = [0] * len(self.actors)
-        alive = set(range(len(self.actors)))
-        done: dict[str, dict] = {}
-        failed: dict[str, str] = {}
-        errors: dict[str, str] = {}
+        r = _Round(
+            collections.deque(shards), len(shards), [0] * len(self.actors), set(range(len(self.actors)))
+        )
         cap = self.settings.max_inflight_per_actor
-        while pending or inflight or (feed is not None and not feed.exhausted):
+        while r.pending or r.inflight or (feed is not None and not feed.exhausted):
             if feed is not None and not feed.exhausted:
-                new = feed.poll(len(pending))
-                n_shards += len(new)
-                pending.extend(new)
-            self._submit(pending, attempts, inflight, load, alive, restarting, cap, staging)
+                new = feed.poll(len(r.pending))
+                r.n_shards += len(new)
+                r.pending.extend(new)
+            self._submit(r.pending, r.attempts, r.inflight, r.load, r.alive, r.restarting, cap, staging)
             now = time.monotonic()
-            for i, (_, due) in list(restarting.items()):
-                if due <= now and i not in probes.values():
-                    probes[self.actors[i].info.remote()] = i
-            if not inflight and not probes and not restarting and (pending or not alive):
+            for i, (_, due) in list(r.restarting.items()):
+                if due <= now and i not in r.probes.values():
+                    r.probes[self.actors[i].info.remote()] = i
+            if not r.inflight and not r.probes and not r.restarting and (r.pending or not r.alive):
                 raise FatalError(
-                    f"all shard actors died; {len(pending)} shards not processed; see the Ray logs"
+                    f"all shard actors died; {len(r.pending)} shards not processed; see the Ray logs"
                 )
             staged = feed.refs if feed is not None else []
-            waits = [*inflight, *probes, *staged]
+            waits = [*r.inflight, *r.probes, *staged]
             if not waits:  # only actors restarting: look again shortly
                 time.sleep(PROBE_INTERVAL_S)
                 continue
             ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
-            if not ready or ready[0] in staged:
-                continue
-            [ref] = ready
-            if ref in probes:
-                self._probe_answered(probes.pop(ref), ref, restarting, alive)
-                continue
-            i, shard, taken = inflight.pop(ref)
-            load[i] -= taken
-            try:
-                stats = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                sid = shard["shard_id"]
-                systemic = _systemic(exc)
-                if systemic:  # retrying or going on only costs time
-                    raise FatalError(
-                        f"{systemic}. Nothing was committed; the {len(done)} finished shards are kept: "
-                        "fix the cause (model, processor) and rerun the same command to resume"
-                    ) from None
-                attempts[sid] += 1
-                died = isinstance(exc, ray.exceptions.RayActorError)
-                if died and i in alive and i not in restarting:
-                    now = time.monotonic()
-                    restarting[i] = (now, now + PROBE_INTERVAL_S)
-                msg = _root_message(exc)
-                if attempts[sid] <= self.settings.shard_retries:
-                    log.warning("shard %s failed (attempt %d): %s; retrying", sid, attempts[sid], msg)
-                    pending.appendleft(shard)
-                else:
-                    log.error("shard %s failed for good after %d attempts: %s", sid, attempts[sid], msg)
-                    (failed if died else errors)[sid] = msg
-                continue
-            done[shard["shard_id"]] = stats
-            if on_done:
-                on_done(stats)
-        if errors:
-            sid, msg = next(iter(errors.items()))
+            if ready and ready[0] not in staged:
+                self._answered(r, ready[0], on_done)
+        if r.errors:
+            sid, msg = next(iter(r.errors.items()))
             raise FatalError(
-                f"{len(errors)} of {n_shards} shards failed (first: {sid}: {msg}); the {len(done)} finished "
-                "shards are kept: fix the cause and rerun the same command to resume"
+                f"{len(r.errors)} of {r.n_shards} shards failed (first: {sid}: {msg}); the {len(r.done)} "
+                "finished shards are kept: fix the cause and rerun the same command to resume"
             )
-        return done, failed
+        return r.done, r.failed
+
+    def _answered(self, r: _Round, ref, on_done: Callable[[dict], None] | None) -> None:  # noqa: ANN001
+        """A probe or a shard came back: note the actor's state, or the shard's stats or failure."""
+        import ray  # lazy: as in run
+
+        if ref in r.probes:
+            self._probe_answered(r.probes.pop(ref), ref, r.restarting, r.alive)
+            return
+        i, shard, taken = r.inflight.pop(ref)
+        r.load[i] -= taken
+        try:
+            stats = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            self._shard_failed(r, i, shard, exc)
+            return
+        r.done[shard["shard_id"]] = stats
+        if on_done:
+            on_done(stats)
+
+    def _shard_failed(self, r: _Round, i: int, shard: dict, exc: BaseException) -> None:
+        """Retry the shard, or fail it for good (its actor kept dying) or for the run (it raised)."""
+        import ray  # lazy: as in run
+
+        sid = shard["shard_id"]
+        systemic = _systemic(exc)
+        if systemic:  # retrying or going on only costs time
+            raise FatalError(
+                f"{systemic}. Nothing was committed; the {len(r.done)} finished shards are kept: "
+                "fix the cause (model, processor) and rerun the same command to resume"
+            ) from None
+        r.attempts[sid] += 1
+        died = isinstance(exc, ray.exceptions.RayActorError)
+        if died and i in r.alive and i not in r.restarting:
+            now = time.monotonic()
+            r.restarting[i] = (now, now + PROBE_INTERVAL_S)
+        msg = _root_message(exc)
+        if r.attempts[sid] <= self.settings.shard_retries:
+            log.warning("shard %s failed (attempt %d): %s; retrying", sid, r.attempts[sid], msg)
+            r.pending.appendleft(shard)
+        else:
+            log.error("shard %s failed for good after %d attempts: %s", sid, r.attempts[sid], msg)
+            (r.failed if died else r.errors)[sid] = msg
 
     def _submit(self, pending, attempts, inflight, load, alive, restarting, cap, staging) -> None:  # noqa: ANN001
         """Hand queued shards to ready actors, least loaded first; a suspect shard runs alone."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ray_cluster.actor import results_uri
-from ray_cluster.processors.base import known_datasets, registry, run_datasets
+from ray_cluster.processors.registry import known_datasets, registry, run_datasets, run_declarations
 from tasks.report import dataset_stats
 from tasks.write import plan_parts, write_part
 from xlmflow import storage
@@ -45,7 +45,7 @@ class _Tally:
     rows: collections.Counter[str] = field(default_factory=collections.Counter)
     by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
     by_lang: collections.Counter[str] = field(default_factory=collections.Counter)
-    decided: collections.Counter[str] = field(default_factory=collections.Counter)  # which LID detector
+    sections: dict[str, collections.Counter[str]] = field(default_factory=dict)  # processors' count sections
     per_instance: dict[str, collections.Counter[str]] = field(default_factory=dict)
 
 
@@ -59,7 +59,7 @@ def commit_outputs(
 ) -> dict:
     """Have writer tasks write the Parquet files, then commit them and the manifest through `partition`
     (its lease held, its snapshot taken at the start of the run); returns the manifest."""
-    declared = run_datasets(settings)
+    declared = run_declarations(settings)
     names = list(declared)
     tally = _tally(settings, ingest, processed, names)
     manifest = _manifest(settings, ingest, processed, facts, _counts(settings, ingest, tally, names))
@@ -91,13 +91,14 @@ def _writer_calls(settings, declared: dict, sources: dict, run_id: str) -> list[
     """One write_part call per part of each dataset, in dataset order."""
     date = settings.date.isoformat()
     calls = []
-    for n, schema in declared.items():
-        empty = schema.serialize().to_pybytes() if schema is not None else None
+    for n, d in declared.items():
+        empty = d.schema.serialize().to_pybytes() if d.schema is not None else None
         for i, part in enumerate(plan_parts(sources[n], settings.target_file_bytes)):
             # every dataset gets a file, so readers find its schema on empty days (unless its schema
             # is known only once a model is loaded)
             if part or empty is not None:
-                calls.append((settings.out, n, part_uri(settings.out, n, date, run_id, i), part, empty))
+                uri = part_uri(settings.out, n, date, run_id, i)
+                calls.append((settings.out, n, uri, part, empty, d.aggregates))
     return calls
 
 
@@ -163,8 +164,8 @@ def _tally_shard(tally: _Tally, staging: str, sid: str, stats: dict, names: list
     for inst, pstats in (stats.get("processors") or {}).items():
         counters = pstats.get("counters") or {}
         tally.per_instance.setdefault(inst, collections.Counter()).update(counters)
-        if pstats.get("type") == "lid":
-            tally.decided.update({k.removeprefix("decided_by_"): v for k, v in counters.items()})
+    for key, section in (stats.get("count_sections") or {}).items():
+        tally.sections.setdefault(key, collections.Counter()).update(section)
     for n in names:
         rows = stats["counts"].get(n, 0)
         tally.rows[n] += rows
@@ -184,7 +185,7 @@ def _counts(settings, ingest: IngestResult, tally: _Tally, names: list[str]) -> 
         "rejects": n_rejects,
         "rejects_by_reason": dict(sorted(tally.by_reason.items())),
         "by_lang": dict(sorted(tally.by_lang.items())),
-        **({"lid_decided_by": dict(sorted(tally.decided.items()))} if tally.decided else {}),
+        **{k: dict(sorted(v.items())) for k, v in tally.sections.items() if v},
         **{n: tally.rows[n] for n in names if n not in (main, "rejects")},
         "processors": {k: dict(sorted(v.items())) for k, v in tally.per_instance.items()},
     }

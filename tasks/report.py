@@ -154,7 +154,7 @@ def dataset_stats(parts: dict[str, list[dict]]) -> dict:
 
 def _quantiles(samples: list[dict], qs: tuple[float, ...]) -> dict:
     """Quantiles over the parts' samples: exact when every part returned all its scores (parts of up
-    to tasks.write.QE_SAMPLE rows), else from each part's quantiles weighted by its row count."""
+    to the sample size its ScoreSample declares), else from each part's quantiles weighted by its row count."""
     import numpy as np
 
     values = np.concatenate([np.asarray(s["sample"], dtype=np.float64) for s in samples])

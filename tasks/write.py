@@ -3,27 +3,26 @@
 The driver groups the staged files of each dataset (shard results, rejects of the split tasks and of
 dedup, failed shards) into groups of about target_file_bytes and runs one `write_part` per group; it
 gets back the file's path, size, row count, statistics (from the footer just written) and schema, plus
-the few figures the report shows, and commits that file list. It never reads a dataset itself.
+the figures the report shows: the aggregates the dataset's declaration names
+(ray_cluster.processors.outputs), run over the rows as they are written. It never reads a dataset itself.
 """
 
 from __future__ import annotations
 
-import collections
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import pyarrow as pa
+
+from ray_cluster.cluster import node_id
+from tasks.ingest import staged_rejects
+from tasks.staged import read_bucket
 from xlmflow import schemas, storage
 from xlmflow.part_files import part_uri, write_parquet  # noqa: F401 - part_uri: part of this module's interface
-
-QE_SAMPLE = 4096  # QE scores a part returns for the partition's quantiles: all of them, or quantiles
 
 
 def _tables(src: dict) -> Iterator:
     """The tables of one staged source."""
-    import pyarrow as pa
-
-    from tasks.staged import read_bucket
-
     kind = src["kind"]
     if kind == "table":  # in memory (tests, benchmarks)
         yield src["table"]
@@ -33,8 +32,6 @@ def _tables(src: dict) -> Iterator:
         for b in read_bucket(src["uri"], src["index"]):
             yield pa.Table.from_batches([b])
     elif kind == "split_rejects":
-        from tasks.ingest import staged_rejects
-
         offsets = {int(k): v for k, v in src["offsets"].items()}
         yield schemas.rejects_table(list(staged_rejects(src["uri"], src["index"], offsets)))
     elif kind == "failed":
@@ -58,52 +55,37 @@ def shard_failed_rejects(shard: dict, error: str) -> list[dict]:
     ]
 
 
-def write_part(out: str, dataset: str, uri: str, sources: list[dict], empty: bytes | None = None) -> dict:
+def write_part(
+    out: str,
+    dataset: str,
+    uri: str,
+    sources: list[dict],
+    empty: bytes | None = None,
+    aggregates: Sequence = (),
+) -> dict:
     """Write one Parquet file of `dataset` from staged sources (an empty one, with the serialized schema
-    `empty`, when there are none); returns its file entry, schema and report figures."""
-    import pyarrow as pa
-
-    from ray_cluster.cluster import node_id
-
+    `empty`, when there are none); returns its file entry, schema and the results of `aggregates`
+    (the dataset's declared ones: each `start`/`add`/`result`, returned under its `key`)."""
     t0 = time.perf_counter()
-    labels: collections.Counter[str] = collections.Counter()
-    reasons: collections.Counter[str] = collections.Counter()
-    scores: list = []
+    states = [a.start() for a in aggregates]
 
-    def seen(t) -> None:  # noqa: ANN001 - the figures the report shows
-        if "label" in t.column_names and dataset != "rejects":
-            labels.update(t["label"].to_pylist())
-        elif dataset == "rejects":
-            reasons.update(t["reason"].to_pylist())
-        elif dataset == "qe":
-            scores.append(t["score"])
+    def seen(t: pa.Table) -> None:
+        for a, state in zip(aggregates, states, strict=True):
+            a.add(state, t)
 
     written = write_parquet(out, uri, (t for src in sources for t in _tables(src)), empty, seen)
-    extra: dict = {}
-    if labels:
-        extra["labels"] = dict(labels)
-    if dataset == "rejects":
-        extra["rejects_by_reason"] = dict(reasons)
-    if scores:
-        import pyarrow.compute as pc
-
-        s = pc.drop_null(pa.chunked_array(scores))
-        if len(s) > QE_SAMPLE:
-            s = pc.quantile(s, q=[i / QE_SAMPLE for i in range(QE_SAMPLE + 1)])
-        extra["qe_scores"] = {"n": len(pc.drop_null(pa.chunked_array(scores))), "sample": s.to_pylist()}
+    figures = {a.key: r for a, st in zip(aggregates, states, strict=True) if (r := a.result(st)) is not None}
     return {
         "file": written.entry,
         "schema": written.schema.serialize().to_pybytes(),
         "node_id": node_id(),
         "seconds": round(time.perf_counter() - t0, 3),
-        **extra,
+        **figures,
     }
 
 
 def write_table(out: str, dataset: str, date: str, run_id: str, table, index: int = 0) -> tuple[dict, object]:  # noqa: ANN001
     """One in-memory table as a part file of `dataset`: (file entry, schema)."""
-    import pyarrow as pa
-
     r = write_part(
         out,
         dataset,

@@ -10,9 +10,9 @@ import pytest
 
 from ray_cluster.models import make_tiny_xlmr
 from ray_cluster.processors.base import build_processors
+from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
 from xlmflow.errors import ConfigError
-from xlmflow.settings import make_settings
 
 SCRIPTS = [
     "eng_Latn",

@@ -89,7 +89,7 @@ def test_credentials_in_uris_are_refused_before_any_library_sees_them(cli_env, p
 
 
 def test_settings_refuse_credentials_without_repeating_them():
-    from xlmflow.settings import make_settings
+    from ray_cluster.processors.registry import make_settings
 
     with pytest.raises(ConfigError) as err:
         make_settings(

@@ -31,7 +31,8 @@ def _tree(root) -> set[str]:  # noqa: ANN001
 def test_check_date_canonical_or_config_error():
     import datetime as dt
 
-    from xlmflow.settings import check_date, make_settings
+    from ray_cluster.processors.registry import make_settings
+    from xlmflow.settings import check_date
 
     assert check_date("2026-11-01") == "2026-11-01"
     assert check_date(dt.date(2026, 11, 1)) == "2026-11-01"

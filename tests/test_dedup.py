@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
+from ray_cluster.processors.registry import make_settings
 from tests import hostile_corpus
 from tests.staged_ingest import ingest
-from xlmflow.settings import make_settings
 
 # the split tasks and reducers run on Ray, as in a run
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -75,7 +75,7 @@ _MEMORY = textwrap.dedent(
     from tasks import dedup
     from tasks.ingest import read_split
     from tasks.splits import list_inputs, plan_splits
-    from xlmflow.settings import make_settings
+    from ray_cluster.processors.registry import make_settings
     s = make_settings(inputs=[sys.argv[1]], out=sys.argv[2], split_bytes=4 << 20, dedup_buckets=2)
     plan = plan_splits(list_inputs(s.inputs), s.split_bytes, s.max_file_bytes, s.dedup_buckets)
     splits = [read_split(x.to_dict(), plan.buckets, s.model_dump_json(), sys.argv[2]) for x in plan.splits]

@@ -22,12 +22,16 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.transaction import PostCommitHookProperties
 
+from ray_cluster.processors.registry import main_schema, make_settings
 from tasks.write import write_table
 from xlmflow import delta, delta_schema, history, maintenance, part_files, partition, schemas, storage
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.manifest import MANIFEST_VERSION, manifest_uri, read_manifest
 from xlmflow.read import read_partition, read_version
 from xlmflow.stats import file_stats
+
+# the documents table of a run with lid (the default): the core's columns and lid's lang, lang_score
+DOCUMENTS = main_schema(make_settings(inputs=("in",), out="out"))
 
 DATE = "2026-11-01"
 
@@ -55,7 +59,7 @@ def _commit(
             "lang_hint": [None] * n_docs,
             "meta": ["{}"] * n_docs,
         },
-        schema=schemas.DOCUMENTS,
+        schema=DOCUMENTS,
     )
     rej = schemas.rejects_table(
         [schemas.make_reject("s", n_docs + i, "empty_text", f"{run}") for i in range(n_rejects)]
@@ -307,10 +311,10 @@ def _three_languages(out: str) -> None:
                 "lang_hint": [None] * (n - 1) + ["de"],
                 "meta": ["{}"] * n,
             },
-            schema=schemas.DOCUMENTS,
+            schema=DOCUMENTS,
         )
         files.append(write_table(out, "documents", DATE, _run_hex(1), docs, index=i)[0])
-    delta_schema.ensure_table(out, "documents", schemas.DOCUMENTS)
+    delta_schema.ensure_table(out, "documents", DOCUMENTS)
     delta.replace_files(out, "documents", DATE, files, None, {"run_id": _run_hex(1)})
 
 
@@ -441,7 +445,7 @@ def test_schema_evolves_only_by_nullable_columns(tmp_path):
     """Columns are added (nullable), or left out of a run's files (read as null); never retyped."""
     out = str(tmp_path / "out")
     _commit(out, _run_hex(1), 3, 1)
-    wider = schemas.DOCUMENTS.append(pa.field("topic", pa.string()))
+    wider = DOCUMENTS.append(pa.field("topic", pa.string()))
     delta_schema.ensure_table(out, "documents", wider)
     latest = DeltaTable(delta.table_uri(out, "documents")).to_pyarrow_table()
     assert latest.column("topic").null_count == 3  # files written before the column read it as null
@@ -450,7 +454,7 @@ def test_schema_evolves_only_by_nullable_columns(tmp_path):
     with pytest.raises(ConfigError, match="'n_chars' is"):
         delta_schema.ensure_table(out, "documents", retyped)
     # a run without the processor that adds `topic` writes files without it: they read it as null
-    delta_schema.ensure_table(out, "documents", schemas.DOCUMENTS)
+    delta_schema.ensure_table(out, "documents", DOCUMENTS)
     _commit(out, _run_hex(2), 4, 2)
     again = read_partition(out, "documents", DATE)
     assert again.num_rows == 4 and again.column("topic").null_count == 4

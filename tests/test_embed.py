@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ray_cluster.models import load_model
+from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
-from xlmflow.settings import make_settings
 
 LANGS = ("eng_Latn", "deu_Latn", "rus_Cyrl", "arb_Arab", "cmn_Hans", "hin_Deva", "jpn_Jpan", "kor_Hang")
 
@@ -103,7 +103,7 @@ def test_lawdr_averages_the_last_layers(lm, texts):
 def test_embed_processor_writes_one_vector_per_document(lm, settings):
 
     from ray_cluster.processors.base import build_processors
-    from xlmflow.schemas import embeddings_schema
+    from ray_cluster.processors.embed import embeddings_schema
 
     texts = ["Alle Menschen sind frei.", "", "Все люди рождаются свободными. " * 200]
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="embed", embed_model="tiny")

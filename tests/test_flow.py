@@ -15,10 +15,10 @@ import pytest
 from deltalake import DeltaTable
 
 from flows.corpus import corpus_flow
+from ray_cluster.processors.registry import make_job
 from xlmflow import delta, maintenance, storage
 from xlmflow.manifest import manifest_uri
 from xlmflow.read import read_version
-from xlmflow.settings import make_job
 
 pytestmark = pytest.mark.slow
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from ray_cluster.processors.registry import make_settings
 from tasks.inputs import expand_inputs
 from tests.staged_ingest import ingest
 from xlmflow import schemas
 from xlmflow.errors import ConfigError, FatalError
-from xlmflow.settings import make_settings
 
 # the split tasks and reducers run on Ray, as in a run
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -482,7 +482,7 @@ def test_a_huge_repeated_parquet_value_is_measured_while_still_encoded(tmp_path)
     script = (
         "import json, resource, sys; import pyarrow as pa; from pathlib import Path; "
         "from tasks.ingest import read_split; from tasks.splits import list_inputs, plan_splits; "
-        "from xlmflow.settings import make_settings; "
+        "from ray_cluster.processors.registry import make_settings; "
         "s = make_settings(inputs=[sys.argv[1]], out=sys.argv[2], max_record_bytes=1_000_000); "
         "plan = plan_splits(list_inputs(s.inputs), s.split_bytes, s.max_file_bytes, s.dedup_buckets); "
         "(split,) = plan.splits; res = read_split(split.to_dict(), plan.buckets, s.model_dump_json(), sys.argv[2]); "

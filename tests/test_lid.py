@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import CORPUS
-from xlmflow.schemas import DOCUMENTS, STAGED_DOCS
+from xlmflow.schemas import STAGED_DOCS
 
 CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
 # Close groups the benchmark cannot claim (see langid.py, step 6)
@@ -143,7 +143,7 @@ def test_chinese_variants_and_japanese(lid, corpus):
 def test_processor_adds_lang_columns(lid, corpus, tmp_path):
     from ray_cluster.processors.base import build_processors
     from ray_cluster.processors.lid import LidProcessor
-    from xlmflow.settings import make_settings
+    from ray_cluster.processors.registry import main_schema, make_settings
 
     settings = make_settings(inputs=[str(tmp_path / "in.jsonl")], out=str(tmp_path / "out"), tasks="lid")
     texts = [
@@ -171,12 +171,14 @@ def test_processor_adds_lang_columns(lid, corpus, tmp_path):
     # how many texts each step decided: the shard's stats, summed into the manifest
     assert res.stats["counters"] == {"decided_by_cld2": 2, "decided_by_no_letters": 2, "decided_by_script": 2}
     assert res.rejects == [] and res.table.num_rows == len(texts)
-    assert res.table.schema.field("lang").type == DOCUMENTS.field("lang").type
-    assert res.table.schema.field("lang_score").type == DOCUMENTS.field("lang_score").type
+    documents = main_schema(settings)  # lid's columns, placed after text
+    assert documents.names[:4] == ["doc_id", "text", "lang", "lang_score"]
+    assert res.table.schema.field("lang").type == documents.field("lang").type
+    assert res.table.schema.field("lang_score").type == documents.field("lang_score").type
     assert res.table.column("doc_id").to_pylist() == [f"d{i}" for i in range(len(texts))]
     langs = res.table.column("lang").to_pylist()
     assert langs == ["deu_Latn", "srp_Cyrl", "cmn_Hans", "und_Zyyy", "und_Zyyy", "tha_Thai"]
     scores = res.table.column("lang_score").to_pylist()
     assert scores[0] > 0.5 and scores[3] == 0.0
     # the documents table can be built from these columns
-    res.table.select(DOCUMENTS.names).cast(DOCUMENTS)
+    res.table.select(documents.names).cast(documents)

@@ -20,7 +20,7 @@ SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.
 def tiny_dir(tmp_path_factory) -> str:
     """The tiny ner checkpoint of the session's model cache (built once, shared with test_models)."""
     from ray_cluster.models import resolve
-    from xlmflow.settings import make_settings
+    from ray_cluster.processors.registry import make_settings
 
     cache = str(tmp_path_factory.getbasetemp() / "xlmflow-model-cache")
     return resolve("tiny", "ner", make_settings(inputs=("in",), out="out", model_cache=cache))["path"]
@@ -102,9 +102,9 @@ def test_cli_refuses_a_weights_link_to_dev_zero_before_ray_starts(tiny_dir, tmp_
 
 def test_actors_that_do_not_start_in_time_fail_naming_the_models_and_the_option(ray_local, tmp_path):
     from ray_cluster.pool import get_pool, shutdown_pools
+    from ray_cluster.processors.registry import make_settings
     from xlmflow.cli import build_parser
     from xlmflow.cli_options import job_kwargs
-    from xlmflow.settings import make_settings
 
     argv = ["run", "x", "--out", "o", "--actor-start-timeout", "2.5"]
     assert job_kwargs(build_parser(argv).parse_args(argv))["actor_start_timeout"] == 2.5

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from ray_cluster.models import META_FILE, content_hash, load_model, make_tiny
+from ray_cluster.processors.registry import make_settings
 from xlmflow.errors import ConfigError
-from xlmflow.settings import make_settings
 
 
 @pytest.fixture(scope="session")
@@ -358,12 +358,12 @@ def test_content_hash_is_remembered_across_processes_until_the_weights_change(tm
 def test_tokenizer_memo_gives_the_same_tokenizer_and_is_read_only_when_private(tmp_path, monkeypatch):
     import json
 
-    import ray_cluster.models as models
+    from ray_cluster.tokenizer_memo import load_tokenizer, tokenizer_key
 
-    monkeypatch.setenv("XLMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    cache = str(tmp_path / "cache")
     d = make_tiny("ner", str(tmp_path / "m"), seed=1)
-    key = models._tokenizer_key(d)
-    built = models._load_tokenizer(d, key)
+    key = tokenizer_key(d)
+    built = load_tokenizer(d, key, cache)
     [memo] = (tmp_path / "cache" / "tokenizers").glob("*.pkl")
     assert memo.stat().st_mode & 0o777 == 0o600
     import transformers
@@ -373,7 +373,7 @@ def test_tokenizer_memo_gives_the_same_tokenizer_and_is_read_only_when_private(t
     monkeypatch.setattr(
         transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    again = models._load_tokenizer(d, key)
+    again = load_tokenizer(d, key, cache)
     assert not calls and type(again) is type(built)
     path = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
     with open(path, encoding="utf-8") as f:
@@ -386,5 +386,5 @@ def test_tokenizer_memo_gives_the_same_tokenizer_and_is_read_only_when_private(t
     # a memo others can write may not be ours: not read, rebuilt and replaced by a private one
     memo.write_bytes(b"not a pickle")
     memo.chmod(0o666)
-    assert models._load_tokenizer(d, key)("hello world")["input_ids"] == built("hello world")["input_ids"]
+    assert load_tokenizer(d, key, cache)("hello world")["input_ids"] == built("hello world")["input_ids"]
     assert calls and memo.stat().st_mode & 0o777 == 0o600

@@ -102,8 +102,8 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
     reference is the same split tasks and reducers, run from this process), each with a language."""
     import ray
 
+    from ray_cluster.processors.registry import make_settings
     from tests.staged_ingest import ingest
-    from xlmflow.settings import make_settings
 
     env = _env(cli_env)
     ray.init(address=cluster.address)

@@ -8,8 +8,8 @@ import warnings
 import pytest
 
 from ray_cluster.models import load_model
+from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
-from xlmflow.settings import make_settings
 
 LANGS = ["eng_Latn", "deu_Latn", "rus_Cyrl", "arb_Arab", "cmn_Hans", "hin_Deva", "jpn_Jpan", "tha_Thai"]
 
@@ -200,7 +200,7 @@ def test_ner_processor_writes_entities_rows(lm, settings):
     import pyarrow as pa
 
     from ray_cluster.processors.base import build_processors
-    from xlmflow.schemas import ENTITIES
+    from ray_cluster.processors.ner import ENTITIES
 
     texts = [
         "Angela Merkel besuchte Paris im Jahr 2015.",

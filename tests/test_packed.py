@@ -9,9 +9,9 @@ import pytest
 
 from ray_cluster.engine import Engine
 from ray_cluster.models import LoadedModel, load_model
+from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS
 from xlmflow.errors import ConfigError
-from xlmflow.settings import make_settings
 
 
 @pytest.fixture(scope="module")

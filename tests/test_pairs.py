@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from ray_cluster.processors.registry import make_settings
 from tasks.pairs import make_pairs
 from tests.conftest import CORPUS
 from tests.staged_ingest import ingest
 from xlmflow.errors import ConfigError, FatalError
-from xlmflow.settings import make_settings
 
 
 @pytest.fixture(scope="module")

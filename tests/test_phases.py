@@ -8,8 +8,8 @@ import os
 
 import pytest
 
+from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
-from xlmflow.settings import make_settings
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ its own CUDA_VISIBLE_DEVICES, and both still work (on CPU, since torch sees no C
 import pytest
 
 from ray_cluster.cluster import plan_layout
+from ray_cluster.processors.registry import make_settings
 from tasks.shard import ShardWriter
 from xlmflow import schemas
-from xlmflow.settings import make_settings
 
 
 @pytest.fixture

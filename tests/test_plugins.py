@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 
 from ray_cluster.processors.base import Processor, ProcessorContractError
+from ray_cluster.processors.registry import make_job, make_settings
 from tests.conftest import duck, staged_docs
-from xlmflow.errors import FatalError, SystemicError
-from xlmflow.settings import ProcessorSpec, make_job, make_settings
+from xlmflow.errors import ConfigError, FatalError, SystemicError
+from xlmflow.settings import ProcessorSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "examples", "udhr-sample.jsonl")
@@ -172,3 +173,20 @@ def test_an_old_style_deployment_fails_with_how_to_redeploy(prefect_harness, tmp
     state = corpus_flow(inputs=[SAMPLE], out=str(tmp_path), tasks="lid", ner_model=None, return_state=True)
     assert state.is_failed()
     assert "created by an older xlmflow" in state.message and "xlmflow deploy" in state.message
+
+
+def test_a_processor_type_named_like_a_built_in_is_refused():
+    from importlib.metadata import EntryPoint
+
+    from ray_cluster.processors.registry import ENTRY_POINT_GROUP, load_plugin, registry
+
+    lid = registry()["lid"]
+    # a class of another package that takes a built-in's name, even under the built-in's class name
+    with pytest.raises(ConfigError, match="two processor types are named 'lid'.*needs a name of its own"):
+        type("LidProcessor", (Processor,), {"name": "lid", "__module__": "some_plugin"})
+    assert registry()["lid"] is lid
+    # an entry point named like a built-in (here: one pointing at the built-in itself)
+    ep = EntryPoint("lid", "ray_cluster.processors.lid:LidProcessor", ENTRY_POINT_GROUP)
+    with pytest.raises(ConfigError, match="'lid' .* is named like a built-in processor type"):
+        load_plugin(ep, set(registry()))
+    assert lid.package is None

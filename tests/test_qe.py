@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ray_cluster.processors.qe import QE
+from ray_cluster.processors.registry import make_job, make_settings
 from tests.conftest import CORPUS, duck
-from xlmflow.schemas import QE, STAGED_PAIRS
-from xlmflow.settings import make_job, make_settings
+from xlmflow.schemas import STAGED_PAIRS
 
 TARGETS = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "jpn_Jpan", "arb_Arab", "hin_Deva", "cmn_Hans",
            "tur_Latn", "ell_Grek", "kor_Hang")  # fmt: skip

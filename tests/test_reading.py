@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pytest
 
+from ray_cluster.processors.embed import embeddings_schema
 from tests.readme_snippets import reading_script
 from tests.test_delta import DATE, _commit, _run_hex
 from xlmflow import delta, delta_schema, history, maintenance, partition, read, storage
@@ -132,11 +133,11 @@ def test_writer_writes_vectors_as_lists_of_their_declared_width(tmp_path):
 
     out = str(tmp_path / "out")
     row = {"doc_id": "a", "instance": "embed", "model": "m", "pooling": "mean"}
-    good = pa.Table.from_pylist([{**row, "embedding": [0.5] * 4}], schema=schemas.embeddings_schema(4))
+    good = pa.Table.from_pylist([{**row, "embedding": [0.5] * 4}], schema=embeddings_schema(4))
     f, schema = write_table(out, "embeddings", DATE, _run_hex(1), good)
     assert schema.field("embedding").type == pa.list_(pa.float32())
     assert pq.read_schema(os.path.join(out, f["path"])).field("embedding").type == pa.list_(pa.float32())
-    bad = pa.Table.from_pylist([{**row, "embedding": [0.5] * 3}], schema=schemas.embeddings_schema(4))
+    bad = pa.Table.from_pylist([{**row, "embedding": [0.5] * 3}], schema=embeddings_schema(4))
     with pytest.raises(ValueError, match="1 vectors are not 4 values long"):
         write_table(out, "embeddings", DATE, _run_hex(2), bad)
     # a plug-in's fixed-size list column is written as a list too, its width kept and checked

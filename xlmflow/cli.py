@@ -14,7 +14,7 @@ from ray_cluster.cluster import cluster_address, connect
 from ray_cluster.model_check import check_processor
 from ray_cluster.models import make_tiny
 from ray_cluster.pool import prestart, shutdown_pools
-from ray_cluster.processors.base import registry
+from ray_cluster.processors.registry import make_job, registry, run_settings
 from tasks.inputs import check_output_apart, expand_inputs
 from tasks.pairs import make_pairs
 from tasks.report import print_summary
@@ -25,7 +25,7 @@ from xlmflow.failures import explain, hide_console_tracebacks, silence_console
 from xlmflow.lease import backend_for
 from xlmflow.lease_cli import add_lease_parser
 from xlmflow.manifest import read_manifest
-from xlmflow.settings import check_date, make_job, run_settings
+from xlmflow.settings import check_date
 from xlmflow.tables_cli import add_tables_parsers
 from xlmflow.uris import REFUSED, has_userinfo, redact
 

@@ -19,8 +19,9 @@ from ray_cluster.processors.base import registry
 from xlmflow.errors import ConfigError
 from xlmflow.settings import JobSettings
 
-# fields that a command sets itself (positional inputs, --out) or builds from several options
-_OWN = {"out", "processors"}
+# fields that a command sets itself (positional inputs, --out), builds from several options, or that
+# are no input (`resolved`: filled in from the processor registry)
+_OWN = {"out", "processors", "resolved"}
 _PROC_RE = re.compile(r"^--proc(?:=(.*))?$")
 
 

@@ -1,4 +1,10 @@
-"""The one module that owns every Arrow schema that crosses a stage boundary."""
+"""The core's Arrow schemas: what ingest stages, the main record, rejects, dedup's staging.
+
+The rule: a schema the core defines lives here; a dataset a processor writes is declared by that
+processor (its module, e.g. ray_cluster.processors.ner's ENTITIES), and so are the columns it adds
+to the main record (its `columns`). The main record of a run is the core's plus those columns
+(ray_cluster.processors.registry.main_schema).
+"""
 
 from __future__ import annotations
 
@@ -32,14 +38,12 @@ STAGED_PAIRS = pa.schema(
     ]
 )
 
-# OUT/documents/date=D/: staged columns plus language ID (null without a lid processor), then the
-# columns other processors of the run declare (ray_cluster.processors.base.main_schema).
+# OUT/documents/date=D/: the staged columns, with the columns the run's processors declare (lid's
+# `lang`, `lang_score` after `text`, others at the end: ray_cluster.processors.registry.main_schema).
 DOCUMENTS = pa.schema(
     [
         ("doc_id", pa.string()),
         ("text", pa.string()),
-        ("lang", pa.string()),
-        ("lang_score", pa.float32()),
         ("n_chars", pa.int32()),
         ("source", pa.string()),
         ("source_row", pa.int64()),
@@ -78,38 +82,10 @@ NEAR_DUPLICATES = pa.schema(
     ]
 )
 
-# Datasets of the processors. `instance` names the processor instance that produced a row (a run may
-# have several instances of one type, e.g. `entities` and `acronyms`, both of type ner).
-ENTITIES = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("instance", pa.string()),
-        ("start", pa.int32()),
-        ("end", pa.int32()),
-        ("text", pa.string()),
-        ("label", pa.string()),
-        ("score", pa.float32()),
-        ("model", pa.string()),
-    ]
-)
-
-
 # A vector column's width: Delta has no fixed-size array type, so vectors are plain lists in the
 # files and `array<float>` in the table (every Delta reader maps one onto the other), and the width
 # declared here is what the writer checks each vector against (tasks.write).
 WIDTH_KEY = b"xlmflow.width"
-
-
-def embeddings_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("doc_id", pa.string()),
-            ("instance", pa.string()),
-            pa.field("embedding", pa.list_(pa.float32()), metadata={WIDTH_KEY: str(dim).encode()}),
-            ("model", pa.string()),
-            ("pooling", pa.string()),
-        ]
-    )
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:
@@ -142,23 +118,6 @@ def check_widths(table: pa.Table, schema: pa.Schema) -> None:
                 f"dataset declares{' (processor ' + ', '.join(map(str, who)) + ')' if who else ''}; a "
                 "processor must return vectors of the width its output schema declares"
             )
-
-
-QE = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("instance", pa.string()),
-        ("score", pa.float32()),
-        ("method", pa.string()),
-        ("model", pa.string()),
-        ("src_lang", pa.string()),
-        ("mt_lang", pa.string()),
-        ("lang_mismatch", pa.bool_()),
-        ("length_ratio", pa.float32()),
-        ("truncated", pa.bool_()),
-        ("truncation", pa.string()),  # how the pair was cut, e.g. "src:120->60" ; "" when it fit
-    ]
-)
 
 
 def reject_raw(raw: object) -> str:

@@ -4,10 +4,12 @@
 partition run reads (inputs, date). Flows take a `JobSettings` as their one settings parameter (Prefect
 renders it as a form), and the command line is generated from the same fields (xlmflow.cli_options).
 
-Processors are a list of named instances, each `{"name", "type", "options"}`; the options are the
-processor type's own pydantic model (ray_cluster.processors.base), validated here with its defaults
-filled in, so the config hash and the manifest hold every option a run used. The shorthand
-`tasks="lid,ner"` with `ner_model=...` (one instance per type, named like the type) is accepted as input.
+Processors are a list of named instances, each `{"name", "type", "options"}`. This module knows no
+processor type: settings are built through ray_cluster.processors.registry (`make_settings`, `make_job`,
+`run_settings`), which expands the shorthand `tasks="lid,ner"` with `ner_model=...` (one instance per
+type, named like the type), validates each instance's options against its type's pydantic model with the
+defaults filled in (so the config hash and the manifest hold every option a run used), and fills in
+`resolved`: plain data (mode, versions) that the config hash and every stage read as they are.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from xlmflow.errors import ConfigError
 from xlmflow.storage import canonical
@@ -59,6 +70,16 @@ class ProcessorSpec(BaseModel):
     name: str = Field(description="Instance name, e.g. entities (lowercase letters, digits, _).")
     type: str = Field(description="Processor type, e.g. lid, ner, embed, qe, classify, or a plug-in.")
     options: dict[str, Any] = Field(default_factory=dict, description="The type's options (see --help).")
+
+
+class Resolved(BaseModel):
+    """What the processor registry says of a run's instances, filled in when settings are built."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["docs", "pairs"]  # what the instances read: documents or src/mt pairs (one for all)
+    versions: dict[str, str]  # instance -> its type's code version (the manifest, the config hash)
+    hash_inputs: dict[str, str] = {}  # what else decides the types' output, e.g. a detector's version
 
 
 class JobSettings(BaseModel):
@@ -165,38 +186,30 @@ class JobSettings(BaseModel):
         default=1.0, gt=0, le=1.0, description="GPUs per actor (<1 packs several actors on a GPU)."
     )
     model_cache: str | None = Field(default=None, description="Local cache for models copied from s3://.")
+    # not an input: worked out from the processor registry whenever settings are built (a form hides it)
+    resolved: SkipJsonSchema[Resolved | None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        """`tasks="lid,ner"` plus `ner_model=X`, `qe_method=...`: one instance per type, named like it."""
-        if not isinstance(data, dict):
+        """`tasks="lid,ner"` plus `ner_model=X`, `qe_method=...`: one instance per type, named like it.
+        Whether the types exist is the registry's to say (ray_cluster.processors.registry checks the
+        shorthand first, with the list of types); here an option goes to the type it starts with."""
+        if not isinstance(data, dict) or ("tasks" not in data and all(k in cls.model_fields for k in data)):
             return data
-        if "tasks" not in data and all(k in cls.model_fields for k in data):
-            return data
-        from ray_cluster.processors.base import registry
-
         data = dict(data)
         tasks = data.pop("tasks", None)
         if tasks is None:
             tasks = () if data.get("processors") else ("lid",)
         names = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
-        reg = registry()
-        unknown = [t for t in names if t not in reg]
-        if unknown:
-            raise ValueError(f"unknown processor(s) {unknown}; available: {', '.join(sorted(reg))}")
         specs = {t: {"name": t, "type": t, "options": {}} for t in names}
         for key in [k for k in data if k not in cls.model_fields]:
             value = data.pop(key)
-            t = next((t for t in reg if key.startswith(t + "_")), None)
-            if t is None:
-                raise ValueError(f"unknown setting {key!r}")
+            t = max((t for t in names if key.startswith(t + "_")), key=len, default=None)
             if value is None:
                 continue
-            if t not in specs:
-                raise ValueError(
-                    f"{key} is given but processor {t} is not in the run (tasks: {','.join(names)})"
-                )
+            if t is None:
+                raise ValueError(f"unknown setting {key!r} (or the option of a processor not in the run)")
             specs[t]["options"][key[len(t) + 1 :]] = value
         data["processors"] = [*specs.values(), *data.get("processors", ())]
         return data
@@ -204,14 +217,11 @@ class JobSettings(BaseModel):
     @field_validator("processors")
     @classmethod
     def _check_processors(cls, v: tuple[ProcessorSpec, ...]) -> tuple[ProcessorSpec, ...]:
-        from pydantic import ValidationError
-
-        from ray_cluster.processors.base import registry
-
-        reg = registry()
+        """What holds whatever the types: their types and options are resolved above the core
+        (ray_cluster.processors.registry)."""
         if not v:
             raise ValueError("no processor instances; give at least one (e.g. --tasks lid)")
-        out, seen, columns = [], set(), {}
+        seen = set()
         for spec in v:
             if not _INSTANCE_NAME.match(spec.name):
                 raise ValueError(f"instance name {spec.name!r}: use lowercase letters, digits and _")
@@ -220,26 +230,7 @@ class JobSettings(BaseModel):
             seen.add(spec.name)
             if isinstance(spec.options.get("model"), str):
                 _refuse_userinfo(spec.options["model"], f"{spec.name}.model")
-            proc = reg.get(spec.type)
-            if proc is None:
-                raise ValueError(f"unknown processor type {spec.type!r}; available: {', '.join(sorted(reg))}")
-            try:
-                opts = proc.Options.model_validate(spec.options)
-            except ValidationError as exc:
-                msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ValueError(f"processor {spec.name} ({spec.type}): {msgs}") from None
-            for col in proc.columns.names:
-                if col in columns:
-                    raise ValueError(f"instances {columns[col]} and {spec.name} both add column {col!r}")
-                columns[col] = spec.name
-            out.append(ProcessorSpec(name=spec.name, type=spec.type, options=opts.model_dump(mode="json")))
-        modes = {reg[s.type].mode for s in out}
-        if len(modes) > 1:
-            pairs = [s.name for s in out if reg[s.type].mode == "pairs"]
-            raise ValueError(
-                f"{', '.join(pairs)} work on src/mt pairs, the others on documents; run them separately"
-            )
-        return tuple(out)
+        return v
 
     @field_validator("out")
     @classmethod
@@ -255,9 +246,15 @@ class JobSettings(BaseModel):
     # ---- derived ----
     @property
     def mode(self) -> Literal["docs", "pairs"]:
-        from ray_cluster.processors.base import registry
+        return self._resolved().mode
 
-        return registry()[self.processors[0].type].mode  # all instances share it (validated)
+    def _resolved(self) -> Resolved:
+        if self.resolved is None:
+            raise ConfigError(
+                "settings were built without resolving their processors; build them with "
+                "ray_cluster.processors.registry.make_settings/make_job/run_settings"
+            )
+        return self.resolved
 
     @property
     def record_byte_limit(self) -> int:
@@ -300,16 +297,10 @@ class RunSettings(JobSettings):
 
     def config_hash(self) -> str:
         """Hash of what decides the output rows (not where or how fast), keying staging and the manifest."""
-        from ray_cluster.processors.base import registry
-
         keep = self.model_dump(mode="json", include=set(OUTPUT_FIELDS))
-        reg = registry()
-        keep["processor_versions"] = {s.name: reg[s.type].code_version() for s in self.processors}
+        keep["processor_versions"] = dict(self._resolved().versions)
         keep["dedup_rule"] = "id-then-content"  # the staged two-stage rule (tasks.dedup)
-        if any(s.type == "lid" for s in self.processors) or self.mode == "pairs":
-            from ray_cluster.langid import detector_version
-
-            keep["lid_detector"] = detector_version()  # new labels only with --force
+        keep.update(self._resolved().hash_inputs)  # e.g. the language detector: new labels only with --force
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -327,9 +318,8 @@ def _refuse_userinfo(uri: str, what: str) -> str:
     return uri
 
 
-def _config_error(exc: Exception) -> ConfigError:
-    from pydantic import ValidationError
-
+def config_error(exc: Exception) -> ConfigError:
+    """A validation error as one ConfigError line naming each field and what is wrong with it."""
     if isinstance(exc, ValidationError):
         msgs = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}".lstrip(": ")
@@ -337,32 +327,3 @@ def _config_error(exc: Exception) -> ConfigError:
         )
         return ConfigError(f"invalid settings: {msgs}")
     return ConfigError(f"invalid settings: {exc}")
-
-
-def make_settings(**kw: object) -> RunSettings:
-    """Build run settings, turning validation errors into a ConfigError that says what to change."""
-    from pydantic import ValidationError
-
-    try:
-        return RunSettings(**kw)  # type: ignore[arg-type]
-    except (ValidationError, ValueError) as exc:
-        raise _config_error(exc) from None
-
-
-def make_job(**kw: object) -> JobSettings:
-    """Build job settings (no inputs or date), errors as for make_settings."""
-    from pydantic import ValidationError
-
-    try:
-        return JobSettings(**kw)  # type: ignore[arg-type]
-    except (ValidationError, ValueError) as exc:
-        raise _config_error(exc) from None
-
-
-def run_settings(
-    job: JobSettings | dict, inputs: list[str] | tuple[str, ...], date: str | None
-) -> RunSettings:
-    """A job's settings for one partition."""
-    data = job.model_dump() if isinstance(job, JobSettings) else dict(job)
-    when = {} if date is None else {"date": check_date(date, "date")}
-    return make_settings(**data, inputs=inputs, **when)

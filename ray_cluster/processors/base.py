@@ -5,8 +5,9 @@ A processor type is one class that describes itself:
   changes; for a plug-in the package version is recorded as well), `mode` (reads documents or pairs);
 - `Options`: a pydantic model of its options (model spec and knobs), with descriptions and defaults;
   settings validation, CLI options and help, flow parameters and the manifest all come from it;
-- `columns`: the columns it adds to the main record, and `datasets`: the datasets it writes, as Arrow
-  schemas (a dataset schema of None is known only once the model is loaded: `dataset_schema`);
+- `columns`: the columns it adds to the main record, and `datasets`: the datasets it writes, each a
+  `Dataset` (ray_cluster.processors.outputs): its Arrow schema (None: known only once the model is
+  loaded, `dataset_schema`) and the aggregates the writer collects for the report (or a bare schema);
 - `model_class`: the transformers Auto class it loads (None: no model), and `make_tiny`, its offline
   smoke-test checkpoint;
 - its work as three phases: `prepare` (CPU: tokenize, window), `infer` (the device: forward passes
@@ -19,8 +20,9 @@ processor that fails on more than `max_error_fraction` of a shard's rows (and mo
 on a run of rows with no success between, fails the run with a `SystemicError`: a bug or a wrong model
 must not turn a partition into rejects.
 
-Types register by subclassing (built-in modules of this package are imported by `registry()`) or
-through the entry-point group `xlmflow.processors` (plug-ins).
+Types register by subclassing (ray_cluster.processors.registry: built-in modules of this package,
+plug-ins through the entry-point group `xlmflow.processors`; a name is taken once). Plug-ins import
+this API from `xlmflow.processors`.
 """
 
 from __future__ import annotations
@@ -28,20 +30,40 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from ray_cluster.engine import Engine
+from ray_cluster.models import load_model, make_tiny_xlmr
+from ray_cluster.processors.outputs import (  # noqa: F401 - the processor API, in one place
+    BatchOutput,
+    Dataset,
+    LabelCounts,
+    ProcessorContractError,
+    ScoreSample,
+    ShardOutput,
+    as_dataset,
+    merge_outputs,
+)
+from ray_cluster.processors.registry import (  # noqa: F401 - re-exported for the modules that import them here
+    build_processors,
+    known_datasets,
+    main_schema,
+    register,
+    registry,
+    run_datasets,
+)
 from xlmflow.errors import ConfigError, FatalError, SystemicError
+from xlmflow.schemas import make_reject
 
 if TYPE_CHECKING:
     from xlmflow.settings import ProcessorSpec, RunSettings
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "xlmflow.processors"
 MIN_SYSTEMIC_ROWS = 5  # failures in one shard up to this many are isolated rejects, whatever the share
 MAX_CONSECUTIVE_FAILURES = 20  # failed rows in a row (across shards) with no success between: systemic
 
@@ -66,29 +88,6 @@ class ModelOptions(Options):
     )
 
 
-@dataclass
-class BatchOutput:
-    columns: dict[str, pa.Array] = field(default_factory=dict)
-    datasets: dict[str, pa.Table] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)  # summed per shard, then into the manifest
-
-
-@dataclass
-class ShardOutput:
-    table: pa.Table  # the surviving input rows, with added columns
-    datasets: dict[str, list[pa.Table]]
-    rejects: list[dict]
-    stats: dict
-
-
-class ProcessorContractError(FatalError):
-    """A processor emitted a column or dataset it did not declare (a bug in the processor)."""
-
-
-_REGISTRY: dict[str, type[Processor]] = {}
-_LOADED = False
-
-
 class Processor:
     """Subclass, set `name`, declare the outputs, implement `finish` (and `prepare`/`infer`)."""
 
@@ -98,20 +97,15 @@ class Processor:
     mode: ClassVar[str] = "docs"  # "docs" or "pairs": which staged record the processor reads
     Options: ClassVar[type[Options]] = Options
     columns: ClassVar[pa.Schema] = pa.schema([])
-    datasets: ClassVar[dict[str, pa.Schema | None]] = {}
+    columns_after: ClassVar[str | None] = None  # the main-record column `columns` follow (None: the end)
+    datasets: ClassVar[dict[str, Dataset | pa.Schema | None]] = {}
     model_class: ClassVar[str | None] = None
     batch_rows: ClassVar[int] = 4096  # rows handed to the phases at once (engines batch inside)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "name" in cls.__dict__ and cls.name:
-            old = _REGISTRY.get(cls.name)
-            if old is not None and old.__qualname__ != cls.__qualname__:
-                raise ConfigError(
-                    f"two processor types are named {cls.name!r}: {old.__module__}.{old.__qualname__} and "
-                    f"{cls.__module__}.{cls.__qualname__}"
-                )
-            _REGISTRY[cls.name] = cls
+            register(cls)
 
     def __init__(self, spec: ProcessorSpec, settings: RunSettings) -> None:
         self.instance = spec.name
@@ -124,6 +118,12 @@ class Processor:
     def code_version(cls) -> str:
         """What the manifest and the config hash record of the processor's code."""
         return f"{cls.version} ({cls.package})" if cls.package else cls.version
+
+    @classmethod
+    def hash_inputs(cls) -> dict[str, str]:
+        """What besides the version and options decides the output (e.g. a detector's version): part
+        of the config hash, so a committed partition keeps its output until --force."""
+        return {}
 
     @classmethod
     def make_tiny(cls, out: str, seed: int = 0) -> str:
@@ -141,10 +141,20 @@ class Processor:
         return {}
 
     def dataset_schema(self, name: str) -> pa.Schema:
-        schema = type(self).datasets[name]
+        schema = as_dataset(type(self).datasets[name]).schema
         if schema is None:
             raise NotImplementedError(f"{type(self).__name__} must give the schema of {name} once set up")
         return schema
+
+    def languages(self, main: pa.Table, datasets: dict[str, list[pa.Table]]) -> dict[str, int] | None:
+        """Rows per language of a processed shard (the manifest's `by_lang`), from the main record and
+        this instance's datasets; None when this type detects no language."""
+        return None
+
+    def count_sections(self, counters: dict[str, int]) -> dict[str, dict[str, int]]:
+        """Sections of the manifest's `counts` this type makes of a shard's counters (summed over the
+        shards and instances of the run), e.g. lid's `lid_decided_by`."""
+        return {}
 
     def prepare(self, batch: pa.Table) -> Any:
         """CPU work before the device (tokenize, window)."""
@@ -210,8 +220,6 @@ class Processor:
             datasets.setdefault(name, []).append(self._conform(name, t))
 
     def _reject(self, batch: pa.Table, exc: Exception) -> dict:
-        from xlmflow.schemas import make_reject
-
         row = batch.to_pylist()[0]
         msg = f"{self.instance}: {type(exc).__name__}: {exc}"
         self._first_error = self._first_error or msg
@@ -280,11 +288,9 @@ class ModelProcessor(Processor):
     # (ray_cluster.phases); False for a processor whose finish runs the model or needs more state
     cpu_phases: ClassVar[bool] = True
     phases: Any = None  # the actor's PhaseWorkers, when it has them
+    batch_rows: ClassVar[int] = 1_000_000  # the whole shard at once, so length sorting and batching pay off
 
     def setup(self, device: str) -> None:
-        from ray_cluster.engine import Engine
-        from ray_cluster.models import load_model
-
         o, s = self.options, self.settings
         if not o.model:
             flag = f"--{self.name}-model" if self.instance == self.name else f"--{self.instance}.model"
@@ -307,9 +313,6 @@ class ModelProcessor(Processor):
 
     def setup_phases(self) -> None:
         """A CPU-side copy for the phase workers: tokenizer and config, no weights, no forward."""
-        from ray_cluster.engine import Engine
-        from ray_cluster.models import load_model
-
         o, s = self.options, self.settings
         lm = load_model(o.model, self.model_kind(), s, weights=False)
         self.check_model(lm)
@@ -327,12 +330,10 @@ class ModelProcessor(Processor):
         releases the GIL); on CPU one chunk: preparing is cheap next to the model."""
         n, size = batch.num_rows, self.engine.prefetch_docs
         if self.phases is not None:
-            from ray_cluster import phases
-
             try:
                 return self.phases.run(self, batch, size)
             except Exception as exc:
-                if not phases.lost(exc):
+                if not _worker_lost(exc):
                     raise
                 log.warning(
                     "%s: a CPU worker was lost (%s); this actor runs the CPU phases itself",
@@ -342,8 +343,6 @@ class ModelProcessor(Processor):
                 self.phases = None
         if not self.pipelined or n <= size:
             return super().process_batch(batch)
-        from concurrent.futures import ThreadPoolExecutor
-
         chunks = [batch.slice(off, size) for off in range(0, n, size)]
         outs = []
         with ThreadPoolExecutor(1, thread_name_prefix="prepare") as ex:
@@ -358,10 +357,17 @@ class ModelProcessor(Processor):
     def model_info(self) -> dict:
         return {**self.engine.lm.info, **self.engine.describe()}
 
+    tiny_labels: ClassVar[list[str]] = []  # the tiny checkpoint's labels (none: the config's default)
+
     @classmethod
     def tiny_config(cls) -> dict:
         """Config fields of the tiny checkpoint (labels, problem type)."""
-        return {}
+        labels = cls.tiny_labels
+        return (
+            {"id2label": dict(enumerate(labels)), "label2id": {lab: i for i, lab in enumerate(labels)}}
+            if labels
+            else {}
+        )
 
     @classmethod
     def tiny_init(cls, model: Any) -> None:
@@ -369,102 +375,13 @@ class ModelProcessor(Processor):
 
     @classmethod
     def make_tiny(cls, out: str, seed: int = 0) -> str:
-        from ray_cluster.models import make_tiny_xlmr
-
         return make_tiny_xlmr(
             cls.name, cls.model_class or "AutoModel", out, seed, cls.tiny_config(), cls.tiny_init
         )
 
 
-def registry() -> dict[str, type[Processor]]:
-    """Processor types by name: this package's modules, then the `xlmflow.processors` entry points."""
-    global _LOADED
-    if not _LOADED:
-        import importlib
-        import pkgutil
+def _worker_lost(exc: BaseException) -> bool:
+    """A phase worker died or cannot be reached (not an error of the rows it had)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError  # lazy: ray costs seconds at CLI start
 
-        import ray_cluster.processors as pkg
-
-        for m in pkgutil.iter_modules(pkg.__path__):
-            if m.name != "base":
-                importlib.import_module(f"{pkg.__name__}.{m.name}")
-        _load_plugins()
-        _LOADED = True
-    return dict(_REGISTRY)
-
-
-def _load_plugins() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - say which plug-in and how to get rid of it
-            raise ConfigError(
-                f"processor plug-in {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
-                "fix or uninstall its package"
-            ) from exc
-        if not (isinstance(cls, type) and issubclass(cls, Processor)) or cls.name != ep.name:
-            raise ConfigError(
-                f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP} must name a Processor subclass whose "
-                f"name is {ep.name!r} (got {ep.value})"
-            )
-        if ep.dist is not None:
-            cls.package = f"{ep.dist.name}=={ep.dist.version}"
-
-
-def build_processors(settings: RunSettings) -> list[Processor]:
-    """The run's processor instances, in order."""
-    reg = registry()
-    return [reg[spec.type](spec, settings) for spec in settings.processors]
-
-
-def main_schema(settings: RunSettings) -> pa.Schema:
-    """The main record of a run: the staged columns (documents or pairs) plus what its processors add."""
-    from xlmflow import schemas
-
-    base = schemas.PAIRS if settings.mode == "pairs" else schemas.DOCUMENTS
-    reg = registry()
-    for spec in settings.processors:
-        for f in reg[spec.type].columns:
-            if f.name not in base.names:
-                base = base.append(f)
-    return base
-
-
-def run_datasets(settings: RunSettings) -> dict[str, pa.Schema | None]:
-    """Every dataset a run writes, in commit order, with its schema (None: known once a model loads)."""
-    from xlmflow import schemas
-
-    main = "pairs" if settings.mode == "pairs" else "documents"
-    out: dict[str, pa.Schema | None] = {main: main_schema(settings)}
-    reg = registry()
-    for spec in settings.processors:
-        for name, schema in reg[spec.type].datasets.items():
-            out.setdefault(name, schema)
-    out["rejects"] = schemas.REJECTS
-    return out
-
-
-def known_datasets() -> list[str]:
-    """Datasets of every registered processor type, plus the core ones (for cleanup)."""
-    names = {"documents", "pairs", "rejects"}
-    for cls in registry().values():
-        names.update(cls.datasets)
-    return sorted(names)
-
-
-def merge_outputs(outs: list[BatchOutput]) -> BatchOutput:
-    """One BatchOutput of consecutive chunks of a batch."""
-    if len(outs) == 1:
-        return outs[0]
-    merged = BatchOutput()
-    for name in outs[0].columns:
-        merged.columns[name] = pa.concat_arrays([o.columns[name] for o in outs])
-    for name in {n for o in outs for n in o.datasets}:
-        merged.datasets[name] = pa.concat_tables([o.datasets[name] for o in outs if name in o.datasets])
-    counters: collections.Counter[str] = collections.Counter()
-    for o in outs:
-        counters.update(o.counters)
-    merged.counters = dict(counters)
-    return merged
+    return isinstance(exc, RayActorError | ActorUnavailableError)

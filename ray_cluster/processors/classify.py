@@ -25,9 +25,10 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
+from ray_cluster.processors.base import BatchOutput, Dataset, LabelCounts, ModelOptions, ModelProcessor
 from xlmflow.errors import ConfigError
 
+# OUT/classifications/date=D/: one row per document and classify instance
 CLASSIFICATIONS = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -62,16 +63,13 @@ class ClassifyProcessor(ModelProcessor):
     name = "classify"
     Options = ClassifyOptions
     model_class = "AutoModelForSequenceClassification"
-    datasets = {"classifications": CLASSIFICATIONS}
-    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+    datasets = {"classifications": Dataset(CLASSIFICATIONS, (LabelCounts(),))}  # the report's rows per label
+
+    tiny_labels = TINY_LABELS
 
     @classmethod
     def tiny_config(cls) -> dict:
-        return {
-            "id2label": dict(enumerate(TINY_LABELS)),
-            "label2id": {lab: i for i, lab in enumerate(TINY_LABELS)},
-            "problem_type": "single_label_classification",
-        }
+        return {**super().tiny_config(), "problem_type": "single_label_classification"}
 
     def check_model(self, lm: Any) -> None:
         cfg = lm.config

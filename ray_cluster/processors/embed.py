@@ -21,7 +21,7 @@ Not done: the paper's language-agnostic step (removing language-specific directi
 statistics over a corpus; computing them per shard would make a document's vector depend on which
 other documents share its shard. Users can centre per language downstream (join on doc_id for `lang`).
 
-`embed_texts` is the reusable entry point (the QE bi-encoder cosine method calls it).
+`embed_texts` runs the three phases in a row (tests, benchmarks); the QE cosine method runs them as its own.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
+from ray_cluster.processors.base import BatchOutput, Dataset, ModelOptions, ModelProcessor
+from xlmflow.schemas import WIDTH_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,6 +42,19 @@ if TYPE_CHECKING:
     from ray_cluster.engine import Engine
 
 LAWDR_LAYERS = 4
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """OUT/embeddings/date=D/: the vector's width (the model's) is declared for the writer's check."""
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("instance", pa.string()),
+            pa.field("embedding", pa.list_(pa.float32()), metadata={WIDTH_KEY: str(dim).encode()}),
+            ("model", pa.string()),
+            ("pooling", pa.string()),
+        ]
+    )
 
 
 def embedding_windows(engine: Engine, texts: Sequence[str]) -> list:
@@ -105,12 +119,9 @@ class EmbedProcessor(ModelProcessor):
     name = "embed"
     Options = EmbedOptions
     model_class = "AutoModel"
-    datasets = {"embeddings": None}  # its vector width is the model's: known once it is loaded
-    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+    datasets = {"embeddings": Dataset(None)}  # its vector width is the model's: known once it is loaded
 
     def dataset_schema(self, name: str) -> pa.Schema:
-        from xlmflow.schemas import embeddings_schema
-
         return embeddings_schema(self.engine.config.hidden_size)
 
     def prepare(self, batch: pa.Table) -> list:

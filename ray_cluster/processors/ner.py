@@ -22,8 +22,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from ray_cluster.models import TINY_NER_LABELS
-from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
-from xlmflow.schemas import ENTITIES
+from ray_cluster.processors.base import BatchOutput, Dataset, LabelCounts, ModelOptions, ModelProcessor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -31,6 +30,22 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ray_cluster.engine import DocTokens, Engine
+
+
+# OUT/entities/date=D/: one row per entity; `instance` names the instance that found it (a run may
+# have several of type ner, e.g. `entities` and `acronyms`)
+ENTITIES = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("instance", pa.string()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("model", pa.string()),
+    ]
+)
 
 
 def _softmax_head(out, mask, rows):  # noqa: ANN001, ANN202 - torch types, imported lazily
@@ -172,15 +187,11 @@ class NerProcessor(ModelProcessor):
     """Named entities (or acronyms: any token-classification checkpoint) as the dataset `entities`."""
 
     name = "ner"
+    model_class = "AutoModelForTokenClassification"  # any token-classification head
     Options = NerOptions
-    model_class = "AutoModelForTokenClassification"
-    datasets = {"entities": ENTITIES}
-    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+    datasets = {"entities": Dataset(ENTITIES, (LabelCounts(),))}  # the report's rows per label
 
-    @classmethod
-    def tiny_config(cls) -> dict:
-        labels = TINY_NER_LABELS
-        return {"id2label": dict(enumerate(labels)), "label2id": {lab: i for i, lab in enumerate(labels)}}
+    tiny_labels = TINY_NER_LABELS
 
     @classmethod
     def tiny_init(cls, model) -> None:  # noqa: ANN001

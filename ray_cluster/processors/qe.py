@@ -8,7 +8,7 @@ Two scorers behind one processor, chosen by the `method` option (`--qe-method`):
   tokens from the end of its longer side first (the engine's `encode_pairs`, as HF's `longest_first`);
   `truncation` then says what was cut, `"mt:700->300"` (tokens before -> kept; two sides joined by ";").
 - `cosine`, a bi-encoder: src and mt are embedded apart (mean pooling over content tokens, the embed
-  processor's `embed_texts`) and score = the cosine of the two vectors. Nothing is cut: a side over one
+  processor's phases over the batch's unique texts) and score = the cosine of the two vectors. Nothing is cut: a side over one
   window is pooled over all its windows; `truncation` says `"src:700 tokens/2 windows"`.
 `truncated` is true when a side did not fit one model window (for cosine no token is lost then).
 
@@ -20,27 +20,44 @@ source's language (an untranslated copy). `length_ratio` = characters of mt / ch
 
 from __future__ import annotations
 
+import collections
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, ModelOptions, ModelProcessor
+from ray_cluster.langid import CODE_MAP, LanguageIdentifier, detector_version
+from ray_cluster.processors.base import BatchOutput, Dataset, ModelOptions, ModelProcessor, ScoreSample
+from ray_cluster.processors.embed import document_vectors, pooled_windows
 from xlmflow.errors import ConfigError
-from xlmflow.schemas import QE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ray_cluster.engine import Engine
+    from ray_cluster.engine import DocTokens, Engine
 
+# OUT/qe/date=D/: one row per pair and QE instance, joinable with pairs on pair_id
+QE = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("instance", pa.string()),
+        ("score", pa.float32()),
+        ("method", pa.string()),
+        ("model", pa.string()),
+        ("src_lang", pa.string()),
+        ("mt_lang", pa.string()),
+        ("lang_mismatch", pa.bool_()),
+        ("length_ratio", pa.float32()),
+        ("truncated", pa.bool_()),
+        ("truncation", pa.string()),  # how the pair was cut, e.g. "src:120->60" ; "" when it fit
+    ]
+)
 HAN_SCRIPTS = {"Hani", "Hans", "Hant", "Jpan"}  # one family: a Han-only text may be any of them
 
 
 def _split(code: str | None) -> tuple[str, str]:
     """'deu_Latn' -> ('deu', 'Latn'); macrolanguage codes mapped as langid does ('ara' -> 'arb')."""
-    from ray_cluster.langid import CODE_MAP
-
     lang, _, script = (code or "").strip().partition("_")
     lang = lang.lower()
     return CODE_MAP.get(lang, lang), script.title()
@@ -97,21 +114,37 @@ def score_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str], order: st
     return pair_logits(engine, pairs), truncation_notes(pairs, order)
 
 
-def cosine_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str]) -> tuple:
-    """Bi-encoder cosines of mean-pooled src and mt vectors, and window notes ("" when both fit one)."""
-    import numpy as np
+@dataclass(frozen=True)
+class CosineInputs:
+    """The cosine method's CPU phase: the batch's unique texts (pairs of a parallel corpus share their
+    sources), one tokenization of each and their windows."""
 
-    from ray_cluster.processors.embed import embed_texts
+    texts: list[str]
+    docs: list[DocTokens]
+    windows: list
 
-    uniq = list(dict.fromkeys([*src, *mt]))  # pairs made from a parallel corpus share their sources
-    vecs = embed_texts(engine, uniq, "mean")
-    at = {t: i for i, t in enumerate(uniq)}
+
+def prepare_cosine(engine: Engine, src: Sequence[str], mt: Sequence[str]) -> CosineInputs:
+    texts = list(dict.fromkeys([*src, *mt]))
+    docs = engine.tokenize([t or "" for t in texts])
+    return CosineInputs(texts, docs, engine.windows(docs))
+
+
+def cosine_scores(
+    engine: Engine, src: Sequence[str], mt: Sequence[str], inputs: CosineInputs, pooled: list
+) -> tuple:
+    """Cosines of the mean-pooled src and mt vectors, and window notes ("" when both fit one)."""
+    import numpy as np  # lazy, as in every processor: the CLI imports them all at start
+
+    vecs = document_vectors(len(inputs.texts), engine.config.hidden_size, inputs.windows, pooled)
+    at = {t: i for i, t in enumerate(inputs.texts)}
     scores = np.einsum("ij,ij->i", vecs[[at[t] for t in src]], vecs[[at[t] for t in mt]])
-    docs = dict(zip(uniq, engine.tokenize(uniq), strict=True))
-    n_win = {t: len(engine.windows([d])) for t, d in docs.items() if len(d.ids) > engine.max_content}
+    n_win = collections.Counter(w.doc for w in inputs.windows)
+    long = {t: i for t, i in at.items() if len(inputs.docs[i].ids) > engine.max_content}
 
     def note(name: str, text: str) -> str:
-        return f"{name}:{len(docs[text].ids)} tokens/{n_win[text]} windows" if text in n_win else ""
+        i = long.get(text)
+        return "" if i is None else f"{name}:{len(inputs.docs[i].ids)} tokens/{n_win[i]} windows"
 
     notes = [";".join(x for x in (note("src", s), note("mt", m)) if x) for s, m in zip(src, mt, strict=True)]
     return [float(x) for x in scores], notes
@@ -119,16 +152,12 @@ def cosine_pairs(engine: Engine, src: Sequence[str], mt: Sequence[str]) -> tuple
 
 class QeOptions(ModelOptions):
     method: Literal["regression", "cosine"] = Field(
-        default="regression",
+        "regression",
         description="regression: a one-output cross-encoder reads the pair; cosine: a sentence encoder "
         "embeds both sides apart.",
     )
-    order: Literal["src-mt", "mt-src"] = Field(
-        default="src-mt", description="Input order of the cross-encoder."
-    )
-    target_lang: str | None = Field(
-        default=None, description="Expected language of translations (e.g. deu_Latn)."
-    )
+    order: Literal["src-mt", "mt-src"] = Field("src-mt", description="Input order of the cross-encoder.")
+    target_lang: str | None = Field(None, description="Expected language of translations (e.g. deu_Latn).")
 
 
 class QeProcessor(ModelProcessor):
@@ -138,13 +167,23 @@ class QeProcessor(ModelProcessor):
     mode = "pairs"
     Options = QeOptions
     model_class = "AutoModelForSequenceClassification"
-    datasets = {"qe": QE}
-    cpu_phases = False  # the cosine method runs the model in finish; the language check needs LID
-    batch_rows = 1_000_000  # the whole shard at once, so length sorting and batching pay off
+    datasets = {"qe": Dataset(QE, (ScoreSample("score", key="qe_scores"),))}  # the report's quantiles
+    cpu_phases = False  # finish detects languages: the phase workers hold no language identifier
 
     @classmethod
     def tiny_config(cls) -> dict:
         return {"num_labels": 1, "problem_type": "regression"}
+
+    @classmethod
+    def hash_inputs(cls) -> dict[str, str]:
+        return {"lid_detector": detector_version()}  # src_lang/mt_lang: new labels only with --force
+
+    def languages(self, main: pa.Table, datasets: dict[str, list[pa.Table]]) -> dict[str, int] | None:
+        """Pairs per detected direction (src_lang->mt_lang)."""
+        parts = datasets.get("qe") or []
+        src = [x for t in parts for x in t["src_lang"].to_pylist()]
+        mt = [x for t in parts for x in t["mt_lang"].to_pylist()]
+        return dict(collections.Counter(f"{a or 'und'}->{b or 'und'}" for a, b in zip(src, mt, strict=True)))
 
     def model_kind(self) -> str:
         return "qe" if self.options.method == "regression" else "embed"  # cosine: a sentence encoder
@@ -163,8 +202,6 @@ class QeProcessor(ModelProcessor):
             )
 
     def setup(self, device: str) -> None:
-        from ray_cluster.langid import LanguageIdentifier
-
         super().setup(device)
         self.pipelined = False  # pairs are scored whole: one prepare, one infer
         self.lid = LanguageIdentifier()  # CLD2 first; lingua only for what CLD2 cannot decide
@@ -174,23 +211,24 @@ class QeProcessor(ModelProcessor):
         order = {"order": o.order} if o.method == "regression" else {"pooling": "mean"}
         return {**self.engine.lm.info, "method": o.method, **order, "lid": self.lid.info()}
 
-    def prepare(self, batch: pa.Table) -> list | None:
-        if self.options.method != "regression":
-            return None  # cosine embeds the unique sides in its own phases (embed_texts)
-        return encode_pairs(
-            self.engine, batch["src"].to_pylist(), batch["mt"].to_pylist(), self.options.order
-        )
+    def prepare(self, batch: pa.Table) -> list | CosineInputs:
+        src, mt = batch["src"].to_pylist(), batch["mt"].to_pylist()
+        if self.options.method == "cosine":
+            return prepare_cosine(self.engine, src, mt)
+        return encode_pairs(self.engine, src, mt, self.options.order)
 
-    def infer(self, prepared: list | None) -> list | None:
-        return None if prepared is None else pair_logits(self.engine, prepared)
+    def infer(self, prepared: list | CosineInputs) -> list:
+        if isinstance(prepared, CosineInputs):
+            return pooled_windows(self.engine, prepared.windows, "mean")
+        return pair_logits(self.engine, prepared)
 
-    def finish(self, batch: pa.Table, prepared: list | None, inferred: list | None) -> BatchOutput:
+    def finish(self, batch: pa.Table, prepared: list | CosineInputs, inferred: list) -> BatchOutput:
         o = self.options
         src, mt = batch["src"].to_pylist(), batch["mt"].to_pylist()
-        if o.method == "regression":
-            scores, notes = inferred, truncation_notes(prepared, o.order)
+        if isinstance(prepared, CosineInputs):
+            scores, notes = cosine_scores(self.engine, src, mt, prepared, inferred)
         else:
-            scores, notes = cosine_pairs(self.engine, src, mt)
+            scores, notes = inferred, truncation_notes(prepared, o.order)
         uniq_src = list(dict.fromkeys(src))
         src_found = dict(zip(uniq_src, self.lid.detect(uniq_src), strict=True))
         src_lang = [src_found[t][0] for t in src]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, Options, Processor
+from xlmflow.processors import BatchOutput, Options, Processor
 
 TOKEN_STATS = pa.schema(
     [("instance", pa.string()), ("lang", pa.string()), ("documents", pa.int64()), ("tokens", pa.int64())]
