@@ -29,7 +29,7 @@ from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
 
 def build_model(out: str) -> str:
     """XLM-R-base-shaped 3-label classifier (random weights) with the real tokenizer."""
-    from ray_cluster.models import BASE_SHAPE, make_tiny_xlmr
+    from xlmflow.ray_cluster.models import BASE_SHAPE, make_tiny_xlmr
 
     labels = ["negative", "neutral", "positive"]
     cfg = {
@@ -63,8 +63,8 @@ def main() -> None:
     import transformers
     from transformers import pipeline
 
-    from ray_cluster.processors.base import build_processors
-    from ray_cluster.processors.registry import make_settings
+    from xlmflow.ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.registry import make_settings
     from xlmflow.schemas import STAGED_DOCS
 
     transformers.logging.set_verbosity_error()

@@ -39,7 +39,7 @@ DATE = "2026-11-01"
 def _docs(n: int):  # noqa: ANN202
     import pyarrow as pa
 
-    from ray_cluster.processors.registry import main_schema, make_settings
+    from xlmflow.ray_cluster.registry import main_schema, make_settings
 
     texts = [json.loads(line)["text"] for line in open(os.path.join(ROOT, "tests", "data", "parallel.jsonl"))]
     rows = [texts[i % len(texts)] for i in range(n)]
@@ -60,7 +60,7 @@ def _docs(n: int):  # noqa: ANN202
 
 
 def _write(out: str, docs, n_rejects: int) -> tuple[dict, dict, float]:  # noqa: ANN001
-    from tasks.write import write_table
+    from tests.tables import write_table
     from xlmflow import manifest as mf
     from xlmflow import schemas
 

@@ -58,7 +58,7 @@ def xlmr_base(out: str, model_class: str, config: dict, tokenizer_file: str | No
     import transformers
     from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
 
-    from ray_cluster.models import BASE_SHAPE, xlmr_tokenizer_file
+    from xlmflow.ray_cluster.models import BASE_SHAPE, xlmr_tokenizer_file
 
     tok = XLMRobertaTokenizerFast(
         tokenizer_file=tokenizer_file or xlmr_tokenizer_file(), model_max_length=512

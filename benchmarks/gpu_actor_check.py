@@ -48,9 +48,9 @@ def actor_path(a, model_dir: str, texts: list[str], results: dict) -> None:  # n
 
     import pyarrow as pa
 
-    from ray_cluster.actor import ShardWorker
-    from ray_cluster.processors.registry import make_settings
     from xlmflow import schemas, storage
+    from xlmflow.ray_cluster.actor import ShardWorker
+    from xlmflow.ray_cluster.registry import make_settings
 
     work = os.path.join(a.workdir, "actor")
     shutil.rmtree(work, ignore_errors=True)  # a finished shard is never redone: start clean
@@ -120,14 +120,14 @@ def actor_path(a, model_dir: str, texts: list[str], results: dict) -> None:  # n
 def oom_split(a, model_dir: str, texts: list[str], results: dict) -> None:  # noqa: ANN001
     import torch
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import load_model
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import load_model
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     lm = load_model(model_dir, "ner")
     ref = predict_entities(Engine(lm, a.device, max_batch_tokens=a.max_batch_tokens), texts)
     handler = CountOOM()
-    logging.getLogger("ray_cluster.engine").addHandler(handler)
+    logging.getLogger("xlmflow.ray_cluster.engine").addHandler(handler)
     limit = None
     if a.device == "cuda":
         import gc

@@ -3,7 +3,7 @@
 One script, one device call. On `--device cuda`:
 (a) builds an XLM-R-base-shaped token classifier (hidden 768, 12 layers, 12 heads, FFN 3072, vocab 250002,
     random weights, 9 labels; the classifier is sharpened as in `make_tiny` so labels are not a coin toss)
-    with the real XLM-R tokenizer, saves it and loads it through `ray_cluster.models.load_model`;
+    with the real XLM-R tokenizer, saves it and loads it through `xlmflow.ray_cluster.models.load_model`;
 (b) NER tokens/s of the engine (`predict_entities`: tokenization, windows, packed bf16 forward, entity
     aggregation) against `transformers.pipeline("token-classification", batch_size=16, device=0)` under
     bf16 autocast (the engine's regime) and with bf16 weights, same docs, same run;
@@ -52,7 +52,7 @@ def build_model(out: str, tokenizer_file: str, tiny: bool) -> str:
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaForTokenClassification, XLMRobertaTokenizerFast
 
-    from ray_cluster.models import TINY_NER_LABELS
+    from xlmflow.ray_cluster.models import TINY_NER_LABELS
 
     tok = XLMRobertaTokenizerFast(tokenizer_file=tokenizer_file, model_max_length=512)
     size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
@@ -125,9 +125,9 @@ def ner_throughput(a, lm, texts: list[str], results: dict) -> object:  # noqa: A
     import torch
     import transformers
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import LoadedModel
-    from ray_cluster.processors.ner import _softmax_head, predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import LoadedModel
+    from xlmflow.ray_cluster.processors.ner import _softmax_head, predict_entities
 
     dev = a.device
     # the engine casts its model to bf16 on CUDA: give it a copy, the references below need fp32
@@ -234,7 +234,7 @@ def ner_sanity(a, eng, texts: list[str], results: dict) -> None:  # noqa: ANN001
     import numpy as np
     import torch
 
-    from ray_cluster.processors.ner import _softmax_head, aggregate
+    from xlmflow.ray_cluster.processors.ner import _softmax_head, aggregate
 
     ref_model = copy.deepcopy(eng.model).float()
     docs = eng.tokenize(texts)
@@ -281,9 +281,9 @@ def embed_sanity(a, lm, texts: list[str], results: dict) -> None:  # noqa: ANN00
     import torch
     from transformers import XLMRobertaModel
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import LoadedModel
-    from ray_cluster.processors.embed import embed_texts
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import LoadedModel
+    from xlmflow.ray_cluster.processors.embed import embed_texts
 
     torch.manual_seed(1)
     base = XLMRobertaModel(lm.model.config, add_pooling_layer=False).eval()
@@ -346,7 +346,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from ray_cluster.models import load_model, xlmr_tokenizer_file
+    from xlmflow.ray_cluster.models import load_model, xlmr_tokenizer_file
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")

@@ -38,11 +38,11 @@ KINDS = ("ner", "embed", "qe")
 
 def engines(kind: str, tmp: str, a: argparse.Namespace) -> dict:
     """A base-shaped checkpoint of processor `kind`, loaded once, and an Engine per precision."""
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import BASE_SHAPE, load_model, make_tiny_xlmr
-    from ray_cluster.processors.embed import EmbedProcessor
-    from ray_cluster.processors.ner import NerProcessor
-    from ray_cluster.processors.qe import QeProcessor
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import BASE_SHAPE, load_model, make_tiny_xlmr
+    from xlmflow.ray_cluster.processors.embed import EmbedProcessor
+    from xlmflow.ray_cluster.processors.ner import NerProcessor
+    from xlmflow.ray_cluster.processors.qe import QeProcessor
 
     proc = {"ner": NerProcessor, "embed": EmbedProcessor, "qe": QeProcessor}[kind]
     cfg = {**BASE_SHAPE, **proc.tiny_config()}
@@ -79,7 +79,7 @@ def speed_row(kind: str, engs: dict, secs: dict, tokens: int) -> str:
 def run_ner(engs: dict, texts: list[str], rounds: int) -> tuple[str, str]:
     import numpy as np
 
-    from ray_cluster.processors.ner import finish_entities, tokens_and_windows, window_probs
+    from xlmflow.ray_cluster.processors.ner import finish_entities, tokens_and_windows, window_probs
 
     def fn(eng, texts):  # noqa: ANN001, ANN202 - predict_entities, keeping the window scores
         docs, wins = tokens_and_windows(eng, texts)
@@ -109,7 +109,7 @@ def run_ner(engs: dict, texts: list[str], rounds: int) -> tuple[str, str]:
 def run_embed(engs: dict, texts: list[str], rounds: int) -> tuple[str, str]:
     import numpy as np
 
-    from ray_cluster.processors.embed import embed_texts
+    from xlmflow.ray_cluster.processors.embed import embed_texts
 
     secs, vecs = alternate(engs, embed_texts, texts, rounds, "embed")
     cos = (vecs["fp32"] * vecs["int8"]).sum(1)  # both L2-normalised
@@ -121,7 +121,7 @@ def run_embed(engs: dict, texts: list[str], rounds: int) -> tuple[str, str]:
 def run_qe(engs: dict, pairs: list[tuple[str, str]], rounds: int) -> tuple[str, str]:
     import numpy as np
 
-    from ray_cluster.processors.qe import score_pairs
+    from xlmflow.ray_cluster.processors.qe import score_pairs
 
     def fn(eng, ps):  # noqa: ANN001, ANN202
         return score_pairs(eng, *zip(*ps, strict=True))[0]

@@ -2,13 +2,13 @@
 
 Part 1, kernels. Per XLM-R-base Linear shape, at M rows, alternating rounds of: the fp32 kernel the
 engine runs (oneDNN's prepacked linear), `F.linear` (MKL), the int8 kernel `--cpu-precision int8` runs
-(`ray_cluster.quantize`: fbgemm's dynamic int8 GEMM, activation quantization included) and, when
+(`xlmflow.ray_cluster.quantize`: fbgemm's dynamic int8 GEMM, activation quantization included) and, when
 `onnxruntime` and `onnx` are importable, ONNX Runtime's fp32 MatMul+Add and its fused dynamic int8
 `DynamicQuantizeMatMul` (the kernel its `quantize_dynamic` produces) as one-node graphs with the same
 weights. Each timing is the mean of `--reps` calls after a warm-up; medians over rounds, and each
 kernel's ratio to oneDNN fp32. A forward can be no faster, relative to fp32, than its GEMMs are.
 
-Part 2, forward (`--forward`): the packed forward (`ray_cluster.packed`) over one batch of UDHR articles
+Part 2, forward (`--forward`): the packed forward (`xlmflow.ray_cluster.packed`) over one batch of UDHR articles
 (up to 8,192 tokens) on an XLM-R-base-shaped random-weight NER model with its Linears on oneDNN fp32,
 on our fbgemm int8 modules, and (with onnxruntime) on modules that call one ONNX Runtime session per
 Linear (7-bit weights, as ONNX Runtime advises for CPUs without VNNI); alternating rounds, medians.
@@ -76,7 +76,7 @@ def ort_session(w, b, threads: int, int8: bool, wmax: int = 127):  # noqa: ANN00
 def kernels_for(k: int, n: int, threads: int) -> dict:
     import torch
 
-    from ray_cluster import onednn, quantize
+    from xlmflow.ray_cluster import onednn, quantize
 
     lin = torch.nn.Linear(k, n)
     w, b = lin.weight.detach(), lin.bias.detach()
@@ -125,9 +125,9 @@ def forward_rounds(rounds: int, threads: int, corpus: str) -> tuple[list[str], d
     import transformers
 
     from benchmarks.roofline import build_model
-    from ray_cluster import onednn, packed, quantize
-    from ray_cluster.engine import twin
-    from ray_cluster.models import load_model
+    from xlmflow.ray_cluster import onednn, packed, quantize
+    from xlmflow.ray_cluster.engine import twin
+    from xlmflow.ray_cluster.models import load_model
 
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:

@@ -69,8 +69,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from ray_cluster import langid
-    from ray_cluster.langid import LanguageIdentifier
+    from xlmflow.ray_cluster import langid
+    from xlmflow.ray_cluster.langid import LanguageIdentifier
 
     rows = read_corpus(args.corpus)
     texts = [r["text"] for r in rows]

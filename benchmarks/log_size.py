@@ -45,8 +45,8 @@ COMMIT_OPTIONS: dict = {}  # --checkpoint-interval, passed on to commit_tables w
 def _tables():  # noqa: ANN202
     import pyarrow as pa
 
-    from ray_cluster.processors.registry import main_schema, make_settings
     from xlmflow import schemas
+    from xlmflow.ray_cluster.registry import main_schema, make_settings
 
     doc = {
         "text": "a short text",
@@ -65,7 +65,7 @@ def _tables():  # noqa: ANN202
 
 
 def _write(out: str, date: str, tables: dict) -> tuple[dict, dict]:
-    from tasks.write import write_table
+    from tests.tables import write_table
     from xlmflow import manifest as mf
 
     run = uuid.uuid4().hex

@@ -27,8 +27,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tasks import near_dedup as nd  # noqa: E402
-from tasks.ingest import normalize  # noqa: E402
+from xlmflow.tasks import near_dedup as nd  # noqa: E402
+from xlmflow.tasks.ingest import normalize  # noqa: E402
 
 P = nd.MinHashParams()
 K = P.permutations
@@ -117,7 +117,7 @@ def datatrove_style(texts: list[str]) -> object:
 
 
 CONTENDERS = {
-    "tasks.near_dedup: our shingle hashes + rensa RMinHash": ours,
+    "xlmflow.tasks.near_dedup: our shingle hashes + rensa RMinHash": ours,
     "our shingle hashes + numpy multiply-add-shift": numpy_mas,
     "(our shingle hashing alone, no MinHash)": shingle_hashing_only,
     "rensa RMinHash, shingle strings": rensa_strings,
@@ -129,7 +129,7 @@ CONTENDERS = {
 
 def _cross_process_same(texts: list[str]) -> bool:
     code = (
-        "import json,sys; sys.path.insert(0, '.'); from tasks import near_dedup as nd; "
+        "import json,sys; sys.path.insert(0, '.'); from xlmflow.tasks import near_dedup as nd; "
         "t=json.load(sys.stdin); print(nd.signatures(t).tobytes().hex())"
     )
     res = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,

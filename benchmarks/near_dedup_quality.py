@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tasks import near_dedup as nd  # noqa: E402
+from xlmflow.tasks import near_dedup as nd  # noqa: E402
 
 LANGS = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "pol_Latn", "tur_Latn", "vie_Latn", "fin_Latn",
          "swh_Latn", "ind_Latn", "hun_Latn", "rus_Cyrl", "bul_Cyrl", "arb_Arab", "hin_Deva", "ell_Grek",

@@ -1,4 +1,4 @@
-"""tasks.near_dedup vs datatrove's MinHash pipeline (its four stages, local executor), same documents.
+"""xlmflow.tasks.near_dedup vs datatrove's MinHash pipeline (its four stages, local executor), same documents.
 
 Corpus: the planted-copy corpus of benchmarks/near_dedup_quality.py restricted to Latin-script languages
 (originals, unrelated paragraphs, copies with k% of words edited). Both sides use 5-gram word shingles,
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import near_dedup_quality as q  # noqa: E402
 
-from tasks import near_dedup as nd  # noqa: E402
+from xlmflow.tasks import near_dedup as nd  # noqa: E402
 
 
 def cpu() -> float:

@@ -23,7 +23,7 @@ from benchmarks.common import engine_parser, read_corpus, xlmr_base  # noqa: E40
 
 def build_base_model(out: str) -> str:
     """The NER model: XLM-R-base shape, the tiny models' 9 token labels."""
-    from ray_cluster.models import TINY_NER_LABELS
+    from xlmflow.ray_cluster.models import TINY_NER_LABELS
 
     labels = {
         "id2label": dict(enumerate(TINY_NER_LABELS)),
@@ -38,9 +38,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import load_model
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import load_model
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")

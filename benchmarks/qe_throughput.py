@@ -4,7 +4,7 @@ The model is XLM-R-base shaped (hidden 768, 12 layers, 12 heads, random weights)
 tokenizer and a one-output sequence-classification head (TransQuest MonoTransQuest's shape); the pairs
 are English UDHR paragraphs with their translations (by default the repository's tests/data/parallel.jsonl).
 
-- engine: `ray_cluster.processors.qe.score_pairs` (what the processor runs per shard: `encode_pairs`
+- engine: `xlmflow.ray_cluster.processors.qe.score_pairs` (what the processor runs per shard: `encode_pairs`
   + the shared `Engine` with length-sorted token-budget batches), loaded through `load_model`;
 - HF loop: `AutoModelForSequenceClassification` on `tokenizer(src, mt, truncation=True, padding=True)`
   batches of 16 in input order, under `torch.inference_mode()`.
@@ -76,9 +76,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import load_model
-    from ray_cluster.processors.qe import score_pairs
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import load_model
+    from xlmflow.ray_cluster.processors.qe import score_pairs
 
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")

@@ -35,8 +35,8 @@ from benchmarks.report import cpu_name, emit  # noqa: E402
 
 
 def build_model(out: str) -> str:
-    from ray_cluster.models import BASE_SHAPE, make_tiny_xlmr
-    from ray_cluster.processors.ner import NerProcessor
+    from xlmflow.ray_cluster.models import BASE_SHAPE, make_tiny_xlmr
+    from xlmflow.ray_cluster.processors.ner import NerProcessor
 
     cfg = {**BASE_SHAPE, **NerProcessor.tiny_config()}  # the tiny NER labels, at XLM-R-base shape
     return make_tiny_xlmr("ner", NerProcessor.model_class, out, 0, cfg)
@@ -54,7 +54,7 @@ def gemm_speeds(shapes, rows: list[int], reps: int) -> dict[tuple[int, int, int,
     import torch
     import torch.nn.functional as F
 
-    from ray_cluster import onednn
+    from xlmflow.ray_cluster import onednn
 
     speeds = {}
     with torch.inference_mode():
@@ -88,7 +88,7 @@ def gemm_replay(eng, texts: list[str]) -> float:  # noqa: ANN001 - an fp32 packe
     """Seconds for the engine's Linear modules alone over the batches its forward would run."""
     import torch
 
-    from ray_cluster import packed
+    from xlmflow.ray_cluster import packed
 
     base = eng.model.base_model
     docs = eng.tokenize(texts)
@@ -110,7 +110,7 @@ def gemm_replay(eng, texts: list[str]) -> float:  # noqa: ANN001 - an fp32 packe
 
 def run_engine(eng, texts: list[str]) -> tuple[float, float]:  # noqa: ANN001
     """Seconds of predict_entities (its three phases) and of its forward phase alone."""
-    from ray_cluster.processors.ner import finish_entities, tokens_and_windows, window_probs
+    from xlmflow.ray_cluster.processors.ner import finish_entities, tokens_and_windows, window_probs
 
     t0 = time.perf_counter()
     docs, wins = tokens_and_windows(eng, texts)
@@ -135,9 +135,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.models import load_model
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.models import load_model
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")

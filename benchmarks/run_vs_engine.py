@@ -79,8 +79,8 @@ class EngineSide:
         import pyarrow as pa
         import torch
 
-        from ray_cluster.processors.base import build_processors
-        from ray_cluster.processors.registry import make_settings
+        from xlmflow.ray_cluster.processors.base import build_processors
+        from xlmflow.ray_cluster.registry import make_settings
 
         torch.set_num_threads(threads)
         settings = make_settings(

@@ -15,12 +15,19 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.corpus import corpus_flow
-from flows.params import MAX_CONCURRENT, POLL_INTERVAL, job_settings, partition_lock, render_input, tag_run
-from tasks import fingerprint
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.flows.corpus import corpus_flow
+from xlmflow.flows.params import (
+    MAX_CONCURRENT,
+    POLL_INTERVAL,
+    job_settings,
+    partition_lock,
+    render_input,
+    tag_run,
+)
 from xlmflow.manifest import read_manifest
 from xlmflow.settings import JobSettings, check_date
+from xlmflow.tasks import fingerprint
 
 STATUSES = ("committed", "skipped", "inputs_changed", "no_input", "failed")
 

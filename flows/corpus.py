@@ -14,16 +14,16 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 import xlmflow
-from flows.params import job_settings, tag_run
-from ray_cluster.processors.registry import run_settings
-from tasks import collect, fingerprint, report, steps
-from tasks.shard import staging_root
 from xlmflow import delta, faults, storage
 from xlmflow.errors import ConfigError
+from xlmflow.flows.params import job_settings, tag_run
 from xlmflow.manifest import run_models
 from xlmflow.partition import Partition, PinnedFilesGoneError
+from xlmflow.ray_cluster.registry import run_settings
 from xlmflow.records import IngestResult, ProcessResult, RunFacts
 from xlmflow.settings import JobSettings
+from xlmflow.tasks import collect, fingerprint, report, steps
+from xlmflow.tasks.shard import staging_root
 
 
 def _run_name() -> str:

@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 
-from flows.corpus import corpus_flow
-from flows.params import LAG_DAYS, TIMEZONE, job_settings, partition_lock, render_input, tag_run
 from xlmflow.errors import ConfigError
+from xlmflow.flows.corpus import corpus_flow
+from xlmflow.flows.params import LAG_DAYS, TIMEZONE, job_settings, partition_lock, render_input, tag_run
 from xlmflow.settings import JobSettings, check_date
 
 

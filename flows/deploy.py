@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from flows.params import LAG_DAYS, MAX_CONCURRENT, TIMEZONE, render_input
-from ray_cluster.processors.registry import make_job
 from xlmflow.errors import FatalError
+from xlmflow.flows.params import LAG_DAYS, MAX_CONCURRENT, TIMEZONE, render_input
+from xlmflow.ray_cluster.registry import make_job
 from xlmflow.settings import JobSettings
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root, where the flows' entrypoints live

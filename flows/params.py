@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ray_cluster.processors.registry import resolve_job
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.registry import resolve_job
 from xlmflow.settings import JobSettings
 
 # defaults of the flows' own parameters: the flows' signatures, `xlmflow deploy`/`backfill` and the

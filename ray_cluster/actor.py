@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ray_cluster.cluster import node_id
-from ray_cluster.phases import PhaseWorkers, phase_processors
-from ray_cluster.processors.registry import build_processors, main_name, main_schema
 from xlmflow import faults, schemas, storage
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.ray_cluster.cluster import node_id
+from xlmflow.ray_cluster.phases import PhaseWorkers, phase_processors
+from xlmflow.ray_cluster.registry import build_processors, main_name, main_schema
 from xlmflow.settings import RunSettings
 
 log = logging.getLogger(__name__)

@@ -35,14 +35,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ray_cluster import onednn, packed
-from ray_cluster.quantize import quantize_linears
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster import onednn, packed
+from xlmflow.ray_cluster.quantize import quantize_linears
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ray_cluster.models import LoadedModel
+    from xlmflow.ray_cluster.models import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ import re
 from collections.abc import Sequence
 from functools import cache, lru_cache
 
-from ray_cluster.scripts import MAX_SCRIPT_CHARS, analyse, batch_counts, cjk_language, script_of  # noqa: F401 - script_of: part of this API
+from xlmflow.ray_cluster.scripts import MAX_SCRIPT_CHARS, analyse, batch_counts, cjk_language
 
 MIN_CONF = 0.35  # lingua confidence below this: probably a language lingua does not know
 SHORT_LETTERS = 20  # fewer letters than this is a "short" text (titles, fragments)

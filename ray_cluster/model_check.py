@@ -15,11 +15,11 @@ import json
 import os
 from typing import Any
 
-from ray_cluster.model_files import check_weights
-from ray_cluster.models import LoadedModel, _local_dir, cache_root, check_safetensors, precheck
-from ray_cluster.processors.registry import registry
 from xlmflow import storage
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.model_files import check_weights
+from xlmflow.ray_cluster.models import LoadedModel, _local_dir, cache_root, check_safetensors, precheck
+from xlmflow.ray_cluster.registry import registry
 
 HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]  # what the actors fetch: never pickles
 # the head each transformers Auto class puts on the encoder, as the end of an `architectures` entry

@@ -26,11 +26,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ray_cluster.model_files import check_files, check_weights, is_checkpoint_file, safe_destination
-from ray_cluster.processors.registry import registry
-from ray_cluster.tokenizer_memo import TOKENIZERS, load_tokenizer, tokenizer_key
 from xlmflow import storage
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.model_files import check_files, check_weights, is_checkpoint_file, safe_destination
+from xlmflow.ray_cluster.registry import registry
+from xlmflow.ray_cluster.tokenizer_memo import TOKENIZERS, load_tokenizer, tokenizer_key
 
 if TYPE_CHECKING:
     from xlmflow.settings import RunSettings

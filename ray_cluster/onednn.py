@@ -8,7 +8,7 @@ GELU pass (5% of a forward) mostly disappears. Results match `F.linear` to float
 different summation order), not bit for bit.
 
 `pack_linears` replaces the modules in place; the engine applies it to a twin of the loaded model
-that shares its tensors (`ray_cluster.engine.twin`), so the loaded model is not changed.
+that shares its tensors (`xlmflow.ray_cluster.engine.twin`), so the loaded model is not changed.
 """
 
 from __future__ import annotations
@@ -81,8 +81,3 @@ def pack_linears(model: Any) -> Any:
     for parent, name, child in targets:
         setattr(parent, name, dnnl(child))
     return model
-
-
-def count_onednn(model: Any) -> int:
-    """How many Linear layers run on oneDNN (what tests and the manifest check)."""
-    return sum(type(m).__name__ == "DnnlLinear" for m in model.modules())

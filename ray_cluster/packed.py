@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray_cluster.onednn import exact_gelu
+from xlmflow.ray_cluster.onednn import exact_gelu
 
 ENCODERS = ("XLMRobertaModel", "RobertaModel")
 HEADS = {"ForTokenClassification": "tokens", "ForSequenceClassification": "sequence"}

@@ -20,14 +20,14 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from ray_cluster.processors.outputs import BatchOutput, merge_outputs
-from ray_cluster.processors.registry import build_processors
+from xlmflow.ray_cluster.outputs import BatchOutput, merge_outputs
+from xlmflow.ray_cluster.registry import build_processors
 from xlmflow.settings import RunSettings
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ray_cluster.processors.base import ModelProcessor
+    from xlmflow.ray_cluster.processors.base import ModelProcessor
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ray_cluster.actor import ShardWorker
-from ray_cluster.cluster import Layout, connect, plan_layout
 from xlmflow.errors import FatalError, SystemicError, XlmflowError
 from xlmflow.failures import unwrap
+from xlmflow.ray_cluster.actor import ShardWorker
+from xlmflow.ray_cluster.cluster import Layout, connect, plan_layout
 from xlmflow.settings import RunSettings
 
 log = logging.getLogger(__name__)

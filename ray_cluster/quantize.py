@@ -66,8 +66,3 @@ def quantize_linears(model: Any) -> Any:
     for parent, name, child in targets:
         setattr(parent, name, int8(child))
     return model
-
-
-def count_int8(model: Any) -> int:
-    """How many int8 Linear layers the model has (what tests and the manifest check)."""
-    return sum(type(m).__name__ == "Int8Linear" for m in model.modules())

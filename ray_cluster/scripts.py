@@ -132,8 +132,3 @@ def analyse(text: str, counts: dict[str, int] | None = None) -> tuple[str, int, 
     if script == "CJK":
         script = cjk_language(counts, text)[1]
     return script, n, n / total, counts
-
-
-def script_of(text: str) -> str:
-    """ISO 15924 code of the dominant script of the letters in `text`; "Zyyy" when it has none."""
-    return analyse(text or "")[0]

@@ -16,5 +16,8 @@ if ! command -v pg_createcluster >/dev/null && [ "$(id -u)" = 0 ] && command -v 
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# floors import only downward, no import cycles (import-linter); no dead code beyond the whitelist
+.venv/bin/python scripts/lint_imports.py
+.venv/bin/vulture xlmflow flows tasks ray_cluster benchmarks vulture_whitelist.py --min-confidence 60
 export PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 exec .venv/bin/pytest -q -rs --durations=15 "$@"

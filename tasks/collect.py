@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ray_cluster.actor import results_uri
-from ray_cluster.processors.registry import known_datasets, registry, run_datasets, run_declarations
-from tasks.report import dataset_stats
-from tasks.write import plan_parts, write_part
 from xlmflow import storage
 from xlmflow.errors import FatalError
 from xlmflow.manifest import MANIFEST_VERSION
 from xlmflow.part_files import part_uri
 from xlmflow.partition import Partition
+from xlmflow.ray_cluster.actor import results_uri
+from xlmflow.ray_cluster.registry import known_datasets, registry, run_datasets, run_declarations
 from xlmflow.records import IngestResult, ProcessResult, RunFacts
+from xlmflow.tasks.report import dataset_stats
+from xlmflow.tasks.write import plan_parts, write_part
 
 REJECT_BYTES = 300  # estimated bytes of a reject row, to size the writer tasks' parts
 

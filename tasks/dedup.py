@@ -30,10 +30,10 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.shard import ShardWriter
-from tasks.staged import BucketWriter, read_bucket
 from xlmflow import schemas, storage
 from xlmflow.settings import RunSettings
+from xlmflow.tasks.shard import ShardWriter
+from xlmflow.tasks.staged import BucketWriter, read_bucket
 
 
 def piece_table(plan, summaries: list[dict]) -> list[dict]:  # noqa: ANN001
@@ -177,8 +177,3 @@ class _ContentDecisions:
             keep[i] = True
         self.nxt = nxt
         return keep
-
-
-def read_rejects(summary: dict) -> Iterator[dict]:
-    for batch in read_bucket(summary["rejects_uri"], summary["rejects_index"]):
-        yield from batch.to_pylist()

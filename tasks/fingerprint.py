@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tasks.inputs import expand_inputs
 from xlmflow import storage
 from xlmflow.errors import FatalError
+from xlmflow.tasks.inputs import expand_inputs
 
 
 def fingerprint(files: Sequence[str]) -> list[dict]:

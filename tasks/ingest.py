@@ -42,12 +42,12 @@ from collections.abc import Iterator
 import orjson
 import pyarrow as pa
 
-from ray_cluster import cluster
-from tasks.readers import Bad, read_piece, read_records
-from tasks.staged import BucketWriter, read_bucket
 from xlmflow import schemas, storage
 from xlmflow.errors import FatalError
+from xlmflow.ray_cluster import cluster
 from xlmflow.settings import RunSettings
+from xlmflow.tasks.readers import Bad, read_piece, read_records
+from xlmflow.tasks.staged import BucketWriter, read_bucket
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,6 @@ def read_split(split: dict, buckets: int, settings_json: str, staging: str) -> d
         raise RuntimeError(f"split {split['split_id']} lost rows: {summary}")
     storage.write_json(done, summary)
     return summary
-
-
-def read_split_rejects(summary: dict, pieces: list[dict]) -> Iterator[dict]:
-    """A split's rejects, with source_row as the row in the whole file."""
-    offsets = {int(k): pieces[int(k)]["offset"] for k in summary["spans"]}
-    yield from staged_rejects(summary["uris"]["rejects"], summary["index_by_bucket"]["rejects"][0], offsets)
 
 
 def staged_rejects(uri: str, index: list[int], offsets: dict[int, int]) -> Iterator[dict]:

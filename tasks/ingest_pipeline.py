@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 import ray
 
-from ray_cluster.task_runner import TaskRunner, get
-from tasks import dedup
-from tasks.ingest import read_split
-from tasks.splits import list_inputs, plan_splits
 from xlmflow import storage
+from xlmflow.ray_cluster.task_runner import TaskRunner, get
+from xlmflow.tasks import dedup
+from xlmflow.tasks.ingest import read_split
+from xlmflow.tasks.splits import list_inputs, plan_splits
 
 log = logging.getLogger(__name__)
 

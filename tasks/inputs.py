@@ -13,10 +13,10 @@ import os
 import stat
 from collections.abc import Sequence
 
-from tasks.readers import SUPPORTED, format_of
 from xlmflow import storage
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.storage import fs_for, is_remote
+from xlmflow.tasks.readers import SUPPORTED, format_of
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from functools import cache
 import numpy as np
 import pyarrow as pa
 
-from tasks.ingest import normalize
 from xlmflow import schemas
+from xlmflow.tasks.ingest import normalize
 
 # ISO 15924 codes (as LID reports them) of scripts written without spaces between words.
 UNSEGMENTED = frozenset(

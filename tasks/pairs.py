@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from tasks.readers import Bad, read_records
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.storage import write_bytes
+from xlmflow.tasks.readers import Bad, read_records
 
 
 def make_pairs(

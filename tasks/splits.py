@@ -22,9 +22,9 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-from tasks.fingerprint import fingerprint
-from tasks.inputs import check_output_apart, expand_inputs
-from tasks.readers import format_of
+from xlmflow.tasks.fingerprint import fingerprint
+from xlmflow.tasks.inputs import check_output_apart, expand_inputs
+from xlmflow.tasks.readers import format_of
 
 MAX_BUCKETS = 64
 

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from ray_cluster.actor import DONE_MARKER, results_uri
-from ray_cluster.cluster import check_out_reachable, connect
-from ray_cluster.pool import get_pool
-from ray_cluster.task_runner import TaskRunner
-from tasks import collect, report
-from tasks.ingest_pipeline import ContentFeed, read_inputs
 from xlmflow import storage
 from xlmflow.partition import Partition
+from xlmflow.ray_cluster.actor import DONE_MARKER, results_uri
+from xlmflow.ray_cluster.cluster import check_out_reachable, connect
+from xlmflow.ray_cluster.pool import get_pool
+from xlmflow.ray_cluster.task_runner import TaskRunner
 from xlmflow.records import IngestResult, ProcessResult, RunFacts
+from xlmflow.tasks import collect, report
+from xlmflow.tasks.ingest_pipeline import ContentFeed, read_inputs
 
 
 @dataclass(frozen=True)

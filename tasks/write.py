@@ -4,7 +4,7 @@ The driver groups the staged files of each dataset (shard results, rejects of th
 dedup, failed shards) into groups of about target_file_bytes and runs one `write_part` per group; it
 gets back the file's path, size, row count, statistics (from the footer just written) and schema, plus
 the figures the report shows: the aggregates the dataset's declaration names
-(ray_cluster.processors.outputs), run over the rows as they are written. It never reads a dataset itself.
+(ray_cluster.outputs), run over the rows as they are written. It never reads a dataset itself.
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 
-from ray_cluster.cluster import node_id
-from tasks.ingest import staged_rejects
-from tasks.staged import read_bucket
 from xlmflow import schemas, storage
 from xlmflow.part_files import part_uri, write_parquet  # noqa: F401 - part_uri: part of this module's interface
+from xlmflow.ray_cluster.cluster import node_id
+from xlmflow.tasks.ingest import staged_rejects
+from xlmflow.tasks.staged import read_bucket
 
 
 def _tables(src: dict) -> Iterator:
     """The tables of one staged source."""
     kind = src["kind"]
-    if kind == "table":  # in memory (tests, benchmarks)
-        yield src["table"]
-    elif kind == "ipc":
+    if kind == "ipc":
         yield storage.read_table_ipc(src["uri"])
     elif kind == "batches":
         for b in read_bucket(src["uri"], src["index"]):
@@ -82,18 +80,6 @@ def write_part(
         "seconds": round(time.perf_counter() - t0, 3),
         **figures,
     }
-
-
-def write_table(out: str, dataset: str, date: str, run_id: str, table, index: int = 0) -> tuple[dict, object]:  # noqa: ANN001
-    """One in-memory table as a part file of `dataset`: (file entry, schema)."""
-    r = write_part(
-        out,
-        dataset,
-        part_uri(out, dataset, date, run_id, index),
-        [{"kind": "table", "table": table}],
-        table.schema.serialize().to_pybytes(),
-    )
-    return r["file"], pa.ipc.read_schema(pa.py_buffer(r["schema"]))
 
 
 def plan_parts(sources: list[tuple[dict, int]], target_bytes: int) -> list[list[dict]]:

@@ -176,7 +176,7 @@ def cli_env(ray_local, prefect_stack):
     Each CLI run then skips the ~15 s temporary Prefect server and the Ray start-up; runs started side
     by side meet on the same services, as two deployments of one installation do.
     """
-    from ray_cluster.pool import shutdown_pools
+    from xlmflow.ray_cluster.pool import shutdown_pools
 
     # an actor pool left by an in-process flow test would hold the shared Ray's CPUs, and the
     # subprocesses' actors would wait for them forever

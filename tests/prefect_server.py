@@ -147,7 +147,7 @@ def prefect_stack(tmp: Path, worker: bool = True, extra_env: dict[str, str] | No
         wait_healthy(url, server, log=stack.logs["server"])
         if worker:
             with stack.settings():
-                from flows.deploy import ensure_work_pool
+                from xlmflow.flows.deploy import ensure_work_pool
 
                 ensure_work_pool(POOL)
             stack.logs["worker"] = tmp / "worker.log"
@@ -193,7 +193,7 @@ def ensure_partition_run(stack: Stack, tmp_path_factory) -> object:  # noqa: ANN
         return stack.cache["partition_run"]
     from prefect.deployments import run_deployment
 
-    from flows.deploy import deploy_all
+    from xlmflow.flows.deploy import deploy_all
 
     base = tmp_path_factory.mktemp("partition-run")
     write_partition(base / "raw", "2026-11-01", 5)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
-from tasks import dedup
-from tasks.ingest import read_split_rejects
-from tasks.ingest_pipeline import ContentFeed, read_inputs
 from xlmflow import schemas, storage
+from xlmflow.tasks.ingest import staged_rejects
+from xlmflow.tasks.ingest_pipeline import ContentFeed, read_inputs
+from xlmflow.tasks.staged import read_bucket
 
 
 @dataclass
@@ -46,7 +46,7 @@ def ingest(settings) -> IngestResult:  # noqa: ANN001
             feed.poll(0, block=True)
         tables = [storage.read_table_ipc(s["uri"]) for p in feed.summaries for s in p["shards"]]
         rejects = [r for s in ing["splits"] for r in read_split_rejects(s, ing["pieces"])]
-        rejects += [r for p in feed.summaries for r in dedup.read_rejects(p)]
+        rejects += [r for p in feed.summaries for r in _content_rejects(p)]
     schema = schemas.STAGED_DOCS if settings.mode == "docs" else schemas.STAGED_PAIRS
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     files = [e["path"] for e in ing["listing"]]
@@ -60,3 +60,15 @@ def ingest(settings) -> IngestResult:  # noqa: ANN001
     res = IngestResult(table, rejects, sum(s["input_rows"] for s in ing["splits"]), files)
     assert res.input_rows == table.num_rows + len(res.rejects), f"ingest lost rows: {res.counts()}"
     return res
+
+
+def read_split_rejects(summary: dict, pieces: list[dict]):  # noqa: ANN201
+    """A split's rejects, with source_row as the row in the whole file."""
+    offsets = {int(k): pieces[int(k)]["offset"] for k in summary["spans"]}
+    yield from staged_rejects(summary["uris"]["rejects"], summary["index_by_bucket"]["rejects"][0], offsets)
+
+
+def _content_rejects(summary: dict):  # noqa: ANN202
+    """A content reducer's rejects (duplicates)."""
+    for batch in read_bucket(summary["rejects_uri"], summary["rejects_index"]):
+        yield from batch.to_pylist()

@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
-from ray_cluster.models import make_tiny_xlmr
-from ray_cluster.processors.base import build_processors
-from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.models import make_tiny_xlmr
+from xlmflow.ray_cluster.processors.base import build_processors
+from xlmflow.ray_cluster.registry import make_settings
 
 SCRIPTS = [
     "eng_Latn",
@@ -107,7 +107,7 @@ def test_labels_and_scores_equal_the_text_classification_pipeline(
 
 
 def test_a_long_document_is_every_window_combined(checkpoints, tmp_path, texts):
-    from ray_cluster.processors.classify import combine_windows
+    from xlmflow.ray_cluster.processors.classify import combine_windows
 
     model = checkpoints["single_label_classification"]
     s = make_settings(inputs=("in",), out=str(tmp_path), tasks="classify", classify_model=model)

@@ -43,7 +43,7 @@ def _one_error_line(p: subprocess.CompletedProcess, code: int) -> str:
 
 def _ray_sessions() -> set[str]:
     """Ray sessions on this host: Ray's default directory and the one a local Ray of xlmflow uses."""
-    from ray_cluster.cluster import local_temp_dir
+    from xlmflow.ray_cluster.cluster import local_temp_dir
 
     return {p for d in ("/tmp/ray", local_temp_dir()) for p in glob.glob(os.path.join(d, "session_2*"))}
 
@@ -89,7 +89,7 @@ def test_credentials_in_uris_are_refused_before_any_library_sees_them(cli_env, p
 
 
 def test_settings_refuse_credentials_without_repeating_them():
-    from ray_cluster.processors.registry import make_settings
+    from xlmflow.ray_cluster.registry import make_settings
 
     with pytest.raises(ConfigError) as err:
         make_settings(
@@ -238,11 +238,11 @@ def test_a_broken_install_names_the_missing_module(monkeypatch, capsys):
     """The flow commands are not dropped from the CLI when they cannot be imported: the error says why."""
     from xlmflow.cli import main
 
-    monkeypatch.setitem(sys.modules, "flows.deploy", None)  # an import of it raises ImportError
+    monkeypatch.setitem(sys.modules, "xlmflow.flows.deploy", None)  # an import of it raises ImportError
     assert main(["deploy", "--help"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("xlmflow: configuration error: the backfill and deploy commands cannot load")
-    assert "module 'flows.deploy'" in last and "pip install" in last
+    assert "module 'xlmflow.flows.deploy'" in last and "pip install" in last
 
 
 # ---- through the real CLI ----

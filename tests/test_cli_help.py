@@ -10,8 +10,8 @@ import re
 import pytest
 
 import xlmflow
-from tasks.report import SUMMARY_LANGS, print_summary
 from xlmflow.cli import build_parser, main
+from xlmflow.tasks.report import SUMMARY_LANGS, print_summary
 
 
 def _exit(capsys, argv: list[str]) -> tuple[int, str]:

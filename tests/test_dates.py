@@ -31,7 +31,7 @@ def _tree(root) -> set[str]:  # noqa: ANN001
 def test_check_date_canonical_or_config_error():
     import datetime as dt
 
-    from ray_cluster.processors.registry import make_settings
+    from xlmflow.ray_cluster.registry import make_settings
     from xlmflow.settings import check_date
 
     assert check_date("2026-11-01") == "2026-11-01"
@@ -98,9 +98,9 @@ def test_every_command_refuses_a_hostile_date_and_writes_nothing(tmp_path, monke
 
 
 def test_flows_refuse_a_hostile_date(prefect_harness, tmp_path):
-    from flows.backfill import backfill_flow
-    from flows.corpus import corpus_flow
-    from flows.daily import daily_flow
+    from xlmflow.flows.backfill import backfill_flow
+    from xlmflow.flows.corpus import corpus_flow
+    from xlmflow.flows.daily import daily_flow
 
     inp = tmp_path / "in" / "x.jsonl"
     inp.parent.mkdir()

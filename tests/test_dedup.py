@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from ray_cluster.processors.registry import make_settings
 from tests import hostile_corpus
 from tests.staged_ingest import ingest
+from xlmflow.ray_cluster.registry import make_settings
 
 # the split tasks and reducers run on Ray, as in a run
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -72,10 +72,10 @@ def test_hostile_corpus_matches_the_sequential_ingest(tmp_path, kw):
 _MEMORY = textwrap.dedent(
     """
     import sys, tempfile
-    from tasks import dedup
-    from tasks.ingest import read_split
-    from tasks.splits import list_inputs, plan_splits
-    from ray_cluster.processors.registry import make_settings
+    from xlmflow.tasks import dedup
+    from xlmflow.tasks.ingest import read_split
+    from xlmflow.tasks.splits import list_inputs, plan_splits
+    from xlmflow.ray_cluster.registry import make_settings
     s = make_settings(inputs=[sys.argv[1]], out=sys.argv[2], split_bytes=4 << 20, dedup_buckets=2)
     plan = plan_splits(list_inputs(s.inputs), s.split_bytes, s.max_file_bytes, s.dedup_buckets)
     splits = [read_split(x.to_dict(), plan.buckets, s.model_dump_json(), sys.argv[2]) for x in plan.splits]
@@ -114,7 +114,7 @@ def test_staging_batches_are_bounded_by_bytes(tmp_path):
     batches, none much over the bound, where a count of 32k rows alone would hold them all."""
     import pyarrow as pa
 
-    from tasks.staged import BucketWriter, read_bucket
+    from xlmflow.tasks.staged import BucketWriter, read_bucket
 
     uri = str(tmp_path / "s.arrow")
     w = BucketWriter(uri, pa.schema([("t", pa.string())]), 2)

@@ -22,11 +22,11 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.transaction import PostCommitHookProperties
 
-from ray_cluster.processors.registry import main_schema, make_settings
-from tasks.write import write_table
+from tests.tables import write_parquet_object, write_table
 from xlmflow import delta, delta_schema, history, maintenance, part_files, partition, schemas, storage
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.manifest import MANIFEST_VERSION, manifest_uri, read_manifest
+from xlmflow.ray_cluster.registry import main_schema, make_settings
 from xlmflow.read import read_partition, read_version
 from xlmflow.stats import file_stats
 
@@ -469,7 +469,7 @@ def test_old_layout_is_refused_then_migrated_in_place(tmp_path):
         ("rejects", schemas.rejects_table([schemas.make_reject("s", 2, "empty_text", "")])),
     ):
         rel = f"{name}/date={DATE}/part-{run[:8]}-00000.parquet"
-        n = storage.write_table_parquet(storage.join(out, rel), table)
+        n = write_parquet_object(storage.join(out, rel), table)
         files[name] = [{"path": rel, "rows": table.num_rows, "bytes": n}]
     old = {"manifest_version": 1, "date": DATE, "run_id": run, "files": files, "counts": {"documents": 2}}
     storage.write_json(manifest_uri(out, DATE), old)

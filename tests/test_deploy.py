@@ -29,9 +29,9 @@ def test_prefect_yaml_is_what_the_code_generates(capsys):
         f"prefect.yaml is not what flows/deploy.py generates; regenerate it: {line.removeprefix('#   ')}"
     )
     # what `prefect deploy --all` reads: each entrypoint's flow is the one the deployment's name says
-    from flows.backfill import backfill_flow
-    from flows.corpus import corpus_flow
-    from flows.daily import daily_flow
+    from xlmflow.flows.backfill import backfill_flow
+    from xlmflow.flows.corpus import corpus_flow
+    from xlmflow.flows.daily import daily_flow
 
     doc = yaml.safe_load(text)
     flows = {"partition": corpus_flow, "daily": daily_flow, "backfill": backfill_flow}

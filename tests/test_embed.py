@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from ray_cluster.models import load_model
-from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
+from xlmflow.ray_cluster.models import load_model
+from xlmflow.ray_cluster.registry import make_settings
 
 LANGS = ("eng_Latn", "deu_Latn", "rus_Cyrl", "arb_Arab", "cmn_Hans", "hin_Deva", "jpn_Jpan", "kor_Hang")
 
@@ -49,8 +49,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def test_mean_pooling_matches_a_direct_forward_pass(lm, texts):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.embed import embed_texts
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.embed import embed_texts
 
     assert len(texts) == 2 * len(LANGS)
     eng = Engine(lm, "cpu", max_batch_tokens=512)  # several padded batches
@@ -64,8 +64,8 @@ def test_mean_pooling_matches_a_direct_forward_pass(lm, texts):
 
 
 def test_long_document_pools_every_token_once_across_windows(lm, texts):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.embed import embed_texts
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.embed import embed_texts
 
     doc = " ".join(texts * 3)
     ids = lm.tokenizer(doc, add_special_tokens=False)["input_ids"]
@@ -86,8 +86,8 @@ def test_long_document_pools_every_token_once_across_windows(lm, texts):
 
 
 def test_lawdr_averages_the_last_layers(lm, texts):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.embed import LAWDR_LAYERS, embed_texts
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.embed import LAWDR_LAYERS, embed_texts
 
     eng = Engine(lm, "cpu")
     got = embed_texts(eng, texts[:4], "lawdr")
@@ -102,8 +102,8 @@ def test_lawdr_averages_the_last_layers(lm, texts):
 
 def test_embed_processor_writes_one_vector_per_document(lm, settings):
 
-    from ray_cluster.processors.base import build_processors
-    from ray_cluster.processors.embed import embeddings_schema
+    from xlmflow.ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.embed import embeddings_schema
 
     texts = ["Alle Menschen sind frei.", "", "Все люди рождаются свободными. " * 200]
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="embed", embed_model="tiny")

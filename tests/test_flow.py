@@ -14,10 +14,10 @@ import duckdb
 import pytest
 from deltalake import DeltaTable
 
-from flows.corpus import corpus_flow
-from ray_cluster.processors.registry import make_job
 from xlmflow import delta, maintenance, storage
+from xlmflow.flows.corpus import corpus_flow
 from xlmflow.manifest import manifest_uri
+from xlmflow.ray_cluster.registry import make_job
 from xlmflow.read import read_version
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_run_rerun_force_local(prefect_harness, ray_local, corpus, tmp_path):
     # a --force run crashed after its first table commit, and the files the manifest pins were deleted
     # behind xlmflow's back: the plain rerun cannot point the table back at them, so it computes the
     # partition again (its inputs are unchanged) instead of reporting "already committed"
-    from tasks.write import write_table
+    from tests.tables import write_table
 
     crashed = "c" * 32
     rows = read_version(out, "documents", "2026-11-01", m2["tables"]["documents"]).drop(["date"])
@@ -230,9 +230,9 @@ def test_actor_death_retries_shard_without_duplicates(prefect_harness, ray_local
 def test_systemic_shard_error_fails_run_then_rerun_resumes(prefect_harness, ray_local, corpus, tmp_path):
     """A shard that raises (e.g. storage errors) fails the run instead of committing its rows as rejects;
     the other shards are kept and the rerun finishes with the same output as a clean run."""
-    from ray_cluster.actor import DONE_MARKER
     from tests.conftest import FAULTS_FILE, write_faults
     from xlmflow.errors import FatalError
+    from xlmflow.ray_cluster.actor import DONE_MARKER
 
     path, n_good = corpus
     out = str(tmp_path / "out")

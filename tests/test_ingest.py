@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from ray_cluster.processors.registry import make_settings
-from tasks.inputs import expand_inputs
 from tests.staged_ingest import ingest
 from xlmflow import schemas
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.ray_cluster.registry import make_settings
+from xlmflow.tasks.inputs import expand_inputs
 
 # the split tasks and reducers run on Ray, as in a run
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -348,7 +348,7 @@ def test_expand_inputs_errors_and_globs(tmp_path):
 
 
 def test_hidden_and_underscore_folders_below_an_input_are_not_data(tmp_path):
-    from tasks.inputs import check_output_apart
+    from xlmflow.tasks.inputs import check_output_apart
 
     d = tmp_path / "in"
     for name in (
@@ -481,8 +481,8 @@ def test_a_huge_repeated_parquet_value_is_measured_while_still_encoded(tmp_path)
     pq.write_table(pa.table({"text": text}), tmp_path / "a.parquet", compression="zstd", store_schema=False)
     script = (
         "import json, resource, sys; import pyarrow as pa; from pathlib import Path; "
-        "from tasks.ingest import read_split; from tasks.splits import list_inputs, plan_splits; "
-        "from ray_cluster.processors.registry import make_settings; "
+        "from xlmflow.tasks.ingest import read_split; from xlmflow.tasks.splits import list_inputs, plan_splits; "
+        "from xlmflow.ray_cluster.registry import make_settings; "
         "s = make_settings(inputs=[sys.argv[1]], out=sys.argv[2], max_record_bytes=1_000_000); "
         "plan = plan_splits(list_inputs(s.inputs), s.split_bytes, s.max_file_bytes, s.dedup_buckets); "
         "(split,) = plan.splits; res = read_split(split.to_dict(), plan.buckets, s.model_dump_json(), sys.argv[2]); "
@@ -624,8 +624,8 @@ def test_csv_records_skipped_as_too_long_resync_where_csv_would(tmp_path, monkey
     import io
     import random
 
-    from tasks import readers
-    from tasks.readers import stream
+    from xlmflow.tasks import readers
+    from xlmflow.tasks.readers import stream
 
     def oracle(data: str, limit: int) -> list:
         lines: list[bytes] = []

@@ -21,7 +21,7 @@ UNCLAIMED = {"hrv_Latn", "srp_Latn", "ind_Latn", "zlm_Latn"}
 
 @pytest.fixture(scope="module")
 def lid():
-    from ray_cluster.langid import LanguageIdentifier
+    from xlmflow.ray_cluster.langid import LanguageIdentifier
 
     return LanguageIdentifier()
 
@@ -37,7 +37,10 @@ def corpus() -> dict[str, list[str]]:
 
 
 def test_script_of():
-    from ray_cluster.langid import script_of
+    from xlmflow.ray_cluster.scripts import analyse
+
+    def script_of(text: str) -> str:  # the dominant script of the letters; Zyyy when none
+        return analyse(text or "")[0]
 
     cases = {
         "Hello world": "Latn", "Привет мир": "Cyrl", "Γειά σου κόσμε": "Grek", "שלום עולם": "Hebr",
@@ -72,7 +75,7 @@ def test_cannot_tell_gives_und(lid, corpus):
 
 
 def test_cld2_codes_map_to_the_contract():
-    from ray_cluster.langid import cld2_lang, south_slavic_cyrl
+    from xlmflow.ray_cluster.langid import cld2_lang, south_slavic_cyrl
 
     cases = {
         ("zh", "Hans"): "cmn", ("zh-Hant", "Hant"): "cmn", ("iw", "Hebr"): "heb", ("he", "Hebr"): "heb",
@@ -98,7 +101,7 @@ def test_serbian_in_both_scripts_and_norwegian(lid, corpus):
 
 
 def test_text_cld2_refuses_falls_through_to_lingua():
-    from ray_cluster.langid import LanguageIdentifier
+    from xlmflow.ray_cluster.langid import LanguageIdentifier
 
     lid = LanguageIdentifier()
     text = "Alle Menschen sind frei und gleich an Würde und Rechten geboren."
@@ -141,9 +144,9 @@ def test_chinese_variants_and_japanese(lid, corpus):
 
 
 def test_processor_adds_lang_columns(lid, corpus, tmp_path):
-    from ray_cluster.processors.base import build_processors
-    from ray_cluster.processors.lid import LidProcessor
-    from ray_cluster.processors.registry import main_schema, make_settings
+    from xlmflow.ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.lid import LidProcessor
+    from xlmflow.ray_cluster.registry import main_schema, make_settings
 
     settings = make_settings(inputs=[str(tmp_path / "in.jsonl")], out=str(tmp_path / "out"), tasks="lid")
     texts = [

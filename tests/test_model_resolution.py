@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ray_cluster.models import META_FILE, make_tiny
+from xlmflow.ray_cluster.models import META_FILE, make_tiny
 
 CLI = [sys.executable, "-m", "xlmflow.cli"]
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.jsonl")
@@ -78,8 +78,8 @@ def test_cached_hub_id_resolves_offline_and_problems_are_one_line(ckpts, tmp_pat
     # resolved by id from the cache the test wrote, the hub unreachable: the checks pass, and the
     # actors' loader finds the same snapshot
     code = (
-        "from ray_cluster.model_check import check_processor\n"
-        "from ray_cluster.models import load_model\n"
+        "from xlmflow.ray_cluster.model_check import check_processor\n"
+        "from xlmflow.ray_cluster.models import load_model\n"
         "from xlmflow.settings import ProcessorSpec\n"
         "check_processor(ProcessorSpec(name='ner', type='ner', options={'model': 'tiny-org/tiny-ner'}), '-')\n"
         "lm = load_model('tiny-org/tiny-ner', 'ner', weights=False)\n"
@@ -152,8 +152,8 @@ def test_s3_prefix_config_is_checked_against_the_processor(ckpts, s3_bucket):
     """An s3:// model is listed and its config.json read before anything is copied."""
     import boto3
 
-    from ray_cluster.model_check import check_processor
     from xlmflow.errors import ConfigError
+    from xlmflow.ray_cluster.model_check import check_processor
     from xlmflow.settings import ProcessorSpec
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])

@@ -19,8 +19,8 @@ SAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "udhr-sample.
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> str:
     """The tiny ner checkpoint of the session's model cache (built once, shared with test_models)."""
-    from ray_cluster.models import resolve
-    from ray_cluster.processors.registry import make_settings
+    from xlmflow.ray_cluster.models import resolve
+    from xlmflow.ray_cluster.registry import make_settings
 
     cache = str(tmp_path_factory.getbasetemp() / "xlmflow-model-cache")
     return resolve("tiny", "ner", make_settings(inputs=("in",), out="out", model_cache=cache))["path"]
@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory) -> str:
 def _copy(tiny_dir: str, dest) -> str:  # noqa: ANN001
     """A user's checkpoint directory: the cache entry's files without the cache's own record (which
     holds the weights' hash, so the weights would not even be read)."""
-    from ray_cluster.models import META_FILE
+    from xlmflow.ray_cluster.models import META_FILE
 
     shutil.copytree(tiny_dir, dest, ignore=shutil.ignore_patterns(META_FILE))
     return str(dest)
@@ -40,7 +40,7 @@ def _weights(d: str) -> str:
 
 
 def test_checkpoint_files_that_are_not_what_they_claim_are_refused_unread(tiny_dir, tmp_path):
-    from ray_cluster.models import precheck, resolve
+    from xlmflow.ray_cluster.models import precheck, resolve
 
     precheck(tiny_dir)  # the real checkpoint passes
 
@@ -101,10 +101,10 @@ def test_cli_refuses_a_weights_link_to_dev_zero_before_ray_starts(tiny_dir, tmp_
 
 
 def test_actors_that_do_not_start_in_time_fail_naming_the_models_and_the_option(ray_local, tmp_path):
-    from ray_cluster.pool import get_pool, shutdown_pools
-    from ray_cluster.processors.registry import make_settings
     from xlmflow.cli import build_parser
     from xlmflow.cli_options import job_kwargs
+    from xlmflow.ray_cluster.pool import get_pool, shutdown_pools
+    from xlmflow.ray_cluster.registry import make_settings
 
     argv = ["run", "x", "--out", "o", "--actor-start-timeout", "2.5"]
     assert job_kwargs(build_parser(argv).parse_args(argv))["actor_start_timeout"] == 2.5

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from ray_cluster.models import META_FILE, content_hash, load_model, make_tiny
-from ray_cluster.processors.registry import make_settings
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.models import META_FILE, content_hash, load_model, make_tiny
+from xlmflow.ray_cluster.registry import make_settings
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +172,7 @@ def test_s3_key_escaping_the_cache_is_refused_before_anything_is_written(tiny_ne
     ],
 )
 def test_unsafe_keys_are_refused_by_name(rel, why, tmp_path):
-    from ray_cluster.model_files import safe_destination
+    from xlmflow.ray_cluster.model_files import safe_destination
 
     with pytest.raises(ConfigError, match=why) as err:
         safe_destination(str(tmp_path), rel, f"bkt/m/{rel}")
@@ -190,7 +190,7 @@ def test_s3_copy_takes_only_the_files_a_safetensors_checkpoint_needs(tiny_ner, s
     }
     _upload(s3_bucket, "models/mixed", {**_checkpoint_files(tiny_ner.info["path"]), **extra})
     settings = make_settings(inputs=("in",), out="out", model_cache=str(tmp_path / "cache"))
-    with caplog.at_level("INFO", logger="ray_cluster.models"):
+    with caplog.at_level("INFO", logger="xlmflow.ray_cluster.models"):
         lm = load_model(f"{s3_bucket}/models/mixed", "ner", settings)
     copied = set(os.listdir(lm.info["path"]))
     assert not copied & {"pytorch_model.bin", "hook.pth", "modeling_evil.py", "onnx", "notes.txt"}
@@ -200,7 +200,7 @@ def test_s3_copy_takes_only_the_files_a_safetensors_checkpoint_needs(tiny_ner, s
 
 
 def test_s3_pickle_only_prefix_is_refused_by_the_listing_with_the_conversion_hint(tiny_ner, s3_bucket):
-    from ray_cluster.models import precheck
+    from xlmflow.ray_cluster.models import precheck
 
     cfg = _checkpoint_files(tiny_ner.info["path"])["config.json"]
     _upload(s3_bucket, "models/pickled", {"config.json": cfg, "pytorch_model.bin": b"pickle"})
@@ -214,7 +214,7 @@ def test_s3_pickle_only_prefix_is_refused_by_the_listing_with_the_conversion_hin
 
 
 def _engine(lm, **kw):
-    from ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.engine import Engine
 
     return Engine(lm, "cpu", **kw)
 
@@ -337,7 +337,7 @@ def test_pair_regression_through_the_engine_matches_a_direct_forward(settings):
 
 
 def test_content_hash_is_remembered_across_processes_until_the_weights_change(tmp_path, monkeypatch):
-    import ray_cluster.models as models
+    import xlmflow.ray_cluster.models as models
 
     monkeypatch.setenv("XLMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
     d = make_tiny("ner", str(tmp_path / "m"), seed=1)
@@ -358,7 +358,7 @@ def test_content_hash_is_remembered_across_processes_until_the_weights_change(tm
 def test_tokenizer_memo_gives_the_same_tokenizer_and_is_read_only_when_private(tmp_path, monkeypatch):
     import json
 
-    from ray_cluster.tokenizer_memo import load_tokenizer, tokenizer_key
+    from xlmflow.ray_cluster.tokenizer_memo import load_tokenizer, tokenizer_key
 
     cache = str(tmp_path / "cache")
     d = make_tiny("ner", str(tmp_path / "m"), seed=1)

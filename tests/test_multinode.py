@@ -102,8 +102,8 @@ def test_work_spreads_over_workers_and_a_lost_node_loses_nothing(cluster, cli_en
     reference is the same split tasks and reducers, run from this process), each with a language."""
     import ray
 
-    from ray_cluster.processors.registry import make_settings
     from tests.staged_ingest import ingest
+    from xlmflow.ray_cluster.registry import make_settings
 
     env = _env(cli_env)
     ray.init(address=cluster.address)
@@ -214,7 +214,7 @@ def _peek(proc: subprocess.Popen) -> str:
 
 
 def test_a_local_out_with_nodes_elsewhere_is_refused():
-    from ray_cluster.cluster import foreign_out_message
+    from xlmflow.ray_cluster.cluster import foreign_out_message
 
     assert foreign_out_message("/data/out", {"10.0.0.5"}, "10.0.0.5") is None  # every node is this machine
     msg = foreign_out_message("/data/out", {"10.0.0.5", "10.0.0.7"}, "10.0.0.5")

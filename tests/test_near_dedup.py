@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import near_dedup as nd
-from tasks.ingest import normalize
 from xlmflow import schemas
+from xlmflow.tasks import near_dedup as nd
+from xlmflow.tasks.ingest import normalize
 
 DATA = Path(__file__).parent / "data" / "parallel.jsonl"
 ROOT = Path(__file__).parent.parent
@@ -89,7 +89,7 @@ def test_shingles_follow_the_script(udhr: dict[str, list[str]]) -> None:
 def test_signatures_are_the_same_in_another_process(udhr: dict[str, list[str]]) -> None:
     texts = [t for lang in ("eng_Latn", "cmn_Hans", "tha_Thai", "rus_Cyrl") for t in udhr[lang][:20]]
     sig = nd.signatures(texts)
-    code = "import json,sys; from tasks import near_dedup as nd; print(nd.signatures(json.load(sys.stdin)).tobytes().hex())"
+    code = "import json,sys; from xlmflow.tasks import near_dedup as nd; print(nd.signatures(json.load(sys.stdin)).tobytes().hex())"
     # another hash seed for str, and rensa's thread pool at one thread (this process: one per core)
     env = {**os.environ, "PYTHONHASHSEED": "12345", "RAYON_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,

@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 
-from ray_cluster.models import load_model
-from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
+from xlmflow.ray_cluster.models import load_model
+from xlmflow.ray_cluster.registry import make_settings
 
 LANGS = ["eng_Latn", "deu_Latn", "rus_Cyrl", "arb_Arab", "cmn_Hans", "hin_Deva", "jpn_Jpan", "tha_Thai"]
 
@@ -84,8 +84,8 @@ def _ours(ents):
 
 
 def test_simple_matches_the_hf_pipeline_across_scripts(lm, corpus):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     paras = _paragraphs(corpus)
     assert {lang for lang, _ in paras} == set(LANGS)
@@ -112,8 +112,8 @@ def _hf_word_starts(tok, text):
 
 @pytest.mark.parametrize("strategy", ["first", "average", "max"])
 def test_word_strategies_match_hf_where_its_word_heuristic_is_right(lm, corpus, strategy):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     texts = [t for _, t in _paragraphs(corpus)]
     agree = [t for t in texts if _hf_word_starts(lm.tokenizer, t)[0] == _hf_word_starts(lm.tokenizer, t)[1]]
@@ -126,8 +126,8 @@ def test_word_strategies_match_hf_where_its_word_heuristic_is_right(lm, corpus, 
 
 def test_words_come_from_word_ids_not_whitespace(lm):
     """'▁' + 'einander' is one word for the tokenizer; HF's heuristic splits it in two."""
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     text = "Sie sollen einander im Geiste begegnen."
     heuristic, by_ids = _hf_word_starts(lm.tokenizer, text)
@@ -165,8 +165,8 @@ def _long_doc(lm, corpus, head_tokens=510):
 
 
 def test_long_document_finds_entities_past_512_tokens_like_the_pipeline_on_the_tail(lm, corpus):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     head, tail = _long_doc(lm, corpus)
     doc = f"{head} {tail}"
@@ -181,8 +181,8 @@ def test_long_document_finds_entities_past_512_tokens_like_the_pipeline_on_the_t
 
 
 def test_long_document_with_overlap_has_no_duplicate_or_overlapping_entities(lm, corpus):
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     head, tail = _long_doc(lm, corpus)
     doc = f"{head} {tail} {head}"
@@ -199,8 +199,8 @@ def test_long_document_with_overlap_has_no_duplicate_or_overlapping_entities(lm,
 def test_ner_processor_writes_entities_rows(lm, settings):
     import pyarrow as pa
 
-    from ray_cluster.processors.base import build_processors
-    from ray_cluster.processors.ner import ENTITIES
+    from xlmflow.ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.ner import ENTITIES
 
     texts = [
         "Angela Merkel besuchte Paris im Jahr 2015.",
@@ -231,7 +231,7 @@ def test_pipelined_chunks_give_the_same_entities(lm, settings, corpus):
     """On CUDA a model processor prepares chunk k+1 in a thread while chunk k runs; forced on here, on CPU."""
     import pyarrow as pa
 
-    from ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.base import build_processors
 
     texts = [t for _, t in _paragraphs(corpus)][:10]
     table = staged_docs(texts)
@@ -273,8 +273,8 @@ class _OomOnLong:
 def test_a_document_that_does_not_fit_even_alone_becomes_a_reject(lm, settings):
     import pyarrow as pa
 
-    from ray_cluster.engine import Engine
-    from ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.processors.base import build_processors
 
     texts = ["Angela Merkel besuchte Paris.", "word " * 300, "Москва — столица России."]
     s = make_settings(**settings.model_dump(exclude={"processors"}), tasks="ner", ner_model="tiny")

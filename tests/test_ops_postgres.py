@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.params import lock_name
+from xlmflow.flows.params import lock_name
 
 from .prefect_server import (
     POOL,
@@ -82,7 +82,7 @@ def _postgres(port: int):
 def test_overlapping_backfills_on_postgres_log_no_error(tmp_path):
     from prefect.client.orchestration import get_client
 
-    from flows.deploy import deploy_all
+    from xlmflow.flows.deploy import deploy_all
 
     dates = ["2026-06-01", "2026-06-02"]
     for i, d in enumerate(dates):

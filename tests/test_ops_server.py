@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from flows.backfill import STATUSES, date_range
-from flows.daily import partition_date
-from flows.params import lock_name, render_input
 from xlmflow.errors import ConfigError
+from xlmflow.flows.backfill import STATUSES, date_range
+from xlmflow.flows.daily import partition_date
+from xlmflow.flows.params import lock_name, render_input
 
 from .prefect_server import (
     ROOT,
@@ -128,7 +128,7 @@ def test_interval_schedule_runs_execute_for_the_scheduled_day(prefect_stack, tmp
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from flows.deploy import deploy_all
+    from xlmflow.flows.deploy import deploy_all
 
     today = dt.datetime.now(dt.UTC).date()
     for d in (today - dt.timedelta(days=1), today):  # the run may be scheduled just after midnight
@@ -196,7 +196,7 @@ def _backfill(stack, template: str, out: str, start: str, end: str, n: int = 2) 
 @pytest.mark.server
 @pytest.mark.slow
 def test_backfill_twice_at_once_runs_each_date_once_then_skips(prefect_stack, tmp_path):
-    from flows.deploy import deploy_all
+    from xlmflow.flows.deploy import deploy_all
 
     dates = ["2026-10-01", "2026-10-02"]
     for i, d in enumerate(dates):
@@ -260,7 +260,7 @@ def test_backfill_reports_failed_and_missing_dates_and_exits_nonzero(prefect_sta
     (bad / "notes.bin").write_bytes(b"\x00not a corpus file")  # input exists but nothing readable in it
     template, out = str(tmp_path / "raw" / "date={date}"), str(tmp_path / "out")
     with prefect_stack.settings():
-        from flows.deploy import deploy_all
+        from xlmflow.flows.deploy import deploy_all
 
         deploy_all(input_template=template, settings={"out": out}, cron=None)
     p = _backfill(prefect_stack, template, out, ok, broken, n=2)
@@ -389,7 +389,7 @@ def test_backfill_deployment_runs_on_the_worker(prefect_stack, tmp_path):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
 
-    from flows.deploy import deploy_all
+    from xlmflow.flows.deploy import deploy_all
 
     write_partition(tmp_path / "raw", "2026-07-01", 2)
     template, out = str(tmp_path / "raw" / "date={date}"), tmp_path / "out"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ray_cluster.processors.outputs import LabelCounts, ScoreSample
-from tasks.write import part_uri, write_part
+from xlmflow.ray_cluster.outputs import LabelCounts, ScoreSample
+from xlmflow.tasks.write import part_uri, write_part
 
 
 def test_the_writer_returns_what_the_declared_aggregates_collect(tmp_path):

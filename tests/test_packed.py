@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from ray_cluster.engine import Engine
-from ray_cluster.models import LoadedModel, load_model
-from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.engine import Engine
+from xlmflow.ray_cluster.models import LoadedModel, load_model
+from xlmflow.ray_cluster.registry import make_settings
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def _logits(out, mask, rows):
 
 @pytest.mark.parametrize("rows", [0, 100])
 def test_token_logits_and_entities_equal_the_padded_forward(settings, texts, monkeypatch, rows):
-    from ray_cluster import packed as packed_forward
-    from ray_cluster.processors.ner import predict_entities, tokens_and_windows
+    from xlmflow.ray_cluster import packed as packed_forward
+    from xlmflow.ray_cluster.processors.ner import predict_entities, tokens_and_windows
 
     # the per-token part of each layer in one pass, or in blocks of 100 rows (the last one partial)
     monkeypatch.setattr(packed_forward, "TOKEN_ROWS", rows)
@@ -68,7 +68,7 @@ def test_token_logits_and_entities_equal_the_padded_forward(settings, texts, mon
 
 @pytest.mark.parametrize("pooling", ["mean", "lawdr"])
 def test_embeddings_equal_the_padded_forward(settings, texts, pooling):
-    from ray_cluster.processors.embed import embed_texts
+    from xlmflow.ray_cluster.processors.embed import embed_texts
 
     lm = load_model("tiny", "embed", settings)
     packed, padded = _engines(lm, max_batch_tokens=2048)
@@ -92,7 +92,7 @@ def test_plain_linears_in_row_blocks_equal_the_models_own_forward(settings, text
     in place on the first FFN GEMM's output, in row blocks on CPU: the model's own padded logits."""
     import torch
 
-    from ray_cluster import packed
+    from xlmflow.ray_cluster import packed
 
     monkeypatch.setattr(packed, "TOKEN_ROWS", rows)
     lm = load_model("tiny", "ner", settings)
@@ -115,7 +115,7 @@ def test_jagged_attention_equals_the_per_sequence_loop(settings, texts):
     """CUDA runs attention over a jagged nested tensor; on CPU the loop is faster. Same numbers."""
     import torch
 
-    from ray_cluster import packed
+    from xlmflow.ray_cluster import packed
 
     lm = load_model("tiny", "ner", settings)
     eng = Engine(lm, "cpu")
@@ -157,7 +157,7 @@ class _OomOver:  # stands in for one Linear: out of memory on more than `limit` 
 
 
 def test_out_of_memory_splits_packed_batches(settings, texts):
-    from ray_cluster.processors.ner import predict_entities
+    from xlmflow.ray_cluster.processors.ner import predict_entities
 
     lm = load_model("tiny", "ner", settings)
     ref = predict_entities(Engine(lm, "cpu", forward="packed"), texts[:30])
@@ -176,14 +176,13 @@ def test_out_of_memory_splits_packed_batches(settings, texts):
 def test_fp32_cpu_runs_linears_on_onednn_in_a_twin_equal_to_torch(settings, texts):
     import torch
 
-    from ray_cluster import onednn
-    from ray_cluster import packed as packed_forward
+    from xlmflow.ray_cluster import packed as packed_forward
 
     lm = load_model("tiny", "ner", settings)
     linears = sum(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
     eng = Engine(lm, "cpu", max_batch_tokens=2048)
     assert eng.describe() == {"forward": "packed", "precision": "fp32", "device": "cpu", "gemm": "onednn"}
-    assert onednn.count_onednn(eng.model) == linears > 0 and onednn.count_onednn(lm.model) == 0
+    assert _count("DnnlLinear", eng.model) == linears > 0 and _count("DnnlLinear", lm.model) == 0
     assert (
         eng.model.roberta.embeddings.word_embeddings.weight
         is lm.model.roberta.embeddings.word_embeddings.weight
@@ -202,8 +201,6 @@ def test_fp32_cpu_runs_linears_on_onednn_in_a_twin_equal_to_torch(settings, text
 def test_int8_quantizes_every_linear_of_a_copy_and_stays_close(settings, texts):
     import torch
 
-    from ray_cluster.quantize import count_int8
-
     lm = load_model("tiny", "ner", settings)
     linears = sum(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
     eng = Engine(lm, "cpu", cpu_precision="int8")
@@ -213,7 +210,9 @@ def test_int8_quantizes_every_linear_of_a_copy_and_stays_close(settings, texts):
         "device": "cpu",
         "gemm": "fbgemm-int8",
     }
-    assert count_int8(eng.model) == linears > 0 and count_int8(lm.model) == 0  # the loaded model is untouched
+    assert (
+        _count("Int8Linear", eng.model) == linears > 0 and _count("Int8Linear", lm.model) == 0
+    )  # the loaded model is untouched
     fp32 = Engine(lm, "cpu")
     seqs = [w.input_ids for w in fp32.windows(fp32.tokenize(texts))]
     got, ref = eng.run(seqs, _logits), fp32.run(seqs, _logits)
@@ -242,3 +241,8 @@ def test_forward_and_precision_are_part_of_the_config_hash():
     }
     assert len(hashes) == 4
     assert make_settings(**base, cpu_workers=3).config_hash() == make_settings(**base).config_hash()
+
+
+def _count(layer: str, model) -> int:  # noqa: ANN001
+    """How many layers of class `layer` the model has (the swapped-in Linear layers)."""
+    return sum(type(m).__name__ == layer for m in model.modules())

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from ray_cluster.processors.registry import make_settings
-from tasks.pairs import make_pairs
 from tests.conftest import CORPUS
 from tests.staged_ingest import ingest
 from xlmflow.errors import ConfigError, FatalError
+from xlmflow.ray_cluster.registry import make_settings
+from xlmflow.tasks.pairs import make_pairs
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from ray_cluster.processors.registry import make_settings
 from tests.conftest import CORPUS, staged_docs
+from xlmflow.ray_cluster.registry import make_settings
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def texts():
 
 
 def _setup(tmp_path_factory, **kw):
-    from ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.base import build_processors
 
     cache = str(tmp_path_factory.getbasetemp() / "xlmflow-model-cache")
     s = make_settings(inputs=("in",), out="out", model_cache=cache, tasks="ner,embed,classify", **kw)
@@ -49,7 +49,7 @@ def test_workers_give_the_in_process_rows_and_survive_a_lost_worker(
 ):
     import ray
 
-    from ray_cluster.phases import PhaseWorkers
+    from xlmflow.ray_cluster.phases import PhaseWorkers
 
     settings, procs = _setup(tmp_path_factory, ner_model="tiny", embed_model="tiny", classify_model="tiny")
     table = staged_docs(texts)
@@ -66,7 +66,7 @@ def test_workers_give_the_in_process_rows_and_survive_a_lost_worker(
     ray.kill(workers.workers[0])  # a worker process lost mid-run: the actor does the phases itself
     # earlier tests may have silenced logging (the CLI's in-process error path disables it after its
     # last line; Prefect's dictConfig disables existing loggers): watch this logger directly
-    log = logging.getLogger("ray_cluster.processors.base")
+    log = logging.getLogger("xlmflow.ray_cluster.processors.base")
     was_disabled, log.disabled = log.disabled, False
     level = logging.root.manager.disable
     logging.disable(logging.NOTSET)

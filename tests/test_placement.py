@@ -3,17 +3,17 @@ its own CUDA_VISIBLE_DEVICES, and both still work (on CPU, since torch sees no C
 
 import pytest
 
-from ray_cluster.cluster import plan_layout
-from ray_cluster.processors.registry import make_settings
-from tasks.shard import ShardWriter
 from xlmflow import schemas
+from xlmflow.ray_cluster.cluster import plan_layout
+from xlmflow.ray_cluster.registry import make_settings
+from xlmflow.tasks.shard import ShardWriter
 
 
 @pytest.fixture
 def ray_fake_gpus():
     import ray
 
-    from ray_cluster.pool import shutdown_pools
+    from xlmflow.ray_cluster.pool import shutdown_pools
 
     shutdown_pools()
     ray.shutdown()
@@ -27,7 +27,7 @@ def ray_fake_gpus():
 def test_one_actor_per_fake_gpu(ray_fake_gpus, tmp_path):
     import pyarrow as pa
 
-    from ray_cluster.pool import get_pool
+    from xlmflow.ray_cluster.pool import get_pool
 
     layout = plan_layout(None)
     assert (layout.actors, layout.num_gpus, layout.num_cpus) == (2, 1.0, 1.0)

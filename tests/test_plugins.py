@@ -12,10 +12,10 @@ import sys
 import pyarrow as pa
 import pytest
 
-from ray_cluster.processors.base import Processor, ProcessorContractError
-from ray_cluster.processors.registry import make_job, make_settings
 from tests.conftest import duck, staged_docs
 from xlmflow.errors import ConfigError, FatalError, SystemicError
+from xlmflow.ray_cluster.processors.base import Processor, ProcessorContractError
+from xlmflow.ray_cluster.registry import make_job, make_settings
 from xlmflow.settings import ProcessorSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +92,7 @@ class _Sneaky(Processor):
     emit: dict = {}
 
     def finish(self, batch, prepared, inferred):  # noqa: ANN001, ANN201
-        from ray_cluster.processors.base import BatchOutput
+        from xlmflow.ray_cluster.processors.base import BatchOutput
 
         n = batch.num_rows
         cols = {"flag": pa.array([True] * n)}
@@ -134,7 +134,7 @@ def test_output_a_processor_did_not_declare_is_an_error_not_a_drop(tmp_path, emi
 @pytest.fixture(scope="module")
 def small_vocab_ner(tmp_path_factory):
     """Loads fine, fails on almost every document: its vocabulary is smaller than the tokenizer's."""
-    from ray_cluster.models import make_tiny_xlmr
+    from xlmflow.ray_cluster.models import make_tiny_xlmr
 
     path = str(tmp_path_factory.mktemp("small-vocab"))
     labels = {"id2label": {0: "O", 1: "B-PER"}, "label2id": {"O": 0, "B-PER": 1}, "vocab_size": 1000}
@@ -143,7 +143,7 @@ def small_vocab_ner(tmp_path_factory):
 
 def test_a_processor_failing_on_most_rows_is_systemic(small_vocab_ner, tmp_path):
     s = make_settings(inputs=("in",), out=str(tmp_path), tasks="ner", ner_model=small_vocab_ner)
-    from ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.base import build_processors
 
     (proc,) = build_processors(s)
     proc.setup("cpu")
@@ -156,7 +156,7 @@ def test_a_processor_failing_on_most_rows_is_systemic(small_vocab_ner, tmp_path)
 def test_a_systemic_failure_fails_the_run_and_commits_nothing(
     prefect_harness, ray_local, small_vocab_ner, tmp_path
 ):
-    from flows.corpus import corpus_flow
+    from xlmflow.flows.corpus import corpus_flow
     from xlmflow.manifest import read_manifest
 
     out = str(tmp_path / "out")
@@ -168,7 +168,7 @@ def test_a_systemic_failure_fails_the_run_and_commits_nothing(
 
 
 def test_an_old_style_deployment_fails_with_how_to_redeploy(prefect_harness, tmp_path):
-    from flows.corpus import corpus_flow
+    from xlmflow.flows.corpus import corpus_flow
 
     state = corpus_flow(inputs=[SAMPLE], out=str(tmp_path), tasks="lid", ner_model=None, return_state=True)
     assert state.is_failed()
@@ -178,7 +178,7 @@ def test_an_old_style_deployment_fails_with_how_to_redeploy(prefect_harness, tmp
 def test_a_processor_type_named_like_a_built_in_is_refused():
     from importlib.metadata import EntryPoint
 
-    from ray_cluster.processors.registry import ENTRY_POINT_GROUP, load_plugin, registry
+    from xlmflow.ray_cluster.registry import ENTRY_POINT_GROUP, load_plugin, registry
 
     lid = registry()["lid"]
     # a class of another package that takes a built-in's name, even under the built-in's class name
@@ -186,7 +186,7 @@ def test_a_processor_type_named_like_a_built_in_is_refused():
         type("LidProcessor", (Processor,), {"name": "lid", "__module__": "some_plugin"})
     assert registry()["lid"] is lid
     # an entry point named like a built-in (here: one pointing at the built-in itself)
-    ep = EntryPoint("lid", "ray_cluster.processors.lid:LidProcessor", ENTRY_POINT_GROUP)
+    ep = EntryPoint("lid", "xlmflow.ray_cluster.processors.lid:LidProcessor", ENTRY_POINT_GROUP)
     with pytest.raises(ConfigError, match="'lid' .* is named like a built-in processor type"):
         load_plugin(ep, set(registry()))
     assert lid.package is None

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ray_cluster.processors.qe import QE
-from ray_cluster.processors.registry import make_job, make_settings
 from tests.conftest import CORPUS, duck
+from xlmflow.ray_cluster.processors.qe import QE
+from xlmflow.ray_cluster.registry import make_job, make_settings
 from xlmflow.schemas import STAGED_PAIRS
 
 TARGETS = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "jpn_Jpan", "arb_Arab", "hin_Deva", "cmn_Hans",
@@ -31,7 +31,7 @@ def cache(tmp_path_factory) -> str:
 
 
 def _processor(cache: str, **kw):
-    from ray_cluster.processors.base import build_processors
+    from xlmflow.ray_cluster.processors.base import build_processors
 
     kw = {"qe_model": "tiny"} | kw
     settings = make_settings(inputs=("in",), out="out", tasks="qe", model_cache=cache, **kw)
@@ -157,7 +157,7 @@ def test_long_pairs_report_how_they_were_cut(regression, cosine, corpus):
 
 
 def test_lang_mismatch_rules():
-    from ray_cluster.processors.qe import lang_mismatch
+    from xlmflow.ray_cluster.processors.qe import lang_mismatch
 
     assert not lang_mismatch("eng_Latn", "deu_Latn", "deu_Latn")
     assert not lang_mismatch("eng_Latn", "deu_Latn", "deu")  # a bare language
@@ -178,7 +178,7 @@ def test_lang_mismatch_rules():
 def test_lang_mismatch_on_real_pairs_with_swapped_translations(regression, corpus, tmp_path):
     """Pairs from parallel.jsonl (`xlmflow pairs make`), then each translation swapped for another
     target language's text of the same id; the hint keeps saying what the translation should be."""
-    from tasks.pairs import make_pairs
+    from xlmflow.tasks.pairs import make_pairs
 
     out = tmp_path / "pairs.jsonl"
     make_pairs(CORPUS, "eng_Latn", str(out), list(TARGETS))
@@ -205,8 +205,8 @@ def test_lang_mismatch_on_real_pairs_with_swapped_translations(regression, corpu
 
 
 def test_regression_needs_a_one_output_classifier(cache):
-    from ray_cluster.models import load_model
     from xlmflow.errors import ConfigError
+    from xlmflow.ray_cluster.models import load_model
 
     encoder = load_model("tiny", "embed", make_settings(inputs=("in",), out="out", model_cache=cache))
     with pytest.raises(ConfigError, match="qe-method cosine"):
@@ -224,7 +224,7 @@ BAD_PAIRS = [
 @pytest.mark.slow
 def test_flow_end_to_end_accounts_for_every_pair(prefect_harness, ray_local, corpus, cache, tmp_path):
 
-    from flows.corpus import corpus_flow
+    from xlmflow.flows.corpus import corpus_flow
 
     good = [
         {"id": f"{uid}|{lang}", "src": corpus[(uid, "eng_Latn")], "mt": corpus[(uid, lang)], "mt_lang": lang}

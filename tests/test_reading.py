@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pytest
 
-from ray_cluster.processors.embed import embeddings_schema
 from tests.readme_snippets import reading_script
 from tests.test_delta import DATE, _commit, _run_hex
 from xlmflow import delta, delta_schema, history, maintenance, partition, read, storage
 from xlmflow.manifest import manifest_uri, read_manifest
+from xlmflow.ray_cluster.processors.embed import embeddings_schema
 
 RUNS = 30
 # what the snippets found: each block prints its row count (two runs committed, the second is current)
@@ -128,7 +128,7 @@ def test_read_partition_opens_only_the_dates_files(tmp_path):
 def test_writer_writes_vectors_as_lists_of_their_declared_width(tmp_path):
     import pyarrow.parquet as pq
 
-    from tasks.write import write_table
+    from tests.tables import write_table
     from xlmflow import schemas
 
     out = str(tmp_path / "out")

@@ -8,11 +8,11 @@ import os
 import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from ray_cluster.processors.registry import make_settings
 from xlmflow import local_api
 from xlmflow.cli import _work_expected
 from xlmflow.lease import PartitionLease
 from xlmflow.manifest import manifest_uri
+from xlmflow.ray_cluster.registry import make_settings
 from xlmflow.storage import write_json
 
 

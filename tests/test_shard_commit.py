@@ -2,8 +2,9 @@
 
 import pyarrow as pa
 
-from tasks.shard import ShardWriter, plan_shards
+from tests.tables import write_parquet_object
 from xlmflow import schemas, storage
+from xlmflow.tasks.shard import ShardWriter, plan_shards
 
 
 def _docs(n: int, size: int = 10) -> pa.Table:
@@ -51,7 +52,7 @@ def test_shards_are_deterministic(tmp_path):
 def test_storage_roundtrip_on_moto_s3(s3_bucket):
     t = _docs(3)
     uri = storage.join(s3_bucket, "x", "a.parquet")
-    size = storage.write_table_parquet(uri, t)
+    size = write_parquet_object(uri, t)
     assert size > 0 and storage.exists(uri)
     storage.write_json(storage.join(s3_bucket, "m.json"), {"k": 1})
     assert storage.read_json(storage.join(s3_bucket, "m.json")) == {"k": 1}

@@ -81,7 +81,7 @@ def test_remove_stale_tmp_is_a_no_op_on_s3():
 
 def test_one_spelling_of_an_output_root_in_settings_and_storage(tmp_path, monkeypatch):
     """`file://`, `~`, relative paths and s3:// URIs: the settings' `out` is storage's canonical form."""
-    from ray_cluster.processors.registry import make_job
+    from xlmflow.ray_cluster.registry import make_job
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

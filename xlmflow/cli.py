@@ -10,14 +10,6 @@ import sys
 import traceback
 from typing import NoReturn
 
-from ray_cluster.cluster import cluster_address, connect
-from ray_cluster.model_check import check_processor
-from ray_cluster.models import make_tiny
-from ray_cluster.pool import prestart, shutdown_pools
-from ray_cluster.processors.registry import make_job, registry, run_settings
-from tasks.inputs import check_output_apart, expand_inputs
-from tasks.pairs import make_pairs
-from tasks.report import print_summary
 from xlmflow import __version__, interrupt, local_api, reaper, storage
 from xlmflow.cli_options import add_job_options, job_kwargs
 from xlmflow.errors import ConfigError, InputsChangedError
@@ -25,8 +17,16 @@ from xlmflow.failures import explain, hide_console_tracebacks, silence_console
 from xlmflow.lease import backend_for
 from xlmflow.lease_cli import add_lease_parser
 from xlmflow.manifest import read_manifest
+from xlmflow.ray_cluster.cluster import cluster_address, connect
+from xlmflow.ray_cluster.model_check import check_processor
+from xlmflow.ray_cluster.models import make_tiny
+from xlmflow.ray_cluster.pool import prestart, shutdown_pools
+from xlmflow.ray_cluster.registry import make_job, registry, run_settings
 from xlmflow.settings import check_date
 from xlmflow.tables_cli import add_tables_parsers
+from xlmflow.tasks.inputs import check_output_apart, expand_inputs
+from xlmflow.tasks.pairs import make_pairs
+from xlmflow.tasks.report import print_summary
 from xlmflow.uris import REFUSED, has_userinfo, redact
 
 _DEBUG_HELP = "debug logs, and the traceback of a failure"
@@ -71,7 +71,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         else:
             prestart(settings)
     # lazy: Prefect's flow machinery (3 s), imported here while the others start
-    from flows.corpus import corpus_flow
+    from xlmflow.flows.corpus import corpus_flow
 
     interrupt.take_prefect_sigterm()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from flows.backfill import backfill_flow, date_range, format_table
-from flows.deploy import CRON, POOL, ROOT, YAML_SOURCE, deploy_all, deployments, prefect_yaml
-from flows.params import LAG_DAYS, MAX_CONCURRENT, POLL_INTERVAL, TIMEZONE, render_input
-from ray_cluster.processors.registry import make_job
 from xlmflow import reaper
 from xlmflow.cli_options import add_job_options, job_kwargs
 from xlmflow.errors import ConfigError
+from xlmflow.flows.backfill import backfill_flow, date_range, format_table
+from xlmflow.flows.deploy import CRON, POOL, ROOT, YAML_SOURCE, deploy_all, deployments, prefect_yaml
+from xlmflow.flows.params import LAG_DAYS, MAX_CONCURRENT, POLL_INTERVAL, TIMEZONE, render_input
+from xlmflow.ray_cluster.registry import make_job
 
 
 def _add_input_and_out(parser: argparse.ArgumentParser) -> None:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 
-from ray_cluster.processors.base import registry
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.processors.base import registry
 from xlmflow.settings import JobSettings
 
 # fields that a command sets itself (positional inputs, --out), builds from several options, or that

@@ -30,5 +30,3 @@ class SystemicError(FatalError):
 
 class InputsChangedError(XlmflowError):
     """The inputs of an already committed partition changed; it was left as it is (exit status 3)."""
-
-    exit_code = 3

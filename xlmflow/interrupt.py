@@ -72,7 +72,7 @@ def take_prefect_sigterm() -> None:
         )
 
 
-def _handler(signum: int, frame: object) -> None:
+def _handler(signum: int, _frame: object) -> None:
     global _stop, _raised
     if _stop is None:
         if signum == signal.SIGINT and _ignore_sigint:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ray_cluster.processors.registry import make_settings
 from xlmflow import lease
+from xlmflow.ray_cluster.registry import make_settings
 
 
 def add_lease_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type

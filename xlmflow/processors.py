@@ -7,15 +7,15 @@ A processor type subclasses `Processor` (or `ModelProcessor` for an XLM-R checkp
 `xlmflow.processors` of its package. README "Writing a processor" has the contract.
 """
 
-from ray_cluster.processors.base import ModelOptions, ModelProcessor, Options, Processor
-from ray_cluster.processors.outputs import (
+from xlmflow.ray_cluster.outputs import (
     BatchOutput,
     Dataset,
     LabelCounts,
     ProcessorContractError,
     ScoreSample,
 )
-from ray_cluster.processors.registry import ENTRY_POINT_GROUP
+from xlmflow.ray_cluster.processors.base import ModelOptions, ModelProcessor, Options, Processor
+from xlmflow.ray_cluster.registry import ENTRY_POINT_GROUP
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -15,7 +15,7 @@ class IngestResult:
     """What ingest hands to processing and commit.
 
     Made by tasks.steps.ingest_inputs from the split tasks and the id stage of dedup
-    (ray_cluster.ingest_pipeline.read_inputs); read by tasks.steps.process_shards (what to expect) and by
+    (tasks.ingest_pipeline.read_inputs); read by tasks.steps.process_shards (what to expect) and by
     the commit (tasks.collect: counts, rejects of the split tasks, manifest fields).
 
     - `listing`: the input files as listed before reading ({"path", "size", ...}); the manifest keeps it

@@ -3,7 +3,7 @@
 The rule: a schema the core defines lives here; a dataset a processor writes is declared by that
 processor (its module, e.g. ray_cluster.processors.ner's ENTITIES), and so are the columns it adds
 to the main record (its `columns`). The main record of a run is the core's plus those columns
-(ray_cluster.processors.registry.main_schema).
+(ray_cluster.registry.main_schema).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ STAGED_PAIRS = pa.schema(
 )
 
 # OUT/documents/date=D/: the staged columns, with the columns the run's processors declare (lid's
-# `lang`, `lang_score` after `text`, others at the end: ray_cluster.processors.registry.main_schema).
+# `lang`, `lang_score` after `text`, others at the end: ray_cluster.registry.main_schema).
 DOCUMENTS = pa.schema(
     [
         ("doc_id", pa.string()),

@@ -5,7 +5,7 @@ partition run reads (inputs, date). Flows take a `JobSettings` as their one sett
 renders it as a form), and the command line is generated from the same fields (xlmflow.cli_options).
 
 Processors are a list of named instances, each `{"name", "type", "options"}`. This module knows no
-processor type: settings are built through ray_cluster.processors.registry (`make_settings`, `make_job`,
+processor type: settings are built through ray_cluster.registry (`make_settings`, `make_job`,
 `run_settings`), which expands the shorthand `tasks="lid,ner"` with `ner_model=...` (one instance per
 type, named like the type), validates each instance's options against its type's pydantic model with the
 defaults filled in (so the config hash and the manifest hold every option a run used), and fills in
@@ -193,7 +193,7 @@ class JobSettings(BaseModel):
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         """`tasks="lid,ner"` plus `ner_model=X`, `qe_method=...`: one instance per type, named like it.
-        Whether the types exist is the registry's to say (ray_cluster.processors.registry checks the
+        Whether the types exist is the registry's to say (ray_cluster.registry checks the
         shorthand first, with the list of types); here an option goes to the type it starts with."""
         if not isinstance(data, dict) or ("tasks" not in data and all(k in cls.model_fields for k in data)):
             return data
@@ -218,7 +218,7 @@ class JobSettings(BaseModel):
     @classmethod
     def _check_processors(cls, v: tuple[ProcessorSpec, ...]) -> tuple[ProcessorSpec, ...]:
         """What holds whatever the types: their types and options are resolved above the core
-        (ray_cluster.processors.registry)."""
+        (ray_cluster.registry)."""
         if not v:
             raise ValueError("no processor instances; give at least one (e.g. --tasks lid)")
         seen = set()
@@ -252,7 +252,7 @@ class JobSettings(BaseModel):
         if self.resolved is None:
             raise ConfigError(
                 "settings were built without resolving their processors; build them with "
-                "ray_cluster.processors.registry.make_settings/make_job/run_settings"
+                "xlmflow.ray_cluster.registry.make_settings/make_job/run_settings"
             )
         return self.resolved
 

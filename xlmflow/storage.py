@@ -250,15 +250,3 @@ def read_table_ipc(uri: str):  # noqa: ANN201
     import pyarrow as pa
 
     return pa.ipc.open_file(pa.BufferReader(read_bytes(uri))).read_all()
-
-
-def write_table_parquet(uri: str, table) -> int:  # noqa: ANN001
-    """Write one Parquet file atomically; returns its size in bytes."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
-    write_bytes(uri, data)
-    return len(data)

@@ -6,7 +6,7 @@ A processor type is one class that describes itself:
 - `Options`: a pydantic model of its options (model spec and knobs), with descriptions and defaults;
   settings validation, CLI options and help, flow parameters and the manifest all come from it;
 - `columns`: the columns it adds to the main record, and `datasets`: the datasets it writes, each a
-  `Dataset` (ray_cluster.processors.outputs): its Arrow schema (None: known only once the model is
+  `Dataset` (ray_cluster.outputs): its Arrow schema (None: known only once the model is
   loaded, `dataset_schema`) and the aggregates the writer collects for the report (or a bare schema);
 - `model_class`: the transformers Auto class it loads (None: no model), and `make_tiny`, its offline
   smoke-test checkpoint;
@@ -20,7 +20,7 @@ processor that fails on more than `max_error_fraction` of a shard's rows (and mo
 on a run of rows with no success between, fails the run with a `SystemicError`: a bug or a wrong model
 must not turn a partition into rejects.
 
-Types register by subclassing (ray_cluster.processors.registry: built-in modules of this package,
+Types register by subclassing (ray_cluster.registry: built-in modules of this package,
 plug-ins through the entry-point group `xlmflow.processors`; a name is taken once). Plug-ins import
 this API from `xlmflow.processors`.
 """
@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_cluster.engine import Engine
-from ray_cluster.models import load_model, make_tiny_xlmr
-from ray_cluster.processors.outputs import (  # noqa: F401 - the processor API, in one place
+from xlmflow.errors import ConfigError, FatalError, SystemicError
+from xlmflow.ray_cluster.engine import Engine
+from xlmflow.ray_cluster.models import load_model, make_tiny_xlmr
+from xlmflow.ray_cluster.outputs import (  # noqa: F401 - the processor API, in one place
     BatchOutput,
     Dataset,
     LabelCounts,
@@ -48,7 +49,7 @@ from ray_cluster.processors.outputs import (  # noqa: F401 - the processor API, 
     as_dataset,
     merge_outputs,
 )
-from ray_cluster.processors.registry import (  # noqa: F401 - re-exported for the modules that import them here
+from xlmflow.ray_cluster.registry import (  # noqa: F401 - re-exported for the modules that import them here
     build_processors,
     known_datasets,
     main_schema,
@@ -56,7 +57,6 @@ from ray_cluster.processors.registry import (  # noqa: F401 - re-exported for th
     registry,
     run_datasets,
 )
-from xlmflow.errors import ConfigError, FatalError, SystemicError
 from xlmflow.schemas import make_reject
 
 if TYPE_CHECKING:
@@ -128,10 +128,6 @@ class Processor:
     @classmethod
     def make_tiny(cls, out: str, seed: int = 0) -> str:
         raise ConfigError(f"processor {cls.name} has no tiny model (it loads no model)")
-
-    @property
-    def id_column(self) -> str:
-        return "pair_id" if self.mode == "pairs" else "doc_id"
 
     def setup(self, device: str) -> None:
         """Load models/detectors once per actor. `device` is "cpu" or "cuda"."""

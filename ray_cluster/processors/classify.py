@@ -25,8 +25,14 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, Dataset, LabelCounts, ModelOptions, ModelProcessor
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.processors.base import (
+    BatchOutput,
+    Dataset,
+    LabelCounts,
+    ModelOptions,
+    ModelProcessor,
+)
 
 # OUT/classifications/date=D/: one row per document and classify instance
 CLASSIFICATIONS = pa.schema(

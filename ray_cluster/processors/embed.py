@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.processors.base import BatchOutput, Dataset, ModelOptions, ModelProcessor
+from xlmflow.ray_cluster.processors.base import BatchOutput, Dataset, ModelOptions, ModelProcessor
 from xlmflow.schemas import WIDTH_KEY
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from ray_cluster.engine import Engine
+    from xlmflow.ray_cluster.engine import Engine
 
 LAWDR_LAYERS = 4
 

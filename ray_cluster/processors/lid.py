@@ -6,8 +6,8 @@ import collections
 
 import pyarrow as pa
 
-from ray_cluster.langid import LanguageIdentifier, detector_version
-from ray_cluster.processors.base import BatchOutput, Processor
+from xlmflow.ray_cluster.langid import LanguageIdentifier, detector_version
+from xlmflow.ray_cluster.processors.base import BatchOutput, Processor
 
 
 class LidProcessor(Processor):

@@ -21,15 +21,21 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.models import TINY_NER_LABELS
-from ray_cluster.processors.base import BatchOutput, Dataset, LabelCounts, ModelOptions, ModelProcessor
+from xlmflow.ray_cluster.models import TINY_NER_LABELS
+from xlmflow.ray_cluster.processors.base import (
+    BatchOutput,
+    Dataset,
+    LabelCounts,
+    ModelOptions,
+    ModelProcessor,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import numpy as np
 
-    from ray_cluster.engine import DocTokens, Engine
+    from xlmflow.ray_cluster.engine import DocTokens, Engine
 
 
 # OUT/entities/date=D/: one row per entity; `instance` names the instance that found it (a run may

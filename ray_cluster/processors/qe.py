@@ -27,15 +27,21 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ray_cluster.langid import CODE_MAP, LanguageIdentifier, detector_version
-from ray_cluster.processors.base import BatchOutput, Dataset, ModelOptions, ModelProcessor, ScoreSample
-from ray_cluster.processors.embed import document_vectors, pooled_windows
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.langid import CODE_MAP, LanguageIdentifier, detector_version
+from xlmflow.ray_cluster.processors.base import (
+    BatchOutput,
+    Dataset,
+    ModelOptions,
+    ModelProcessor,
+    ScoreSample,
+)
+from xlmflow.ray_cluster.processors.embed import document_vectors, pooled_windows
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ray_cluster.engine import DocTokens, Engine
+    from xlmflow.ray_cluster.engine import DocTokens, Engine
 
 # OUT/qe/date=D/: one row per pair and QE instance, joinable with pairs on pair_id
 QE = pa.schema(

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from tasks.readers.delimited import csv_records, unique_names
-from tasks.readers.parquet import parquet_records
-from tasks.readers.stream import (
+from xlmflow.storage import fs_for
+from xlmflow.tasks.readers.delimited import csv_records, unique_names
+from xlmflow.tasks.readers.parquet import parquet_records
+from xlmflow.tasks.readers.stream import (
     MAX_FILE_BYTES,
     MAX_RECORD_BYTES,
     SUPPORTED,
@@ -48,8 +49,7 @@ from tasks.readers.stream import (
     format_of,
     range_chunks,
 )
-from tasks.readers.text import jsonl, txt
-from xlmflow.storage import fs_for
+from xlmflow.tasks.readers.text import jsonl, txt
 
 __all__ = ["MAX_FILE_BYTES", "MAX_RECORD_BYTES", "SUPPORTED", "Bad", "Record", "format_of", "read_piece",
            "read_records", "unique_names"]  # fmt: skip

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
-from tasks.readers.stream import BOM, PREVIEW, Bad, Lines, Long, Record, Source, eol, too_long
+from xlmflow.tasks.readers.stream import BOM, PREVIEW, Bad, Lines, Long, Record, Source, eol, too_long
 
 
 class TooLong(Exception):

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.readers.delimited import unique_names
-from tasks.readers.stream import PREVIEW, Bad, Record
+from xlmflow.tasks.readers.delimited import unique_names
+from xlmflow.tasks.readers.stream import PREVIEW, Bad, Record
 
 BATCH_BYTES = 64 << 20
 BATCH_ROWS = 64

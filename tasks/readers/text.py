@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from tasks.readers.stream import BOM, PREVIEW, Bad, Lines, Long, Record, Source, to_newline, too_long
+from xlmflow.tasks.readers.stream import BOM, PREVIEW, Bad, Lines, Long, Record, Source, to_newline, too_long
 
 
 def jsonl(lines: Lines, src: Source) -> Iterator[Record]:

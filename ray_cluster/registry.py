@@ -2,7 +2,7 @@
 against them.
 
 Types register when their class is defined (`Processor.__init_subclass__` calls `register`): the
-built-in modules of this package are imported by `registry()`, plug-ins come from the entry-point
+built-in modules of xlmflow.ray_cluster.processors are imported by `registry()`, plug-ins come from the entry-point
 group `xlmflow.processors`. A name is taken once: a second class under a taken name (a plug-in named
 like a built-in) is refused with a ConfigError, never silently swapped in.
 
@@ -22,13 +22,14 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from ray_cluster.processors.outputs import Dataset, as_dataset
 from xlmflow import schemas
 from xlmflow.errors import ConfigError
+from xlmflow.ray_cluster.outputs import Dataset, as_dataset
 from xlmflow.settings import JobSettings, ProcessorSpec, Resolved, RunSettings, check_date, config_error
 
 ENTRY_POINT_GROUP = "xlmflow.processors"
-_OWN_MODULES = {"base", "outputs", "registry"}  # the machinery of this package, not processor types
+BUILTINS = "xlmflow.ray_cluster.processors"  # the package of the built-in processor types
+_OWN_MODULES = {"base"}  # the machinery of that package, not a processor type
 _REGISTRY: dict[str, Any] = {}  # name -> Processor subclass
 _LOADED = False
 
@@ -49,11 +50,12 @@ def registry() -> dict[str, Any]:
     """Processor types by name: this package's modules, then the `xlmflow.processors` entry points."""
     global _LOADED
     if not _LOADED:
-        pkg = importlib.import_module(__package__)
+        # imported by name: the types' modules import the machinery here, never the other way round
+        pkg = importlib.import_module(BUILTINS)
         for m in pkgutil.iter_modules(pkg.__path__):
             if m.name not in _OWN_MODULES:
-                importlib.import_module(f"{__package__}.{m.name}")
-        builtins = {n for n, c in _REGISTRY.items() if c.__module__.startswith(f"{__package__}.")}
+                importlib.import_module(f"{BUILTINS}.{m.name}")
+        builtins = {n for n, c in _REGISTRY.items() if c.__module__.startswith(f"{BUILTINS}.")}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             load_plugin(ep, builtins)
         _LOADED = True
