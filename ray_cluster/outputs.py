@@ -70,6 +70,13 @@ class LabelCounts:
     def result(self, state: collections.Counter[str]) -> dict | None:
         return dict(state) or None
 
+    def summarize(self, dataset: str, results: list[dict]) -> dict:
+        """The manifest's entry: {"labels": {dataset: rows per label}} over all parts."""
+        total: collections.Counter = collections.Counter()
+        for r in results:
+            total.update(r)
+        return {self.key: {dataset: dict(sorted(total.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))}}
+
 
 @dataclass(frozen=True)
 class ScoreSample:
@@ -96,6 +103,26 @@ class ScoreSample:
         if n > self.size:
             s = pc.quantile(s, q=[i / self.size for i in range(self.size + 1)])
         return {"n": n, "sample": s.to_pylist()}
+
+    def summarize(self, dataset: str, results: list[dict]) -> dict:
+        """The manifest's entry: {"<dataset>_quantiles": {"p05", "p25", "p50", "p75", "p95"}}."""
+        return {f"{dataset}_quantiles": _quantiles(results, (0.05, 0.25, 0.5, 0.75, 0.95))}
+
+
+def _quantiles(samples: list[dict], qs: tuple[float, ...]) -> dict:
+    """Quantiles over the parts' samples: exact when every part returned all its scores (parts of up
+    to the sample size its ScoreSample declares), else from each part's quantiles weighted by its row count."""
+    import numpy as np  # lazy: the registry imports this module at CLI start
+
+    values = np.concatenate([np.asarray(s["sample"], dtype=np.float64) for s in samples])
+    weights = np.concatenate([np.full(len(s["sample"]), s["n"] / max(1, len(s["sample"]))) for s in samples])
+    if all(len(s["sample"]) == s["n"] for s in samples):
+        got = np.quantile(values, qs)
+    else:
+        order = np.argsort(values)
+        cum = np.cumsum(weights[order])
+        got = [values[order][min(len(values) - 1, int(np.searchsorted(cum, q * cum[-1])))] for q in qs]
+    return {f"p{int(q * 100):02d}": round(float(v), 4) for q, v in zip(qs, got, strict=True)}
 
 
 @dataclass(frozen=True)

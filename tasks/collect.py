@@ -20,7 +20,7 @@ from xlmflow.part_files import part_uri
 from xlmflow.partition import Partition
 from xlmflow.ray_cluster.actor import results_uri
 from xlmflow.ray_cluster.registry import known_datasets, registry, run_datasets, run_declarations
-from xlmflow.records import IngestResult, ProcessResult, RunFacts
+from xlmflow.records import IngestResult, ProcessResult, RunFacts, WrittenPart
 from xlmflow.tasks.report import dataset_stats
 from xlmflow.tasks.write import plan_parts, write_part
 
@@ -70,20 +70,20 @@ def commit_outputs(
     except BaseException:
         storage.remove(uris)
         raise
-    by_name: dict[str, list[dict]] = {n: [] for n in names}
-    for call, r in zip(calls, results, strict=True):
-        by_name[call[1]].append(r)
-    files = {n: [r["file"] for r in rs] for n, rs in by_name.items()}
+    by_name: dict[str, list[WrittenPart]] = {n: [] for n in names}
+    for r in results:
+        by_name[r.dataset].append(r)
+    files = {n: [r.file for r in rs] for n, rs in by_name.items()}
     _check_written(settings, files, manifest["counts"], uris)
     file_schemas = {
-        n: pa.ipc.read_schema(pa.py_buffer(rs[0]["schema"])) if rs else None for n, rs in by_name.items()
+        n: pa.ipc.read_schema(pa.py_buffer(rs[0].schema)) if rs else None for n, rs in by_name.items()
     }
     # the statistics go into the tables' add actions only: the manifest lists the files
     manifest["files"] = {
         n: [{k: v for k, v in f.items() if k != "stats"} for f in fs] for n, fs in files.items()
     }
-    manifest["nodes"]["writers"] = sorted({r["node_id"] for r in results if r.get("node_id")})
-    manifest.update(dataset_stats(by_name))
+    manifest["nodes"]["writers"] = sorted({r.node_id for r in results if r.node_id})
+    manifest.update(dataset_stats(by_name, declared))
     return partition.commit(files, file_schemas, manifest, settings.checkpoint_interval)
 
 

@@ -134,38 +134,19 @@ def summary_rows(manifest: dict) -> list[dict]:
     return rows
 
 
-def dataset_stats(parts: dict[str, list[dict]]) -> dict:
-    """Rows per label of every dataset with a `label` column (entities, classifications, ...) and QE score
-    quantiles, from what the writer tasks returned (no data read)."""
+def dataset_stats(parts: dict[str, list], declared: dict) -> dict:
+    """The manifest's figures of each dataset (label counts, score quantiles, ...): what its declared
+    aggregates make of the results the writer tasks returned (xlmflow.records.WrittenPart; no data read)."""
     extra: dict = {}
-    by_dataset: dict[str, dict[str, int]] = {}
-    for dataset, rs in parts.items():
-        for r in rs:
-            for k, v in (r.get("labels") or {}).items():
-                labels = by_dataset.setdefault(dataset, {})
-                labels[k] = labels.get(k, 0) + v
-    if by_dataset:
-        extra["labels"] = {d: dict(sorted(v.items())) for d, v in by_dataset.items()}
-    samples = [r["qe_scores"] for r in parts.get("qe", []) if r.get("qe_scores")]
-    if samples:
-        extra["qe_quantiles"] = _quantiles(samples, (0.05, 0.25, 0.5, 0.75, 0.95))
+    for dataset, written in parts.items():
+        for agg in declared[dataset].aggregates:
+            results = [w.figures[agg.key] for w in written if agg.key in w.figures]
+            for key, value in (agg.summarize(dataset, results) if results else {}).items():
+                if isinstance(value, dict) and isinstance(extra.get(key), dict):
+                    extra[key].update(value)  # one entry per dataset under a shared key ("labels")
+                else:
+                    extra[key] = value
     return extra
-
-
-def _quantiles(samples: list[dict], qs: tuple[float, ...]) -> dict:
-    """Quantiles over the parts' samples: exact when every part returned all its scores (parts of up
-    to the sample size its ScoreSample declares), else from each part's quantiles weighted by its row count."""
-    import numpy as np
-
-    values = np.concatenate([np.asarray(s["sample"], dtype=np.float64) for s in samples])
-    weights = np.concatenate([np.full(len(s["sample"]), s["n"] / max(1, len(s["sample"]))) for s in samples])
-    if all(len(s["sample"]) == s["n"] for s in samples):
-        got = np.quantile(values, qs)
-    else:
-        order = np.argsort(values)
-        cum = np.cumsum(weights[order])
-        got = [values[order][min(len(values) - 1, int(np.searchsorted(cum, q * cum[-1])))] for q in qs]
-    return {f"p{int(q * 100):02d}": round(float(v), 4) for q, v in zip(qs, got, strict=True)}
 
 
 def markdown_report(manifest: dict, out: str) -> str:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from xlmflow import schemas, storage
 from xlmflow.part_files import part_uri, write_parquet  # noqa: F401 - part_uri: part of this module's interface
 from xlmflow.ray_cluster.cluster import node_id
+from xlmflow.records import WrittenPart
 from xlmflow.tasks.ingest import staged_rejects
 from xlmflow.tasks.staged import read_bucket
 
@@ -60,7 +61,7 @@ def write_part(
     sources: list[dict],
     empty: bytes | None = None,
     aggregates: Sequence = (),
-) -> dict:
+) -> WrittenPart:
     """Write one Parquet file of `dataset` from staged sources (an empty one, with the serialized schema
     `empty`, when there are none); returns its file entry, schema and the results of `aggregates`
     (the dataset's declared ones: each `start`/`add`/`result`, returned under its `key`)."""
@@ -73,13 +74,14 @@ def write_part(
 
     written = write_parquet(out, uri, (t for src in sources for t in _tables(src)), empty, seen)
     figures = {a.key: r for a, st in zip(aggregates, states, strict=True) if (r := a.result(st)) is not None}
-    return {
-        "file": written.entry,
-        "schema": written.schema.serialize().to_pybytes(),
-        "node_id": node_id(),
-        "seconds": round(time.perf_counter() - t0, 3),
-        **figures,
-    }
+    return WrittenPart(
+        dataset=dataset,
+        file=written.entry,
+        schema=written.schema.serialize().to_pybytes(),
+        node_id=node_id(),
+        seconds=round(time.perf_counter() - t0, 3),
+        figures=figures,
+    )
 
 
 def plan_parts(sources: list[tuple[dict, int]], target_bytes: int) -> list[list[dict]]:

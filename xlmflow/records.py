@@ -78,6 +78,27 @@ class ProcessResult:
 
 
 @dataclass(frozen=True)
+class WrittenPart:
+    """What a writer task returns: one Parquet file of a dataset, written on the cluster.
+
+    Made by tasks.write.write_part; read by tasks.collect (the files it commits, their schema, the
+    writers' nodes) and tasks.report (the figures).
+
+    - `file`: the file entry {"path", "rows", "bytes", "stats"} (statistics from the footer just written);
+    - `schema`: the file's Arrow schema, serialized (every part of a dataset has the same one);
+    - `figures`: the results of the aggregates the dataset declares, by their key (empty: none declared
+      or no rows), e.g. {"labels": {...}} from LabelCounts.
+    """
+
+    dataset: str
+    file: dict
+    schema: bytes
+    node_id: str | None
+    seconds: float
+    figures: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunFacts:
     """What the flow knows of its run, for the manifest (all of it goes in as top-level keys).
 

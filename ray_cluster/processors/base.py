@@ -1,4 +1,4 @@
-"""The processor contract, the registry, and the machinery every processor shares.
+"""The processor contract and the machinery every processor shares (the registry: ray_cluster.registry).
 
 A processor type is one class that describes itself:
 - `name` (the type users write in `--tasks` / `--proc NAME=TYPE`), `version` (bump when its output
