@@ -122,8 +122,11 @@ def summary_rows(manifest: dict) -> list[dict]:
         for inst, counters in (c.get("processors") or {}).items()
         for k, v in counters.items()
     ]
-    rows += [
-        {"section": "qe_score", "key": k, "value": v} for k, v in manifest.get("qe_quantiles", {}).items()
+    rows += [  # score quantiles of a dataset that declares a ScoreSample ("qe_quantiles" -> "qe_score")
+        {"section": name.removesuffix("_quantiles") + "_score", "key": k, "value": v}
+        for name, quantiles in manifest.items()
+        if name.endswith("_quantiles") and isinstance(quantiles, dict)
+        for k, v in quantiles.items()
     ]
     rows += [
         {"section": "throughput", "key": k, "value": v} for k, v in manifest.get("throughput", {}).items()
