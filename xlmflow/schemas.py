@@ -10,61 +10,35 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+
+def columns(spec: str) -> pa.Schema:
+    """A schema written as "name type, name type, ..." with pyarrow's type names (string, int32, int64,
+    float32, bool): one line per schema instead of one per column."""
+    return pa.schema([(name, pa.type_for_alias(t)) for name, t in (c.split() for c in spec.split(","))])
+
+
 # Ingest -> shards (docs mode). `meta` holds the extra input fields as a JSON object string, so every
 # input format maps onto one schema without unifying arbitrary column types across files.
-STAGED_DOCS = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("text", pa.string()),
-        ("lang_hint", pa.string()),
-        ("n_chars", pa.int32()),
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
-        ("meta", pa.string()),
-    ]
+STAGED_DOCS = columns(
+    "doc_id string, text string, lang_hint string, n_chars int32, source string, source_row int64, meta string"
 )
 
 # Ingest -> shards (pairs mode, task qe).
-STAGED_PAIRS = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("src", pa.string()),
-        ("mt", pa.string()),
-        ("src_lang_hint", pa.string()),
-        ("mt_lang_hint", pa.string()),
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
-        ("meta", pa.string()),
-    ]
+STAGED_PAIRS = columns(
+    "pair_id string, src string, mt string, src_lang_hint string, mt_lang_hint string, source string, source_row int64, meta string"
 )
 
 # OUT/documents/date=D/: the staged columns, with the columns the run's processors declare (lid's
 # `lang`, `lang_score` after `text`, others at the end: ray_cluster.registry.main_schema).
-DOCUMENTS = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("text", pa.string()),
-        ("n_chars", pa.int32()),
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
-        ("lang_hint", pa.string()),
-        ("meta", pa.string()),
-    ]
+DOCUMENTS = columns(
+    "doc_id string, text string, n_chars int32, source string, source_row int64, lang_hint string, meta string"
 )
 
 # OUT/pairs/date=D/: the accepted pairs (pairs mode), joinable with qe on pair_id.
 PAIRS = STAGED_PAIRS
 
 # OUT/rejects/date=D/: every input row that is not an output row, with a reason code.
-REJECTS = pa.schema(
-    [
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("raw", pa.string()),
-    ]
-)
+REJECTS = columns("source string, source_row int64, reason string, detail string, raw string")
 REJECT_RAW_CHARS = 500  # excerpt length kept in `raw`
 
 # Reject reason of a document removed as a near copy of an earlier one (tasks.near_dedup); its detail
@@ -73,14 +47,7 @@ NEAR_DUPLICATE = "near_duplicate"
 
 # The near_duplicates dataset: one row per document removed as a near copy. cluster_id is the input-order
 # key of the cluster's kept document (unique per cluster); the kept document has no row of its own.
-NEAR_DUPLICATES = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("kept_id", pa.string()),
-        ("cluster_id", pa.int64()),
-        ("estimated_jaccard", pa.float32()),
-    ]
-)
+NEAR_DUPLICATES = columns("doc_id string, kept_id string, cluster_id int64, estimated_jaccard float32")
 
 # A vector column's width: Delta has no fixed-size array type, so vectors are plain lists in the
 # files and `array<float>` in the table (every Delta reader maps one onto the other), and the width

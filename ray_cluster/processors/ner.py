@@ -29,6 +29,7 @@ from xlmflow.ray_cluster.processors.base import (
     ModelOptions,
     ModelProcessor,
 )
+from xlmflow.schemas import columns
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,17 +41,8 @@ if TYPE_CHECKING:
 
 # OUT/entities/date=D/: one row per entity; `instance` names the instance that found it (a run may
 # have several of type ner, e.g. `entities` and `acronyms`)
-ENTITIES = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("instance", pa.string()),
-        ("start", pa.int32()),
-        ("end", pa.int32()),
-        ("text", pa.string()),
-        ("label", pa.string()),
-        ("score", pa.float32()),
-        ("model", pa.string()),
-    ]
+ENTITIES = columns(
+    "doc_id string, instance string, start int32, end int32, text string, label string, score float32, model string"
 )
 
 

@@ -37,27 +37,18 @@ from xlmflow.ray_cluster.processors.base import (
     ScoreSample,
 )
 from xlmflow.ray_cluster.processors.embed import document_vectors, pooled_windows
+from xlmflow.schemas import columns
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from xlmflow.ray_cluster.engine import DocTokens, Engine
 
-# OUT/qe/date=D/: one row per pair and QE instance, joinable with pairs on pair_id
-QE = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("instance", pa.string()),
-        ("score", pa.float32()),
-        ("method", pa.string()),
-        ("model", pa.string()),
-        ("src_lang", pa.string()),
-        ("mt_lang", pa.string()),
-        ("lang_mismatch", pa.bool_()),
-        ("length_ratio", pa.float32()),
-        ("truncated", pa.bool_()),
-        ("truncation", pa.string()),  # how the pair was cut, e.g. "src:120->60" ; "" when it fit
-    ]
+# OUT/qe/date=D/: one row per pair and QE instance, joinable with pairs on pair_id; `truncation` says how
+# the pair was cut, e.g. "src:120->60" ("" when it fit)
+QE = columns(
+    "pair_id string, instance string, score float32, method string, model string, src_lang string, "
+    "mt_lang string, lang_mismatch bool, length_ratio float32, truncated bool, truncation string"
 )
 HAN_SCRIPTS = {"Hani", "Hans", "Hant", "Jpan"}  # one family: a Han-only text may be any of them
 
