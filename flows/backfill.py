@@ -14,6 +14,10 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.futures import as_completed
 
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.flows.corpus import corpus_flow
@@ -73,6 +77,7 @@ def run_partition(
                 res = corpus_flow(**params, date=date)
                 row.update(status=res["status"], counts=_counts(res.get("manifest")))
             else:
+                # lazy: Prefect takes seconds to import; the CLI starts it after its checks
                 from prefect.deployments import run_deployment
 
                 fr = run_deployment(
@@ -99,8 +104,6 @@ def run_partition(
 
 def _check_deployment(name: str) -> None:
     """Fail before any date runs when the partition deployment is missing."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
@@ -122,8 +125,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _publish(rows: list[dict]) -> None:
-    from prefect.artifacts import create_table_artifact
-
     table = [
         {
             "date": r["date"],
@@ -149,8 +150,6 @@ def backfill_flow(
     **legacy: Any,
 ) -> list[dict]:
     """Process every date of [start, end]; fail (after all dates ran) if any date failed."""
-    from prefect.futures import as_completed
-
     job = job_settings(settings, legacy, "backfill")
     if not (input_template and start and end):
         raise ConfigError("flow 'backfill' needs input_template, start and end")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from xlmflow.errors import ConfigError
 from xlmflow.flows.corpus import corpus_flow
@@ -37,14 +38,10 @@ def partition_date(scheduled: dt.datetime, lag_days: int = LAG_DAYS, timezone: s
 
 
 def _scheduled_date(lag_days: int, timezone: str) -> str:
-    from prefect.runtime import flow_run
-
     return partition_date(flow_run.scheduled_start_time, lag_days, timezone).isoformat()
 
 
 def _daily_run_name() -> str:
-    from prefect.runtime import flow_run
-
     p = flow_run.parameters
     date = p.get("date") or _scheduled_date(p.get("lag_days", LAG_DAYS), p.get("timezone", TIMEZONE))
     return f"daily-{date}"

@@ -104,6 +104,7 @@ def deployments(
 def ensure_work_pool(name: str) -> bool:
     """Create a `process` work pool named `name` unless it exists; True if it was created. Read first:
     a create that conflicts logs an ERROR in the server's database (see flows.params.ensure_limit)."""
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -139,6 +140,7 @@ def deploy_all(
 
 
 def _deploy(d: Deployment, pool: str, source: str, env: dict[str, str] | None) -> str:
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect import Flow
 
     schedule = _prefect_schedule(d.schedule)
@@ -165,6 +167,7 @@ def _deploy(d: Deployment, pool: str, source: str, env: dict[str, str] | None) -
 
 
 def _prefect_schedule(s: dict[str, Any] | None):  # noqa: ANN202 - a Prefect schedule
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.schedules import Cron, Interval
 
     if s is None:
@@ -203,6 +206,7 @@ def prefect_yaml(
     env: dict[str, str] | None = None,
 ) -> str:
     """`specs` as a prefect.yaml; `command` is the command line that wrote it (named in its head)."""
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     import prefect
 
     pool_def = {"name": pool, "work_queue_name": QUEUE, "job_variables": {"env": env} if env else {}}

@@ -58,6 +58,7 @@ def lock_name(out: str, date: str) -> str:
 @contextmanager
 def partition_lock(out: str, date: str) -> Iterator[None]:
     """Hold the partition's global concurrency slot (limit 1) while it is computed; leases are renewed."""
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.concurrency.sync import concurrency
 
     name = lock_name(out, date)
@@ -71,6 +72,7 @@ def ensure_limit(name: str) -> None:
     conflicts makes the server's database log an ERROR (a unique-key violation on PostgreSQL), which
     trips log-based alerting, and a limit exists on every rerun and every second run of a date. Two
     runs that both find it missing still race; the loser's conflict is taken as success."""
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -91,6 +93,7 @@ def tag_run(tags: list[str], job: Any) -> None:
     """Add `tags` and `processor:NAME` of every processor instance of `job` to the current flow run, so the
     UI can filter runs (partitions, and the daily and backfill runs above them) by date and processor."""
     try:
+        # lazy: Prefect takes seconds to import; the CLI starts it after its checks
         from prefect import get_client
         from prefect.runtime import flow_run
 

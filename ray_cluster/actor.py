@@ -185,6 +185,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _pick_device(num_cpus: float) -> str:
     """CUDA when this actor was given a GPU that torch can see, else CPU with threads matched to its CPUs."""
     try:
+        # lazy: torch takes seconds to import; only actors need it
         import torch
     except ImportError:
         return "cpu"

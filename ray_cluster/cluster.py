@@ -49,6 +49,7 @@ def connect(address: str | None) -> None:
 
     Joining is never by accident: without an address a run starts its own Ray even on a host where
     `ray start` has run (it says so, and how to join that cluster instead)."""
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
 
     if ray.is_initialized():
@@ -86,6 +87,7 @@ def _join(address: str) -> None:
     the server process it starts for each client: Ray forks that process from a thread while its other
     threads are in gRPC, and on a busy head the child can crash before it runs (a segfault in gRPC's
     fork handling, seen in the kernel log); a new connection gets a new process."""
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
 
     for attempt in range(1, CLIENT_ATTEMPTS + 1):
@@ -120,6 +122,7 @@ def version_mismatch_message(address: str | None, error: str) -> str | None:
 
 
 def _disconnect() -> None:
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
 
     try:
@@ -133,6 +136,7 @@ def _start_local() -> None:
     (unless RAY_enable_metrics_collection asks for them), and in a session of its own, so that a signal
     to the terminal's process group (Ctrl-C, `kill -- -PGID`) reaches the driver alone, which then
     stops it; its services still die with the driver (Ray's parent-death signal, the watchdog)."""
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
     from ray._private import ray_constants, services, utils
 
@@ -184,6 +188,7 @@ def _start_local() -> None:
 
 def _joined_address(given: str) -> str:
     """The GCS address behind `auto`; a Ray Client address as given."""
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
 
     if given.startswith("ray://"):
@@ -197,6 +202,7 @@ def _joined_address(given: str) -> str:
 def node_id() -> str | None:
     """The Ray node this process runs on (recorded by tasks and actors), None outside Ray."""
     try:
+        # lazy: ray takes about a second to import; outside Ray there is no node
         import ray
 
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -208,6 +214,7 @@ def check_out_reachable(out: str, shared: bool = False) -> None:
     """Refuse a local --out when the cluster has nodes on other machines: their workers write the
     output files, and this machine's disk is not theirs (unless --shared-out says it is mounted at the
     same path on every node)."""
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
 
     if storage.is_remote(out) or shared:
@@ -235,6 +242,7 @@ def plan_layout(actors: int | None, gpu_fraction: float = 1.0) -> Layout:
     CPUs are always declared: an actor holding an implicit CPU for its whole life starves other work
     on small machines.
     """
+    # lazy: ray takes about a second to import; the CLI checks its arguments first
     import ray
 
     res = ray.cluster_resources()

@@ -30,6 +30,8 @@ Pairs (QE) use `encode_pairs` (longest-first truncation with a record of what wa
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +95,7 @@ class PairInput:
 
 
 def is_oom(exc: BaseException) -> bool:
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -114,6 +117,7 @@ class Engine:
         cpu_precision: str = "fp32",
         gpu_precision: str = "bf16",
     ) -> None:
+        # lazy: torch takes seconds to import; only actors and model commands need it
         import torch
 
         self.lm, self.tokenizer = lm, lm.tokenizer
@@ -141,6 +145,7 @@ class Engine:
 
     def _place_model(self, lm: LoadedModel, forward: str, cpu_precision: str, gpu_precision: str) -> None:
         """Pick the forward path and precision, and put the model on the device in that precision."""
+        # lazy: torch takes seconds to import; only actors and model commands need it
         import torch
 
         if forward not in FORWARDS:
@@ -278,6 +283,7 @@ class Engine:
         # Split outside the except block: until it ends, the exception's traceback pins the failed
         # forward's activations, and the halves would run out of memory too (seen on an H200).
         if self.device == "cuda":
+            # lazy: torch takes seconds to import; only actors and model commands need it
             import torch
 
             torch.cuda.empty_cache()
@@ -286,6 +292,7 @@ class Engine:
         return self._launch(rows[:mid], seqs, head, model_kw) + self._launch(rows[mid:], seqs, head, model_kw)
 
     def _forward(self, rows: list[int], seqs: Sequence[list[int]], head: Head, model_kw: dict) -> tuple:
+        # lazy: torch takes seconds to import; only actors and model commands need it
         import torch
 
         lengths = torch.tensor([len(seqs[r]) for r in rows], dtype=torch.long)
@@ -333,8 +340,6 @@ class Engine:
 def twin(model: Any) -> Any:
     """A copy of `model`'s modules that shares its parameter and buffer tensors: its modules can be
     replaced (int8, oneDNN) without touching the model, and without a second copy of the weights."""
-    import copy
-    import itertools
 
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     return copy.deepcopy(model, memo=shared)

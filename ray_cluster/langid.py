@@ -62,6 +62,7 @@ import collections
 import re
 from collections.abc import Sequence
 from functools import cache, lru_cache
+from importlib.metadata import PackageNotFoundError, version
 
 from xlmflow.ray_cluster.scripts import MAX_SCRIPT_CHARS, analyse, batch_counts, cjk_language
 
@@ -164,8 +165,6 @@ def _code(language: object) -> str:
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -217,6 +216,7 @@ def _few_letters(text: str) -> bool:
 def _cld2(text: str, script: str) -> tuple[str, float] | tuple[str, ...] | None:
     """Step 6: CLD2's answer; None for the slow path (refused bytes, unreliable, unmapped), or
     SOUTH_SLAVIC for Cyrillic text that lingua should decide among those three only."""
+    # lazy: only language identification needs it
     import pycld2
 
     if _CTRL.search(text):
@@ -262,6 +262,7 @@ class LanguageIdentifier:
 
     def _lingua(self):  # noqa: ANN202
         if self._detector is None:
+            # lazy: lingua loads its language models; only language identification needs it
             from lingua import Language, LanguageDetectorBuilder
 
             # One detector for the four scripts: lingua itself drops languages whose alphabet does not
@@ -348,6 +349,7 @@ class LanguageIdentifier:
 
     def _south_slavic(self):  # noqa: ANN202
         if self._slavic is None:
+            # lazy: lingua loads its language models; only language identification needs it
             from lingua import Language, LanguageDetectorBuilder
 
             self._slavic = LanguageDetectorBuilder.from_languages(

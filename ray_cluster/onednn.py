@@ -20,12 +20,14 @@ INTERMEDIATES = ("XLMRobertaIntermediate", "RobertaIntermediate", "BertIntermedi
 
 
 def available() -> bool:
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _dnnl_linear_class() -> type:
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     class DnnlLinear(torch.nn.Module):
@@ -55,6 +57,7 @@ def _dnnl_linear_class() -> type:
 
 def exact_gelu(act: Any) -> bool:
     """True for the erf GELU modules (transformers' GELUActivation, torch's GELU), not tanh variants."""
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch.nn.functional as F
 
     name = type(act).__name__
@@ -65,6 +68,7 @@ def exact_gelu(act: Any) -> bool:
 
 def pack_linears(model: Any) -> Any:
     """Replace every fp32 nn.Linear of `model` (in place) with one on oneDNN; returns the model."""
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     dnnl = _dnnl_linear_class()

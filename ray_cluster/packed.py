@@ -65,6 +65,7 @@ def forward(
     model: Any, ids: Any, lengths: list[int], *, output_hidden_states: bool = False, attention: str = "auto"
 ) -> PackedOutput:
     """Run `model` over the packed token ids `ids` [T] (sequences of `lengths`, in order)."""
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     kind = head_kind(model)
@@ -119,6 +120,7 @@ def _token_ops(layer: Any, ctx: Any, x: Any) -> Any:
     still in cache for the GELU and the second GEMM, instead of a 100 MB tensor going through memory
     three times (on 2 AVX2 cores, one 8k-token batch: fp32 about 4% faster, int8, whose GEMMs wait on
     memory more, 8-15%)."""
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     so, inter, out = layer.attention.output, layer.intermediate, layer.output
@@ -138,6 +140,7 @@ def _token_ops(layer: Any, ctx: Any, x: Any) -> Any:
 
 
 def _attend_loop(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
     import torch.nn.functional as F
 
@@ -159,6 +162,7 @@ def _attend_loop(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:
 
 
 def _attend_jagged(q: Any, k: Any, v: Any, heads: int, spans: tuple) -> Any:
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
     import torch.nn.functional as F
 

@@ -78,6 +78,7 @@ class ShardPool:
         return self._infos
 
     def _wait_ready(self) -> list[dict]:
+        # lazy: ray takes about a second to import; the CLI checks its arguments first
         import ray
 
         refs = self._info_refs
@@ -107,6 +108,7 @@ class ShardPool:
         return infos
 
     def shutdown(self) -> None:
+        # lazy: ray takes about a second to import; the CLI checks its arguments first
         import ray
 
         for a in self.actors:
@@ -232,6 +234,7 @@ class ShardPool:
             load[i] += taken
 
     def _probe_answered(self, i: int, ref, restarting: dict, alive: set) -> None:  # noqa: ANN001
+        # lazy: ray takes about a second to import; the CLI checks its arguments first
         import ray
 
         try:

@@ -24,6 +24,7 @@ from typing import Any
 
 
 def _int8_linear_class() -> type:
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     class Int8Linear(torch.nn.Module):
@@ -54,6 +55,7 @@ def _int8_linear_class() -> type:
 
 def quantize_linears(model: Any) -> Any:
     """Replace every nn.Linear of `model` (in place) with an int8 one; returns the model."""
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     int8 = _int8_linear_class()

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
+import numpy as np
+
 MAX_SCRIPT_CHARS = 20000
 
 # ISO 15924 code -> ranges of its letters (and combining signs). Digits and punctuation are left out.
@@ -63,8 +65,6 @@ def _counts(text: str) -> dict[str, int]:
 @cache
 def _script_lut():  # noqa: ANN202 - a numpy array
     """Script index (into _SCRIPTS) of every code point up to the last one _RANGES covers; -1 elsewhere."""
-    import numpy as np
-
     spans = []
     for k, chars in enumerate(_RANGES.values()):
         i = 0
@@ -87,8 +87,6 @@ _SCRIPTS = list(_RANGES)
 def batch_counts(texts: Sequence[str]) -> list[dict[str, int]]:
     """Letters per script of each text (its first MAX_SCRIPT_CHARS characters), in one numpy pass over
     the batch (a table lookup per code point), instead of one regex per script and text."""
-    import numpy as np
-
     lut = _script_lut()
     cut = [t[:MAX_SCRIPT_CHARS] for t in texts]
     cps = np.frombuffer("".join(cut).encode("utf-32-le"), dtype=np.uint32)

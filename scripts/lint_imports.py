@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.extra:
             add_line(view, args.extra)
         env = {**os.environ, "PYTHONPATH": tmp}
-        cmd = [str(exe), "--config", str(ROOT / "pyproject.toml"), "--no-cache"]
+        cmd = [str(exe), str(ROOT / "pyproject.toml"), "--no-cache"]
         return subprocess.run(cmd, env=env, cwd=tmp).returncode
 
 

@@ -198,6 +198,7 @@ def signatures(texts: Sequence[str], langs: Sequence[str | None] | None = None,
     """MinHash signatures (len(texts) x permutations, uint32) of a batch: our shingle hashes through
     rensa's full-set R-MinHash (Rust; about 2x our numpy multiply-add-shift, BENCHMARKS.md). A text without
     shingles (empty) gets all 0xFFFFFFFF and no band keys (`has_shingles`)."""
+    # lazy: only near-dedup needs it
     from rensa import RMinHash
 
     h, owner = shingle_hashes(texts, char_mode(texts, langs), params)

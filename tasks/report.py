@@ -21,6 +21,7 @@ class Progress:
 
     def __init__(self, total_rows: int, desc: str, artifact=None, unit: str = "doc") -> None:  # noqa: ANN001
         """`artifact`: a progress artifact of the run (create_progress_artifact), None for none."""
+        # lazy: only progress bars on a terminal need it
         from tqdm import tqdm
 
         self.total = max(1, total_rows)
@@ -56,6 +57,7 @@ class Progress:
             return
         self._shown = pct
         try:
+            # lazy: Prefect takes seconds to import; the CLI starts it after its checks
             from prefect.artifacts import update_progress_artifact
 
             # the artifact's own page shows its description, not its number: the description says it too
@@ -81,6 +83,7 @@ def create_progress_artifact(date: str, what: str = "progress", description: str
     """A progress artifact of the run (0%), or None without a Prefect run. Created by the flow itself, so
     the UI lists it under the flow run rather than under one of its task runs."""
     try:
+        # lazy: Prefect takes seconds to import; the CLI starts it after its checks
         from prefect.artifacts import create_progress_artifact as create
 
         description = description or f"documents processed for {date}"
@@ -198,6 +201,7 @@ def markdown_report(manifest: dict, out: str) -> str:
 def publish_report(manifest: dict, out: str) -> None:
     """Table + markdown artifacts on the Prefect run (best effort: reporting never fails a commit)."""
     try:
+        # lazy: Prefect takes seconds to import; the CLI starts it after its checks
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
         key = _key(f"corpus-{manifest['date']}")

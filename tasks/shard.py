@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from xlmflow import storage
 
 
@@ -60,8 +63,6 @@ class ShardWriter:
         return self.refs
 
     def _write(self, final: bool) -> None:
-        import pyarrow as pa
-
         if not self.buf:
             return
         table = pa.concat_tables(self.buf)
@@ -84,7 +85,6 @@ class ShardWriter:
 
 
 def _lengths(table) -> list[int]:  # noqa: ANN001
-    import pyarrow.compute as pc
 
     if "n_chars" in table.column_names:
         return [n or 0 for n in table["n_chars"].to_pylist()]

@@ -10,7 +10,10 @@ ranged GETs on S3).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+
+import pyarrow as pa
 
 from xlmflow import storage
 
@@ -27,7 +30,6 @@ class BucketWriter:
         self.buffered = self.buffered_bytes = self.rows = self.batches = 0
         self._ctx = storage.writing(uri)
         self._path = self._ctx.__enter__()
-        import pyarrow as pa
 
         self._sink = pa.OSFile(self._path, "wb")
         opts = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -46,8 +48,6 @@ class BucketWriter:
             self.flush()
 
     def flush(self) -> None:
-        import pyarrow as pa
-
         for b, cols in enumerate(self.cols):
             if not cols[0]:
                 continue
@@ -77,8 +77,6 @@ class BucketWriter:
         return self.index
 
     def abort(self) -> None:
-        import contextlib
-
         with contextlib.suppress(Exception):
             self._sink.close()
         with contextlib.suppress(Exception):
@@ -89,7 +87,6 @@ def read_bucket(uri: str, indices: list[int]) -> Iterator:  # noqa: ANN201
     """The record batches of one bucket, in the order they were written."""
     if not indices:
         return
-    import pyarrow as pa
 
     with storage.open_input_file(uri) as f:
         reader = pa.ipc.open_file(f)

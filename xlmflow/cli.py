@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import re
@@ -223,8 +224,6 @@ def entry() -> None:
     stopped the services they started; then torch, transformers and Ray's modules are not torn down
     one by one (seconds on a small machine), as every output is committed or failed by then.
     """
-    import atexit
-
     rc = [0]
 
     def exit_now() -> None:

@@ -136,6 +136,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
 def deploy_main(ns: argparse.Namespace) -> int:
     """`xlmflow deploy`: print the deployment names and how to start a worker (or, with --print-yaml,
     the deployments as a prefect.yaml)."""
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.settings import PREFECT_API_URL
 
     if not ns.print_yaml and not PREFECT_API_URL.value():

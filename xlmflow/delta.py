@@ -25,6 +25,9 @@ import os
 import time
 import uuid
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from xlmflow import storage
 from xlmflow.delta_log import (
     LOG_DIR,
@@ -86,6 +89,7 @@ def storage_options(uri: str) -> dict[str, str] | None:
     hit = _options_cache.get(key)
     if hit and time.monotonic() - hit[0] < _OPTIONS_TTL_S:
         return dict(hit[1])
+    # lazy: boto3 loads its service models; only S3 paths need it
     import boto3
 
     session = boto3.Session()
@@ -108,6 +112,7 @@ def storage_options(uri: str) -> dict[str, str] | None:
 def open_table(out: str, name: str, version: int | None = None):  # noqa: ANN201
     """The table at `version` (latest when None), or None when there is no table yet. (deltalake 1.6
     loads the file list whatever the caller needs: its `without_files` is deprecated and ignored.)"""
+    # lazy: deltalake loads its Rust library; only table reads and commits need it
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -163,8 +168,6 @@ def legacy_manifests(out: str) -> list[str]:
 def partition_files(dt, date: str) -> list[dict]:  # noqa: ANN001
     """The add actions of one date in a table version: path (relative to the table), size, rows, and
     the file's statistics as Delta's stats JSON (None when its add action had none)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     t = pa.table(dt.get_add_actions(flatten=False))
     if t.num_rows == 0:
@@ -202,6 +205,7 @@ def files_for_commit(out: str, name: str, date: str, version: int) -> list[dict]
 
 def no_hooks():  # noqa: ANN202
     """delta-rs' post-commit hooks off: checkpoints are ours (`checkpoint`), log cleanup is vacuum's."""
+    # lazy: deltalake loads its Rust library; only table reads and commits need it
     from deltalake.transaction import PostCommitHookProperties
 
     return PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
@@ -250,6 +254,7 @@ def checkpoint(
 def add_action(path: str, size: int, date: str, mtime_ms: int, rows: int, stats: str | None = None):  # noqa: ANN201
     """The Delta `add` action of one data file of `date` (path relative to the table); `stats`: its
     stats JSON (xlmflow.stats.file_stats), else only its row count."""
+    # lazy: deltalake loads its Rust library; only table reads and commits need it
     from deltalake.transaction import AddAction
 
     return AddAction(path, size, {PARTITION: date}, mtime_ms, True, stats or json.dumps({"numRecords": rows}))
@@ -378,6 +383,7 @@ def _replacement(adds: list, current: dict[str, dict], kept: set[str], date: str
     An overwrite lets delta-rs remove every current file of the date after our adds; a path both
     added and removed in one commit is read differently by engines that do not order actions within a
     commit, so a replacement keeping some files (`kept`) removes the others itself and appends."""
+    # lazy: deltalake loads its Rust library; only table reads and commits need it
     from deltalake.transaction import RemoveAction
 
     if not kept:

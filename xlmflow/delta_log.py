@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 
+import pyarrow.parquet as pq
+
 from xlmflow import storage
 
 PARTITION = "date"
@@ -133,8 +135,6 @@ def commit_outcome(out: str, name: str, version: int, commit_id: str) -> bool | 
 
 def checkpoint_removes(out: str, name: str, version: int, date: str) -> set[str]:
     """Paths of `date` that the checkpoint at `version` holds as removed (tombstones still kept)."""
-    import pyarrow.parquet as pq
-
     meta = json.loads(storage.read_bytes(storage.join(out, name, LOG_DIR, "_last_checkpoint")))
     parts = meta.get("parts") if meta.get("version") == version else None
     names = (

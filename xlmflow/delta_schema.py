@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pyarrow as pa
+
 from xlmflow import delta
 from xlmflow.errors import ConfigError
 
@@ -15,7 +17,7 @@ from xlmflow.errors import ConfigError
 def table_schema(file_schema) -> Any:  # noqa: ANN001
     """The Delta schema of a dataset: its file columns plus `date`. Field metadata (a vector's width)
     stays in the files: the table's columns are types alone, as every engine writes them."""
-    import pyarrow as pa
+    # lazy: deltalake loads its Rust library; only table reads and commits need it
     from deltalake import Schema
 
     fields = [f.remove_metadata() for f in file_schema if f.name != delta.PARTITION]
@@ -25,8 +27,6 @@ def table_schema(file_schema) -> Any:  # noqa: ANN001
 
 def file_schema(dt):  # noqa: ANN001, ANN201
     """The pyarrow schema of a table's data files (its columns but `date`)."""
-    import pyarrow as pa
-
     schema = pa.schema(dt.schema().to_arrow())
     return pa.schema([f for f in schema if f.name != delta.PARTITION])
 
@@ -43,6 +43,7 @@ def ensure_table(out: str, name: str, file_schema):  # noqa: ANN001, ANN201
     Anything else that differs (a column retyped, a required column added or left out) is refused:
     readers of older versions and other engines rely on the columns they know.
     """
+    # lazy: deltalake loads its Rust library; only table reads and commits need it
     from deltalake import DeltaTable
 
     want = table_schema(file_schema)

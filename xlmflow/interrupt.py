@@ -13,6 +13,7 @@ line, and xlmflow.reaper stops the processes the run started.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -60,13 +61,12 @@ def take_prefect_sigterm() -> None:
     wait, that exception comes out as a SystemError, so neither happens and the run ended with
     "unexpected error" (exit 1); a KeyboardInterrupt is one Ray and Prefect both pass on as such.
     """
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.utilities import engine
 
     if hasattr(engine, "_prefect_sigterm_handler"):  # prefect 3.9's name
         engine._prefect_sigterm_handler = _handler
     else:  # theirs stays in place: SIGTERM then ends a run as "unexpected" (exit 1), not 143
-        import logging
-
         logging.getLogger(__name__).warning(
             "this Prefect version has no engine._prefect_sigterm_handler; SIGTERM may end runs with exit 1"
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
+import fcntl
 import json
 import logging
 import os
@@ -79,6 +80,7 @@ class S3Backend:
     """Conditional PUT/DELETE on S3 (If-None-Match / If-Match), read with the server's clock."""
 
     def __init__(self, uri: str) -> None:
+        # lazy: boto3 loads its service models; only S3 paths need it
         import boto3
 
         bucket, _, key = uri.split("://", 1)[1].partition("/")
@@ -95,6 +97,7 @@ class S3Backend:
         )
 
     def read(self) -> Seen | None:
+        # lazy: botocore loads its service models; only S3 paths need it
         from botocore.exceptions import ClientError
 
         try:
@@ -117,6 +120,7 @@ class S3Backend:
         return self._put(body, IfMatch=token)
 
     def _put(self, body: dict, **cond: str) -> str:
+        # lazy: botocore loads its service models; only S3 paths need it
         from botocore.exceptions import ClientError
 
         try:
@@ -128,6 +132,7 @@ class S3Backend:
         return r["ETag"]
 
     def delete(self, token: str | None) -> None:
+        # lazy: botocore loads its service models; only S3 paths need it
         from botocore.exceptions import ClientError
 
         try:
@@ -147,8 +152,6 @@ class LocalBackend:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        import fcntl
-
         # the lock is on the `_leases` directory itself: a lock file would be left in the output
         fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
         try:

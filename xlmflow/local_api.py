@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -46,8 +47,6 @@ class LocalAPI:
         atexit.register(self.stop)
 
     def _spawn(self) -> None:
-        import importlib.util
-
         self.port = _free_port()
         # Prefect's own environment for it; the settings it reads from files, it reads itself
         env = {
@@ -73,6 +72,7 @@ class LocalAPI:
 
     def wait(self, timeout: float) -> str:
         """Block until the API answers; its URL."""
+        # lazy: only this path needs it; the CLI starts without it
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -137,6 +137,7 @@ def start_early() -> LocalAPI | None:
 def settle(api: LocalAPI | None) -> LocalAPI | None:
     """`api`, unless Prefect's settings say it must not be used: an API URL configured elsewhere (then
     runs go there), or ephemeral mode turned off (then Prefect's own error says what to set)."""
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.settings import get_current_settings
 
     s = get_current_settings()
@@ -152,6 +153,7 @@ def serving(api: LocalAPI | None) -> Iterator[None]:
     if api is None:
         yield
         return
+    # lazy: Prefect takes seconds to import; the CLI starts it after its checks
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     url = api.wait(get_current_settings().server.ephemeral.startup_timeout_seconds)

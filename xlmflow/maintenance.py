@@ -11,6 +11,8 @@ import logging
 import time
 import uuid
 
+import pyarrow.parquet as pq
+
 from xlmflow import delta, delta_log, delta_schema, history, lease, schemas, storage
 from xlmflow.errors import ConfigError, FatalError
 from xlmflow.manifest import (
@@ -260,7 +262,6 @@ def _rewrite_fixed_size_lists(out: str, lock_timeout: float, lease_ttl: float) -
 def _fixed_size_files(out: str, name: str, table) -> dict[str, list[str]]:  # noqa: ANN001
     """The current files of a table that hold a fixed-size list, by date."""
     import pyarrow as pa  # lazy: pyarrow costs at CLI start
-    import pyarrow.parquet as pq
 
     by_date: dict[str, list[str]] = {}
     adds = pa.table(table.get_add_actions(flatten=True))

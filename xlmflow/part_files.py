@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from xlmflow import schemas, storage
 from xlmflow.stats import file_stats
 
@@ -37,7 +40,6 @@ class WrittenFile(NamedTuple):
 def _nan_columns(t) -> set[str]:  # noqa: ANN001
     """The float columns of `t` holding NaN (their file statistics get no bounds)."""
     import pyarrow as pa  # lazy: pyarrow costs at CLI start
-    import pyarrow.compute as pc
 
     return {f.name for f in t.schema if pa.types.is_floating(f.type) and pc.any(pc.is_nan(t[f.name])).as_py()}
 
@@ -53,7 +55,6 @@ def write_parquet(
     the first non-empty table, schemas.file_schema); an empty file with the serialized schema `empty`
     when they hold no rows. `on_table(t)` sees each table written. Visible whole or not at all."""
     import pyarrow as pa  # lazy: pyarrow costs at CLI start
-    import pyarrow.parquet as pq
 
     rows = 0
     schema = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.fs as pa_fs
+
 from xlmflow import delta, storage
 from xlmflow.errors import FatalError
 from xlmflow.manifest import read_manifest
@@ -39,8 +41,6 @@ def arrow_filesystem(uri: str):  # noqa: ANN201
     interpreter began to exit, which aborts the process (exit 134, "terminate called without an
     active exception"). Arrow's native filesystems hold no Python objects.
     """
-    import pyarrow.fs as pa_fs
-
     if not storage.is_remote(uri):
         return pa_fs.SubTreeFileSystem(uri, pa_fs.LocalFileSystem())
     opts = delta.storage_options(uri) or {}

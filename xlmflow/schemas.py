@@ -9,6 +9,7 @@ to the main record (its `columns`). The main record of a run is the core's plus 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def columns(spec: str) -> pa.Schema:
@@ -70,8 +71,6 @@ def file_schema(schema: pa.Schema) -> pa.Schema:
 
 def check_widths(table: pa.Table, schema: pa.Schema) -> None:
     """ValueError if a vector of a column that declares a width (WIDTH_KEY) has another length."""
-    import pyarrow.compute as pc
-
     for f in schema:
         width = (f.metadata or {}).get(WIDTH_KEY)
         if width is None or f.name not in table.column_names:

@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import math
 
+import pyarrow as pa
+
 STATS_PREFIX_CHARS = 32  # string statistics are cut to this prefix, as Delta's own writers do
 
 
@@ -49,8 +51,6 @@ def _put(tree: dict, path: tuple, value) -> None:  # noqa: ANN001
 def _leaves(schema) -> dict[str, tuple]:  # noqa: ANN001
     """Columns that get statistics, by their Parquet path: every column outside lists and maps (the
     fields of structs included, which Delta nests), as a path of field names."""
-    import pyarrow as pa
-
     found: dict[str, tuple] = {}
 
     def walk(fields, prefix: tuple) -> None:  # noqa: ANN001

@@ -11,10 +11,13 @@ import errno
 import json
 import os
 import re
+import tempfile
+import time
 import uuid
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 
 from xlmflow.errors import ConfigError, FatalError
 
@@ -123,8 +126,6 @@ def write_bytes(uri: str, data: bytes) -> None:
 def _landed(uri: str, data: bytes, attempts: int = 3) -> bool:
     """Whether the object at `uri` holds `data` now: a PUT whose answer was lost may have landed, and
     the client's error then says nothing about the object. An unreadable object counts as not landed."""
-    import time
-
     for attempt in range(attempts):
         try:
             return read_bytes(uri) == data
@@ -145,8 +146,6 @@ def naming_full_disk(uri: str):  # noqa: ANN201
     except OSError as exc:
         full = exc.errno == errno.ENOSPC or "No space left on device" in str(exc)
         if full and not exc.filename:
-            import tempfile
-
             where = tempfile.gettempdir() if is_remote(uri) else uri
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where) from exc
         raise
@@ -156,8 +155,6 @@ def naming_full_disk(uri: str):  # noqa: ANN201
 def writing(uri: str):  # noqa: ANN201
     """A local path to write `uri` through, made visible whole when the block ends: locally the temp
     file is renamed into place, on S3 it is uploaded in one PUT. Nothing is left on failure."""
-    import tempfile
-
     fs, path = fs_for(uri)
     if is_remote(uri):
         fd, tmp = tempfile.mkstemp(prefix="xlmflow-")
@@ -181,8 +178,6 @@ def writing(uri: str):  # noqa: ANN201
 def open_input_file(uri: str):  # noqa: ANN201
     """A random-access pyarrow file of `uri` (ranged reads; ranged GETs on S3). Not a memory map: its
     pages would count in the reader's resident memory however little of the file it uses at a time."""
-    import pyarrow as pa
-
     fs, path = fresh(uri)  # written by another process since this one last listed the prefix
     if not is_remote(uri):
         return pa.OSFile(path)
@@ -238,7 +233,6 @@ def remove(uris: list[str]) -> None:
 
 
 def write_table_ipc(uri: str, table) -> None:  # noqa: ANN001 - pyarrow is imported lazily
-    import pyarrow as pa
 
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as w:
@@ -247,6 +241,5 @@ def write_table_ipc(uri: str, table) -> None:  # noqa: ANN001 - pyarrow is impor
 
 
 def read_table_ipc(uri: str):  # noqa: ANN201
-    import pyarrow as pa
 
     return pa.ipc.open_file(pa.BufferReader(read_bytes(uri))).read_all()

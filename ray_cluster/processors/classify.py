@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
@@ -96,8 +97,6 @@ class ClassifyProcessor(ModelProcessor):
         return [out for (out,) in self.engine.run([w.input_ids for w in prepared], _logits)]
 
     def finish(self, batch: pa.Table, prepared: list, inferred: list) -> BatchOutput:
-        import numpy as np
-
         n = batch.num_rows
         logits = combine_windows(n, prepared, inferred, self.options.combine)
         if self.problem == "regression":
@@ -139,8 +138,6 @@ def _logits(out, mask, rows):  # noqa: ANN001, ANN202 - torch types, imported la
 def combine_windows(n_docs: int, wins: list, logits: list, how: str = "mean"):  # noqa: ANN201
     """Per document, its windows' logits combined: token-weighted mean (each window weighs the tokens it
     owns; an empty document's one window weighs 1) or element-wise max. float64 [n_docs, labels]."""
-    import numpy as np
-
     width = len(logits[0]) if logits else 0
     if how == "max":
         out = np.full((n_docs, width), -np.inf)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
@@ -64,6 +65,7 @@ def embedding_windows(engine: Engine, texts: Sequence[str]) -> list:
 
 def pooled_windows(engine: Engine, wins: list, pooling: str = "mean") -> list:
     """The device phase: per window, (sum of the token vectors it owns, their count)."""
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     if pooling not in ("mean", "lawdr"):
@@ -90,8 +92,6 @@ def pooled_windows(engine: Engine, wins: list, pooling: str = "mean") -> list:
 
 def document_vectors(n_docs: int, dim: int, wins: list, pooled: list) -> np.ndarray:
     """The CPU phase after the model: windows weighted by the tokens they own, L2-normalised."""
-    import numpy as np
-
     sums = np.zeros((n_docs, dim), dtype=np.float64)
     counts = np.zeros(n_docs, dtype=np.float64)
     for w, (vec, n) in zip(wins, pooled, strict=True):

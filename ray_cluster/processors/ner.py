@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
@@ -47,6 +48,7 @@ ENTITIES = columns(
 
 
 def _softmax_head(out, mask, rows):  # noqa: ANN001, ANN202 - torch types, imported lazily
+    # lazy: torch takes seconds to import; only actors and model commands need it
     import torch
 
     return torch.softmax(out.logits.float(), dim=-1)
@@ -67,8 +69,6 @@ def finish_entities(
     engine: Engine, texts: Sequence[str], docs: list[DocTokens], wins: list, scores: list, strategy: str
 ) -> list[list[dict]]:
     """The CPU phase after the model: merge the windows' token scores, aggregate into entities."""
-    import numpy as np
-
     id2label = {int(k): v for k, v in engine.config.id2label.items()}
     bare_id = engine.tokenizer.convert_tokens_to_ids("▁")
     bare_id = None if bare_id == engine.tokenizer.unk_token_id else bare_id
@@ -96,8 +96,6 @@ def aggregate(
     character of the following token; we give it an empty span so that an entity made of it alone is
     dropped instead of overlapping the next word's entity.
     """
-    import numpy as np
-
     n = len(doc.ids)
     if not n:
         return []
@@ -140,8 +138,6 @@ def aggregate(
 def _words(word_ids: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
     """First and last token index of each word, from the fast tokenizer's word_ids (a token without a
     word, None, is a word of its own)."""
-    import numpy as np
-
     w = np.array([-1 if x is None else x for x in word_ids], dtype=np.int64)
     new = np.ones(len(w), dtype=bool)
     new[1:] = (w[1:] != w[:-1]) | (w[1:] == -1)
@@ -158,8 +154,6 @@ def _tag(label: str) -> tuple[str, str]:
 
 def _group(label, score, starts, ends, id2label: dict) -> list[tuple[str, float, int, int]]:  # noqa: ANN001
     """HF's group_entities: adjacent units of one type join unless the next one is B-; score = mean."""
-    import numpy as np
-
     tags = [_tag(id2label[k]) for k in range(len(id2label))]
     kinds = sorted({t for _, t in tags})
     kind = np.array([kinds.index(t) for _, t in tags])[label]
@@ -193,6 +187,7 @@ class NerProcessor(ModelProcessor):
 
     @classmethod
     def tiny_init(cls, model) -> None:  # noqa: ANN001
+        # lazy: torch takes seconds to import; only actors and model commands need it
         import torch
 
         # the default init gives near-uniform logits; sharper logits and an "O" bias give a mix of
