@@ -10,8 +10,9 @@ made distinct by a number, so dedup keeps them all.
     .venv/bin/python benchmarks/scale_run.py --docs 100000 1000000 --code new=. old=/tmp/xlmflow-old \
         --cpus 2 [--also-cpus 1]
 
-A checkout other than this one runs with PYTHONPATH pointing at it (its Ray head too, so its workers
-import the same code); `git worktree add /tmp/xlmflow-old <commit>` makes one.
+A checkout other than this one runs with its own `.venv` (`bash scripts/setup.sh` in it; its Ray head
+too, so its workers import the same code): xlmflow installs its folders under the `xlmflow` namespace,
+so PYTHONPATH cannot switch checkouts. `git worktree add /tmp/xlmflow-old <commit>` makes one.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from benchmarks.common import add_corpus_argument, read_corpus  # noqa: E402
 
-PY = sys.executable
-RAY = os.path.join(os.path.dirname(PY), "ray")
+
+def interpreter(code: str) -> str:
+    """The Python that runs checkout `code`: this one for this checkout, else the checkout's own .venv."""
+    if os.path.abspath(code) == os.path.abspath(os.path.join(HERE, "..")):
+        return sys.executable
+    py = os.path.join(os.path.abspath(code), ".venv", "bin", "python")
+    if not os.path.exists(py):
+        sys.exit(f"{code}: no .venv; run `bash scripts/setup.sh` in that checkout first")
+    return py
 
 
 def make_corpus(source: str, n: int, path: str) -> None:
@@ -47,17 +55,17 @@ def make_corpus(source: str, n: int, path: str) -> None:
 def run_one(code: str, corpus: str, cpus: int, out: str) -> dict:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
-    if os.path.abspath(code) != os.path.abspath(os.path.join(HERE, "..")):
-        env["PYTHONPATH"] = os.path.abspath(code)
+    py = interpreter(code)
+    ray = os.path.join(os.path.dirname(py), "ray")
     port = 6390 + cpus
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
     subprocess.run(
-        [RAY, "start", "--head", f"--num-cpus={cpus}", f"--port={port}", "--include-dashboard=false"],
+        [ray, "start", "--head", f"--num-cpus={cpus}", f"--port={port}", "--include-dashboard=false"],
         check=True, capture_output=True, env=env, cwd=code,
     )  # fmt: skip
     try:
         t0 = time.perf_counter()
-        args = [PY, "-m", "xlmflow.cli", "run", corpus, "--out", out, "--tasks", "lid", "--date", "2026-11-30",
+        args = [py, "-m", "xlmflow.cli", "run", corpus, "--out", out, "--tasks", "lid", "--date", "2026-11-30",
                 "--ray-address", "auto"]  # fmt: skip
         p = subprocess.Popen(
             args, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -75,7 +83,7 @@ def run_one(code: str, corpus: str, cpus: int, out: str) -> dict:
         err = p.stderr.read() if p.stderr else ""
         wall = time.perf_counter() - t0
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
     if p.returncode:
         raise SystemExit(f"run failed ({code}): {err[-2000:]}")
     m = json.load(open(os.path.join(out, "_manifests", "date=2026-11-30.json")))
