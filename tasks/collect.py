@@ -212,7 +212,7 @@ def _manifest(
         **facts.as_manifest(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": settings.config_hash(),
-        "settings": settings.model_dump(mode="json", exclude={"out"}),
+        "settings": settings.model_dump(mode="json", exclude={"out", "resolved"}),  # resolved: derived, in config_hash
         "processors": processor_records(settings, facts.models),
         "input_files": [e["path"] for e in ingest.listing],
         "counts": counts,

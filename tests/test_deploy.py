@@ -46,3 +46,19 @@ def test_deploy_refuses_an_env_without_value(capsys):
     argv = ["deploy", "--input", "in/date={date}", "--out", "out", "--env", "HF_HUB_OFFLINE", "--print-yaml"]
     with pytest.raises(ConfigError, match="--env 'HF_HUB_OFFLINE': write KEY=VALUE"):
         _deploy(argv, capsys)
+
+
+def test_deploy_takes_every_run_setting(capsys):
+    """The documented deploy commands set processors, models and the Ray address: each lands in every
+    deployment's settings."""
+    argv = [
+        "deploy", "--input", "s3://raw/corpus/date={date}/", "--out", "s3://processed/corpus",
+        "--tasks", "lid,ner", "--ner-model", "s3://models/ner-xlmr",
+        "--ray-address", "ray://xlmflow-head-svc:10001", "--print-yaml",
+    ]  # fmt: skip
+    doc = yaml.safe_load(_deploy(argv, capsys))
+    for d in doc["deployments"]:
+        settings = d["parameters"]["settings"]
+        assert settings["ray_address"] == "ray://xlmflow-head-svc:10001", d["name"]
+        assert [p["type"] for p in settings["processors"]] == ["lid", "ner"], d["name"]
+        assert "s3://models/ner-xlmr" in str(settings["processors"][1]), d["name"]

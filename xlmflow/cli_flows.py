@@ -130,6 +130,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
         action="store_true",
         help="print the deployments as a prefect.yaml (for `prefect deploy --all`) instead of creating them",
     )
+    add_job_options(parser, argv)
     parser.set_defaults(deploy_argv=list(argv or []))  # named in the head of the printed prefect.yaml
 
 
