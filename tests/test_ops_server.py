@@ -375,11 +375,12 @@ def test_infra_manifests_match_the_project():
     assert gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"] == "1"
     # the image copies every package the project installs
     docker = (ROOT / "infra" / "Dockerfile").read_text()
-    pkgs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
-        "include"
-    ]
-    for pkg in (p.rstrip("*") for p in pkgs):
-        assert f"COPY {pkg} ./{pkg}" in docker, pkg
+    folders = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    )
+    assert folders == {"xlmflow", "flows", "tasks", "ray_cluster"}
+    for folder in folders:
+        assert f"COPY {folder} ./{folder}" in docker, folder
 
 
 @pytest.mark.server
