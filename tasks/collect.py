@@ -212,7 +212,8 @@ def _manifest(
         **facts.as_manifest(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": settings.config_hash(),
-        "settings": settings.model_dump(mode="json", exclude={"out", "resolved"}),  # resolved: derived, in config_hash
+        # `resolved` is derived from the rest (and in the config hash): not part of the manifest's settings
+        "settings": settings.model_dump(mode="json", exclude={"out", "resolved"}),
         "processors": processor_records(settings, facts.models),
         "input_files": [e["path"] for e in ingest.listing],
         "counts": counts,
