@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 
 from xlmflow import schemas, storage
-from xlmflow.part_files import part_uri, write_parquet  # noqa: F401 - part_uri: part of this module's interface
+from xlmflow.part_files import write_parquet
 from xlmflow.ray_cluster.cluster import node_id
 from xlmflow.records import WrittenPart
 from xlmflow.tasks.ingest import staged_rejects

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 from xlmflow import storage
+from xlmflow.part_files import part_uri
 from xlmflow.ray_cluster.outputs import LabelCounts, ScoreSample
-from xlmflow.tasks.write import part_uri, write_part
+from xlmflow.tasks.write import write_part
 
 
 def _staged(tmp_path, name: str, table: pa.Table) -> dict:
